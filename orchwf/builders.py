@@ -1,0 +1,183 @@
+"""Fluent builders, as in the seed; ``build()`` validates and returns an immutable value."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from .dag import validate_definition, validate_policy, validate_step
+from .errors import ValidationError
+from .jsonvalue import check_json_object
+from .types import RetryPolicy, StepCompensator, StepDefinition, StepExecutor, WorkflowDefinition
+
+
+def _seconds(value: float | int | timedelta, what: str) -> float:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValidationError(f"{what} must be seconds (a number) or a timedelta, got {value!r}")
+    return float(value)
+
+
+class RetryPolicyBuilder:
+    def __init__(self) -> None:
+        self._max_attempts = 3
+        self._initial = 1.0
+        self._multiplier = 2.0
+        self._max = 30.0
+        self._retryable: tuple[str, ...] = ()
+        self._jitter = False
+
+    def with_max_attempts(self, n: int) -> RetryPolicyBuilder:
+        self._max_attempts = n
+        return self
+
+    def with_initial_interval(self, interval: float | timedelta) -> RetryPolicyBuilder:
+        self._initial = _seconds(interval, "initial interval")
+        return self
+
+    def with_multiplier(self, multiplier: float) -> RetryPolicyBuilder:
+        self._multiplier = float(multiplier)
+        return self
+
+    def with_max_interval(self, interval: float | timedelta) -> RetryPolicyBuilder:
+        self._max = _seconds(interval, "max interval")
+        return self
+
+    def with_retryable_errors(self, *names: str) -> RetryPolicyBuilder:
+        for n in names:
+            if not isinstance(n, str) or not n:
+                raise ValidationError(f"retryable error names must be non-empty strings, got {n!r}")
+        self._retryable = tuple(names)
+        return self
+
+    def with_jitter(self, jitter: bool = True) -> RetryPolicyBuilder:
+        self._jitter = bool(jitter)
+        return self
+
+    def build(self) -> RetryPolicy:
+        policy = RetryPolicy(
+            max_attempts=self._max_attempts,
+            initial_interval=self._initial,
+            multiplier=self._multiplier,
+            max_interval=self._max,
+            retryable_errors=self._retryable,
+            jitter=self._jitter,
+        )
+        validate_policy(policy)
+        return policy
+
+
+class StepBuilder:
+    def __init__(self, id: str, name: str, executor: StepExecutor) -> None:
+        self._fields: dict[str, Any] = {"id": id, "name": name, "executor": executor}
+
+    def with_description(self, description: str) -> StepBuilder:
+        self._fields["description"] = description
+        return self
+
+    def with_dependencies(self, *step_ids: str) -> StepBuilder:
+        """Replace the dependency list (as the seed does)."""
+        if len(step_ids) == 1 and isinstance(step_ids[0], (list, tuple)):
+            step_ids = tuple(step_ids[0])
+        for d in step_ids:
+            if not isinstance(d, str) or not d:
+                raise ValidationError(f"dependency IDs must be non-empty strings, got {d!r}")
+        self._fields["dependencies"] = tuple(step_ids)
+        return self
+
+    def with_retry_policy(self, policy: RetryPolicy) -> StepBuilder:
+        self._fields["retry_policy"] = policy
+        return self
+
+    def with_timeout(self, timeout: float | timedelta) -> StepBuilder:
+        """Per-attempt timeout; 0 means none."""
+        seconds = _seconds(timeout, "timeout")
+        self._fields["timeout"] = seconds if seconds != 0 else None
+        if seconds < 0:
+            self._fields["timeout"] = seconds  # rejected by build()
+        return self
+
+    def with_required(self, required: bool) -> StepBuilder:
+        self._fields["required"] = bool(required)
+        return self
+
+    def with_async(self, is_async: bool) -> StepBuilder:
+        self._fields["is_async"] = bool(is_async)
+        return self
+
+    def with_priority(self, priority: int) -> StepBuilder:
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise ValidationError(f"priority must be an int, got {priority!r}")
+        if not -(2**31) <= priority < 2**31:
+            raise ValidationError(f"priority {priority} is out of range (32-bit)")
+        self._fields["priority"] = priority
+        return self
+
+    def with_compensator(self, compensator: StepCompensator) -> StepBuilder:
+        if not callable(compensator):
+            raise ValidationError("compensator must be callable")
+        self._fields["compensator"] = compensator
+        return self
+
+    def with_transaction(self, transactional: bool = True) -> StepBuilder:
+        """Daemon only: give the executor ``ctx.conn`` inside the result's transaction."""
+        self._fields["transactional"] = bool(transactional)
+        return self
+
+    def with_crash_counts_as_attempt(self, counts: bool = True) -> StepBuilder:
+        """Daemon only: a worker crash during this step uses up one attempt.
+
+        By default a crash does not consume the retry budget; opt in for steps that
+        must not run more often than ``max_attempts`` (side effects that are not idempotent).
+        """
+        self._fields["crash_counts_as_attempt"] = bool(counts)
+        return self
+
+    def build(self) -> StepDefinition:
+        step = StepDefinition(**self._fields)
+        validate_step(step)
+        return step
+
+
+class WorkflowBuilder:
+    def __init__(self, id: str, name: str) -> None:
+        self._id = id
+        self._name = name
+        self._description = ""
+        self._version = "1.0.0"
+        self._metadata: dict[str, Any] = {}
+        self._steps: list[StepDefinition] = []
+
+    def with_description(self, description: str) -> WorkflowBuilder:
+        self._description = description
+        return self
+
+    def with_version(self, version: str) -> WorkflowBuilder:
+        self._version = version
+        return self
+
+    def with_metadata(self, key: str, value: Any) -> WorkflowBuilder:
+        self._metadata[key] = value
+        return self
+
+    def add_step(self, step: StepDefinition) -> WorkflowBuilder:
+        self._steps.append(step)
+        return self
+
+    def build(self) -> WorkflowDefinition:
+        """Return a new immutable definition; later builder calls do not change it."""
+        if not self._id:
+            raise ValidationError("workflow ID is required")
+        if not self._name:
+            raise ValidationError("workflow name is required")
+        definition = WorkflowDefinition(
+            id=self._id,
+            name=self._name,
+            description=self._description,
+            version=self._version,
+            metadata=check_json_object(self._metadata, "workflow metadata"),
+            steps=tuple(self._steps),
+        )
+        validate_definition(definition)
+        return definition

@@ -1,0 +1,47 @@
+"""The ``orchwf`` command line: one click group, one module per command family."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import OrchwfError
+
+
+class OrchwfGroup(click.Group):
+    """Turns expected errors into one clear line and exit code 1 (2 for usage errors)."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except OrchwfError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2 if type(exc).__name__ == "UsageError" else 1)
+
+
+@click.group(cls=OrchwfGroup)
+@click.version_option(package_name="orchwf")
+def cli() -> None:
+    """orchwf: workflow orchestration on PostgreSQL."""
+
+
+def _register() -> None:
+    from . import db_commands, migrate_commands
+
+    cli.add_command(migrate_commands.migrate)
+    cli.add_command(db_commands.db)
+
+
+_register()
+
+
+def worker_entry() -> None:
+    """Console script ``orchwf-worker``: the same as ``orchwf worker``."""
+    cmd = cli.get_command(click.Context(cli), "worker")
+    if cmd is None:
+        click.echo("error: the worker command is not available", err=True)
+        sys.exit(1)
+    cmd(prog_name="orchwf-worker")
