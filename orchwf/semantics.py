@@ -1,0 +1,107 @@
+"""Step semantics shared by the in-process Orchestrator and the daemon's workers.
+
+Data flow is the seed's (SEMANTICS.md §2.7-2.8): a step's input is the workflow input,
+then each dependency's output (flattened, and namespaced under the dependency's ID),
+then the workflow context (every completed step's output, flattened and namespaced).
+The workflow output is the flat merge of step outputs in completion order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+from collections.abc import Iterable, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from typing import Any
+
+from .errors import StepTimeoutError, ValidationError, WorkflowCancelledError
+from .jsonvalue import check_json_object
+from .types import JSONDict, StepContext, StepExecutor
+
+
+def prepare_step_input(
+    workflow_input: Mapping[str, Any],
+    dependency_outputs: Iterable[tuple[str, Mapping[str, Any]]],
+    context: Mapping[str, Any],
+) -> JSONDict:
+    data: JSONDict = dict(workflow_input)
+    for dep_id, output in dependency_outputs:
+        data.update(output)
+        data[dep_id] = dict(output)
+    data.update(context)
+    return data
+
+
+def merge_step_output(output: JSONDict, context: JSONDict, step_id: str, step_output: Mapping[str, Any]) -> None:
+    context[step_id] = dict(step_output)
+    context.update(step_output)
+    output.update(step_output)
+
+
+def normalize_output(result: Any, step_id: str) -> JSONDict:
+    """An executor returns a JSON object or None; anything else fails the attempt."""
+    if result is None:
+        return {}
+    if not isinstance(result, Mapping):
+        raise ValidationError(
+            f"step {step_id} returned {type(result).__name__}; an executor must return a dict or None"
+        )
+    return check_json_object(dict(result), f"output of step {step_id}")
+
+
+def call_executor(executor: StepExecutor, ctx: StepContext, data: JSONDict, timeout: float | None = None) -> Any:
+    """Call a sync or ``async def`` executor in the current thread.
+
+    An async executor gets its own event loop, and its timeout cancels the coroutine.
+    """
+    result = executor(ctx, data)
+    if inspect.isawaitable(result):
+        awaitable = result
+
+        async def runner() -> Any:
+            if timeout is None:
+                return await awaitable
+            try:
+                return await asyncio.wait_for(awaitable, timeout)
+            except asyncio.TimeoutError:
+                raise StepTimeoutError(f"step {ctx.step_id} timed out after {timeout:g}s") from None
+
+        result = asyncio.run(runner())
+    return result
+
+
+def run_attempt(
+    executor: StepExecutor,
+    ctx: StepContext,
+    data: JSONDict,
+    timeout: float | None,
+    cancel: Future[None] | None = None,
+) -> JSONDict:
+    """Run one attempt on its own thread, and stop waiting at the deadline or on cancel.
+
+    An executor that ignores its deadline is abandoned: ``ctx.cancelled`` is set, the
+    attempt fails with StepTimeoutError, and whatever it returns later is discarded.
+    """
+    outcome: Future[Any] = Future()
+
+    def target() -> None:
+        try:
+            value = call_executor(executor, ctx, data, timeout)
+        except BaseException as exc:  # noqa: BLE001 - reported to the waiting thread
+            if not outcome.done():
+                outcome.set_exception(exc)
+            return
+        if not outcome.done():
+            outcome.set_result(value)
+
+    thread = threading.Thread(target=target, name=f"orchwf-step-{ctx.step_id}", daemon=True)
+    thread.start()
+    waiting: list[Future[Any]] = [outcome] if cancel is None else [outcome, cancel]
+    done, _ = wait(waiting, timeout=timeout, return_when=FIRST_COMPLETED)
+    if outcome in done:
+        return normalize_output(outcome.result(), ctx.step_id)
+    ctx.cancelled.set()
+    if cancel is not None and cancel in done:
+        raise WorkflowCancelledError(f"workflow {ctx.workflow_instance_id} was cancelled")
+    raise StepTimeoutError(f"step {ctx.step_id} timed out after {timeout:g}s")
