@@ -10,12 +10,14 @@ compensation, cancellation, and resume of failed or cancelled instances.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -61,6 +63,9 @@ class _Run:
     lock: threading.Lock = field(default_factory=threading.Lock)
     completion_order: list[str] = field(default_factory=list)
     running_contexts: dict[str, StepContext] = field(default_factory=dict)
+    #: set (under ``lock``) by whoever takes charge of the run: its runner, or a cancel
+    #: that arrives while a background run still waits in the pool's queue
+    claimed: bool = False
 
     @property
     def cancelled(self) -> bool:
@@ -133,6 +138,8 @@ class Orchestrator:
         self._check_open()
         definition = self.get_workflow(workflow_id)
         run = self._create(definition, input, metadata)
+        with self._lock:  # visible to cancel_workflow and wait while still queued
+            self._runs[run.inst.id] = run
         self._runner_pool.submit(self._execute_in_background, run)
         return run.inst.id
 
@@ -185,6 +192,17 @@ class Orchestrator:
             with run.lock:
                 for ctx in run.running_contexts.values():
                     ctx.cancelled.set()
+                queued = not run.claimed
+                run.claimed = True
+            if queued:
+                # still waiting for a runner: end it here; the runner will skip it
+                try:
+                    self._finish_cancelled(run)
+                finally:
+                    with self._lock:
+                        self._runs.pop(instance_id, None)
+                    run.done.set()
+                return
             # The run stops waiting on its steps at once; wait for it to record the end.
             if threading.current_thread().name.startswith("orchwf-step-"):
                 return  # called from inside one of this run's steps: do not wait on ourselves
@@ -316,9 +334,17 @@ class Orchestrator:
             (s for s in steps.values() if s.status == StepStatus.COMPLETED),
             key=lambda s: (s.completed_at or inst.started_at, s.execution_order),
         )
+        # Steps already compensated when the instance failed or was cancelled are not
+        # compensated a second time if the resumed run fails too.
+        compensated = {
+            e.step_inst_id
+            for e in self.state_manager.get_workflow_events(inst.id)
+            if e.event_type in ("step.compensated", "step.compensation_failed")
+        }
         for s in completed:
             merge_step_output(inst.output, inst.context, s.step_id, s.output)
-            run.completion_order.append(s.step_id)
+            if s.id not in compensated:
+                run.completion_order.append(s.step_id)
         inst.status = WorkflowStatus.PENDING
         inst.error = None
         inst.completed_at = None
@@ -338,6 +364,10 @@ class Orchestrator:
     # -- internals: running -------------------------------------------------------------
 
     def _execute_in_background(self, run: _Run) -> None:
+        with run.lock:
+            if run.claimed:
+                return  # cancelled while queued
+            run.claimed = True
         try:
             self._execute(run)
         except Exception:  # noqa: BLE001 - a background run has no caller to raise to
@@ -345,6 +375,8 @@ class Orchestrator:
 
     def _execute(self, run: _Run) -> WorkflowResult:
         inst = run.inst
+        with run.lock:
+            run.claimed = True
         with self._lock:
             self._runs[inst.id] = run
         started = time.monotonic()
@@ -420,10 +452,10 @@ class Orchestrator:
             if attempt > 1:
                 delay = policy.backoff(attempt - 1)
                 if delay > 0:
-                    try:
-                        run.cancel.result(timeout=delay)
-                    except TimeoutError:
-                        pass
+                    # wakes early on cancel; wait() (not Future.result) because on Python
+                    # 3.10 result() raises concurrent.futures.TimeoutError, which is not
+                    # the builtin TimeoutError
+                    wait_futures([run.cancel], timeout=delay)
             if run.cancelled:
                 return self._step_cancelled(run, step)
             now = utcnow()
@@ -456,7 +488,8 @@ class Orchestrator:
             t0 = time.monotonic()
             try:
                 assert sdef.executor is not None
-                output = run_attempt(sdef.executor, ctx, data, sdef.timeout, run.cancel)
+                # each attempt gets its own copy, so step.input stays what was prepared
+                output = run_attempt(sdef.executor, ctx, copy.deepcopy(data), sdef.timeout, run.cancel)
             except WorkflowCancelledError:
                 return self._step_cancelled(run, step)
             except Exception as exc:  # noqa: BLE001 - any executor error fails the attempt

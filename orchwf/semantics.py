@@ -9,6 +9,7 @@ The workflow output is the flat merge of step outputs in completion order.
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import threading
 from collections.abc import Iterable, Mapping
@@ -30,7 +31,9 @@ def prepare_step_input(
         data.update(output)
         data[dep_id] = dict(output)
     data.update(context)
-    return data
+    # a deep copy: an executor that mutates its input must not reach into the
+    # context, another step's output or another (concurrent) step's input
+    return copy.deepcopy(data)
 
 
 def merge_step_output(output: JSONDict, context: JSONDict, step_id: str, step_output: Mapping[str, Any]) -> None:
@@ -89,10 +92,18 @@ def run_attempt(
         try:
             value = call_executor(executor, ctx, data, timeout)
         except BaseException as exc:  # noqa: BLE001 - reported to the waiting thread
-            if not outcome.done():
-                outcome.set_exception(exc)
+            value, error = None, exc
+        else:
+            error = None
+        if cancel is not None and cancel.done():
+            # finished after the workflow was cancelled: a late result, discarded
+            # (whether the waiting thread noticed the cancel first is a race; this is not)
+            error = WorkflowCancelledError(f"workflow {ctx.workflow_instance_id} was cancelled")
+        if outcome.done():
             return
-        if not outcome.done():
+        if error is not None:
+            outcome.set_exception(error)
+        else:
             outcome.set_result(value)
 
     thread = threading.Thread(target=target, name=f"orchwf-step-{ctx.step_id}", daemon=True)

@@ -56,7 +56,7 @@ class StepStatus(str, Enum):
 
 JSONDict = dict[str, Any]
 StepOutput = Union[Mapping[str, Any], None]
-StepExecutor = Callable[["StepContext", JSONDict], Union[StepOutput, Awaitable[StepOutput]]]
+StepExecutor = Callable[["StepContext", JSONDict], StepOutput | Awaitable[StepOutput]]
 StepCompensator = Callable[["StepContext", JSONDict], Any]
 
 

@@ -88,6 +88,11 @@ CREATE TABLE orchwf_step_instances (
     -- added by orchwf for the daemon:
     attempts         integer NOT NULL DEFAULT 0,     -- executions started (claims)
     crashes          integer NOT NULL DEFAULT 0,     -- executions lost to a dead worker or lease expiry
+    max_attempts     integer NOT NULL DEFAULT 1,     -- copied from the definition at enqueue
+    timeout_seconds  double precision,               -- per-attempt timeout, from the definition
+    required         boolean NOT NULL DEFAULT true,
+    crash_counts_as_attempt boolean NOT NULL DEFAULT false,
+    has_compensator  boolean NOT NULL DEFAULT false,
     dependencies     text[] NOT NULL DEFAULT '{}',
     dependents       text[] NOT NULL DEFAULT '{}',
     pending_deps     integer NOT NULL DEFAULT 0,     -- dependencies not yet done; ready at 0

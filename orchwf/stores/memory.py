@@ -8,7 +8,14 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from ..errors import StepNotFoundError, WorkflowNotFoundError
-from ..types import StepInstance, StepStatus, WorkflowEvent, WorkflowInstance, WorkflowStatus, utcnow
+from ..types import (
+    StepInstance,
+    StepStatus,
+    WorkflowEvent,
+    WorkflowInstance,
+    WorkflowStatus,
+    utcnow,
+)
 from .base import check_page, error_text, normalize_filters
 
 T = TypeVar("T")

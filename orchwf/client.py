@@ -1,0 +1,227 @@
+"""The producer and operator API: enqueue on the app's own transaction, or via Client.
+
+Everything here calls the SQL functions of sql/002_daemon.sql, so a Python producer,
+psql and any other language enqueue exactly the same way.
+"""
+
+from __future__ import annotations
+
+import select
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from .dag import dependents, validate_definition
+from .db.errors import translate_errors
+from .errors import ValidationError, WorkflowNotFoundError
+from .jsonvalue import check_json_object
+from .stores.base import is_uuid
+from .types import JSONDict, WorkflowDefinition, WorkflowEvent, WorkflowInstance
+
+MAX_KEY_LENGTH = 255
+INT32 = 2**31
+
+
+def definition_document(definition: WorkflowDefinition) -> JSONDict:
+    """The definition as stored for producers and the SQL API: the graph plus dependents."""
+    doc = definition.to_json()
+    children = dependents(definition.steps)
+    for step in doc["steps"]:
+        step["dependents"] = children[step["id"]]
+    return doc
+
+
+def _fn(schema: str, name: str) -> sql.Composable:
+    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
+
+
+def register_workflow(conn: psycopg.Connection[Any], definition: WorkflowDefinition, *, schema: str = "public") -> None:
+    """Upsert a definition so producers can enqueue it by ID without importing its code."""
+    validate_definition(definition)
+    query = sql.SQL(
+        "INSERT INTO {table} (workflow_id, name, version, version_hash, definition)"
+        " VALUES (%s, %s, %s, %s, %s)"
+        " ON CONFLICT (workflow_id) DO UPDATE SET name = EXCLUDED.name, version = EXCLUDED.version,"
+        " version_hash = EXCLUDED.version_hash, definition = EXCLUDED.definition, updated_at = now()"
+        " WHERE {table}.version_hash IS DISTINCT FROM EXCLUDED.version_hash"
+    ).format(table=_fn(schema, "orchwf_workflow_definitions"))
+    with translate_errors():
+        conn.execute(
+            query,
+            (definition.id, definition.name, definition.version, definition.version_hash,
+             Jsonb(definition_document(definition))),
+        )
+
+
+def _check_options(
+    workflow_id: str, priority: int | None, queue: str | None, run_after: datetime | None
+) -> None:
+    if not isinstance(workflow_id, str) or not workflow_id:
+        raise ValidationError(f"workflow_id must be a non-empty string, got {workflow_id!r}")
+    if len(workflow_id) > MAX_KEY_LENGTH or "\x00" in workflow_id:
+        raise WorkflowNotFoundError(workflow_id)
+    if priority is not None:
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise ValidationError(f"priority must be an int, got {priority!r}")
+        if not -INT32 // 2 <= priority < INT32 // 2:
+            raise ValidationError(f"priority {priority} is out of range (±{INT32 // 2})")
+    if queue is not None:
+        if not isinstance(queue, str) or not 1 <= len(queue) <= MAX_KEY_LENGTH or "\x00" in queue:
+            raise ValidationError(f"queue must be a string of 1 to {MAX_KEY_LENGTH} characters, got {queue!r}")
+    if run_after is not None:
+        if not isinstance(run_after, datetime) or run_after.tzinfo is None:
+            raise ValidationError("run_after must be a timezone-aware datetime")
+
+
+def _check_key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    if not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY_LENGTH or "\x00" in key:
+        raise ValidationError(f"idempotency_key must be a string of 1 to {MAX_KEY_LENGTH} characters")
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("idempotency_key is not valid Unicode") from None
+    return key
+
+
+def enqueue_many(
+    conn: psycopg.Connection[Any],
+    workflow_id: str,
+    inputs: Iterable[Mapping[str, Any] | None],
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    priority: int | None = None,
+    idempotency_keys: Sequence[str | None] | None = None,
+    queue: str | None = None,
+    run_after: datetime | None = None,
+    schema: str = "public",
+) -> list[str]:
+    """Insert instances in one round trip, on the caller's connection and transaction.
+
+    Returns the IDs in input order; a duplicate idempotency key gives the existing ID.
+    """
+    _check_options(workflow_id, priority, queue, run_after)
+    docs = [Jsonb(check_json_object(x, f"inputs[{i}]") if x is not None else {}) for i, x in enumerate(inputs)]
+    meta = check_json_object(metadata, "metadata")
+    keys = None
+    if idempotency_keys is not None:
+        keys = [_check_key(k) for k in idempotency_keys]
+        if len(keys) != len(docs):
+            raise ValidationError(f"got {len(keys)} idempotency keys for {len(docs)} inputs")
+    if not docs:
+        return []
+    query = sql.SQL("SELECT {}(%s, %s::jsonb[], %s, %s, %s, %s, %s)").format(_fn(schema, "orchwf_enqueue_many"))
+    with translate_errors():
+        row = conn.execute(query, (workflow_id, docs, Jsonb(meta), priority, keys, queue, run_after)).fetchone()
+    assert row is not None
+    return [str(x) for x in row[0]]
+
+
+def enqueue(
+    conn: psycopg.Connection[Any],
+    workflow_id: str,
+    input: Mapping[str, Any] | None,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    priority: int | None = None,
+    idempotency_key: str | None = None,
+    queue: str | None = None,
+    run_after: datetime | None = None,
+    schema: str = "public",
+) -> str:
+    """Insert one workflow instance inside the caller's transaction; a rollback removes it."""
+    ids = enqueue_many(
+        conn, workflow_id, [input], metadata=metadata, priority=priority,
+        idempotency_keys=None if idempotency_key is None else [idempotency_key],
+        queue=queue, run_after=run_after, schema=schema,
+    )
+    return ids[0]
+
+
+class Client:
+    """Producer and operator API over a DSN (or the embedded default when None)."""
+
+    def __init__(self, dsn: str | None = None, *, schema: str = "public") -> None:
+        from .db.dsn import resolve_dsn
+        from .stores.postgres import DBStateManager
+
+        self.dsn = resolve_dsn(dsn)
+        self.schema = schema
+        self._store = DBStateManager(self.dsn, schema=schema)
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.dsn, autocommit=False)
+
+    def close(self) -> None:
+        self._store.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def register_workflow(self, definition: WorkflowDefinition) -> None:
+        with self._connect() as conn:
+            register_workflow(conn, definition, schema=self.schema)
+
+    def enqueue(self, workflow_id: str, input: Mapping[str, Any] | None, **options: Any) -> str:
+        with self._connect() as conn:
+            return enqueue(conn, workflow_id, input, schema=self.schema, **options)
+
+    def enqueue_many(self, workflow_id: str, inputs: Iterable[Mapping[str, Any] | None], **options: Any) -> list[str]:
+        with self._connect() as conn:
+            return enqueue_many(conn, workflow_id, inputs, schema=self.schema, **options)
+
+    def get_workflow(self, instance_id: str) -> WorkflowInstance:
+        return self._store.get_workflow(instance_id)
+
+    def list_workflows(
+        self, filters: Mapping[str, Any] | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[list[WorkflowInstance], int]:
+        return self._store.list_workflows(filters, limit, offset)
+
+    def get_workflow_events(self, instance_id: str) -> list[WorkflowEvent]:
+        return self._store.get_workflow_events(instance_id)
+
+    def _call(self, function: str, instance_id: str) -> str:
+        if not is_uuid(instance_id):
+            raise WorkflowNotFoundError(str(instance_id))
+        with self._connect() as conn, translate_errors():
+            row = conn.execute(sql.SQL("SELECT {}(%s)").format(_fn(self.schema, function)), (instance_id,)).fetchone()
+        assert row is not None
+        return str(row[0])
+
+    def cancel_workflow(self, instance_id: str) -> str:
+        """Cancel a pending or running instance; running steps' results are discarded."""
+        return self._call("orchwf_cancel_workflow", instance_id)
+
+    def resume_workflow(self, instance_id: str) -> str:
+        """Re-run the failed, cancelled and pending steps of a failed or cancelled instance."""
+        return self._call("orchwf_resume_workflow", instance_id)
+
+    def wait(self, instance_id: str, timeout: float | None = None) -> WorkflowInstance:
+        """Block until the instance is terminal (LISTEN orchwf_done, polling as fallback)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        inst = self.get_workflow(instance_id)
+        if inst.status.is_terminal:
+            return inst
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("LISTEN orchwf_done")
+            while True:
+                inst = self.get_workflow(instance_id)
+                if inst.status.is_terminal:
+                    return inst
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"workflow {instance_id} did not finish within {timeout}s")
+                wait_for = 1.0 if remaining is None else min(1.0, remaining)
+                select.select([conn.fileno()], [], [], wait_for)
+                for _ in conn.notifies(timeout=0):
+                    pass

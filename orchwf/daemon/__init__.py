@@ -1,0 +1,1 @@
+"""The orchwf-worker daemon: a prefork supervisor and the worker processes it forks."""

@@ -1,0 +1,754 @@
+"""DBStateManager: the StateManager contract on PostgreSQL (psycopg 3).
+
+Same semantics as InMemoryStateManager (stores/memory.py); what is Postgres-specific:
+
+* Transactions are real. Inside ``with_transaction(fn)`` every call made by ``fn`` on
+  the same thread uses the transaction's connection (kept in a thread-local); a nested
+  ``with_transaction`` is a savepoint. Outside, each call runs on its own (one statement
+  in autocommit, or a short transaction when it needs several).
+* Thread-safe. Given a conninfo, the store opens a ``psycopg_pool.ConnectionPool``
+  lazily; each thread borrows its own connection. Given a single connection, calls are
+  serialised on a lock, held for the whole of a ``with_transaction``.
+* Fork-safe. A pool opened by the parent is never used (or closed) in a child: the child
+  opens its own pool on first use. A connection or pool passed in by the caller cannot be
+  re-opened, so using it after fork() raises InvalidStateError.
+* Every value is a bound parameter. Table names come from the validated schema name
+  (``psycopg.sql.Identifier``), filter columns from the constant ``FILTER_COLUMNS``.
+* ``list_workflows`` returns instances WITHOUT their steps (``steps == []``), like the
+  in-memory store; ``get_workflow`` loads them.
+* Empty trace/correlation/business IDs are stored as NULL and read back as ``""``.
+* Timestamps are ``timestamptz``; datetimes come back timezone-aware in UTC. A naive
+  datetime passed in is taken to be UTC.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import uuid
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any, Final, TypeVar, Union
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from .. import jsonvalue
+from ..db.migrations import connect, validate_schema
+from ..errors import InvalidStateError, StepNotFoundError, ValidationError, WorkflowNotFoundError
+from ..types import (
+    StepInstance,
+    StepStatus,
+    WorkflowEvent,
+    WorkflowInstance,
+    WorkflowStatus,
+    utcnow,
+)
+from .base import check_page, error_text, is_uuid, normalize_filters
+
+__all__ = ["DBStateManager", "FILTER_COLUMNS"]
+
+T = TypeVar("T")
+Row = dict[str, Any]
+Target = Union[str, "psycopg.Connection[Any]", ConnectionPool]
+
+#: list_workflows filter key -> column. The ONLY way a filter reaches SQL text.
+FILTER_COLUMNS: Final[Mapping[str, str]] = {
+    "workflow_id": "workflow_id",
+    "status": "status",
+    "trace_id": "trace_id",
+    "correlation_id": "correlation_id",
+    "business_id": "business_id",
+}
+_EMPTY_IS_NULL: Final = frozenset({"trace_id", "correlation_id", "business_id"})
+
+_TERMINAL_WF: Final = frozenset(
+    {WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED}
+)
+_TERMINAL_STEP: Final = frozenset(
+    {StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED}
+)
+
+# Pools opened before a fork(), kept referenced in the child so they are never
+# garbage-collected (and closed) there: their sockets belong to the parent.
+_ABANDONED: list[object] = []
+
+# -- SQL ----------------------------------------------------------------------------------
+# Placeholders in braces are filled by psycopg.sql at construction: {wi}, {si}, {ev} with
+# schema-qualified identifiers, {*_cols} with the constant column lists below. Every
+# value is a bound %(name)s / %s parameter. INSERT ... SELECT needs explicit casts
+# (Postgres infers parameter types from the target columns only for VALUES).
+
+_WF_COLUMNS = (
+    "id, workflow_id, status, input, output, context, current_step_id, started_at, "
+    "completed_at, error, retry_count, last_retry_at, metadata, trace_id, correlation_id, "
+    "business_id, priority, queue, idempotency_key, run_mode, created_at, updated_at"
+)
+_STEP_COLUMNS = (
+    "id, step_id, workflow_inst_id, status, input, output, started_at, completed_at, error, "
+    "retry_count, last_retry_at, duration_ms, execution_order, priority, attempts"
+)
+_EVENT_COLUMNS = 'id, workflow_inst_id, step_inst_id, event_type, event_data, "timestamp"'
+
+_QUERIES: Final[dict[str, str]] = {
+    "save_workflow": """
+        INSERT INTO {wi} ({wf_cols})
+        VALUES (%(id)s, %(workflow_id)s, %(status)s, %(input)s, %(output)s, %(context)s,
+                %(current_step_id)s, %(started_at)s, %(completed_at)s, %(error)s,
+                %(retry_count)s, %(last_retry_at)s, %(metadata)s, %(trace_id)s,
+                %(correlation_id)s, %(business_id)s, %(priority)s, %(queue)s,
+                %(idempotency_key)s, %(run_mode)s, %(created_at)s, %(updated_at)s)
+        ON CONFLICT (id) DO UPDATE SET
+            workflow_id = EXCLUDED.workflow_id, status = EXCLUDED.status,
+            input = EXCLUDED.input, output = EXCLUDED.output, context = EXCLUDED.context,
+            current_step_id = EXCLUDED.current_step_id, started_at = EXCLUDED.started_at,
+            completed_at = EXCLUDED.completed_at, error = EXCLUDED.error,
+            retry_count = EXCLUDED.retry_count, last_retry_at = EXCLUDED.last_retry_at,
+            metadata = EXCLUDED.metadata, trace_id = EXCLUDED.trace_id,
+            correlation_id = EXCLUDED.correlation_id, business_id = EXCLUDED.business_id,
+            priority = EXCLUDED.priority, queue = EXCLUDED.queue,
+            idempotency_key = EXCLUDED.idempotency_key, run_mode = EXCLUDED.run_mode,
+            created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at
+    """,
+    "get_workflow": "SELECT {wf_cols} FROM {wi} WHERE id = %s",
+    "workflow_exists": "SELECT 1 FROM {wi} WHERE id = %s",
+    "update_workflow_status": """
+        UPDATE {wi} SET status = %(status)s,
+            completed_at = CASE WHEN %(terminal)s THEN %(now)s ELSE completed_at END,
+            updated_at = %(now)s
+        WHERE id = %(id)s
+    """,
+    "update_workflow_output": "UPDATE {wi} SET output = %s, updated_at = %s WHERE id = %s",
+    "update_workflow_error": """
+        UPDATE {wi} SET error = %(error)s, status = 'failed', completed_at = %(now)s,
+            updated_at = %(now)s
+        WHERE id = %(id)s
+    """,
+    # Steps: the EXISTS guard turns a missing workflow into "0 rows" instead of a foreign
+    # key error, which would abort the caller's transaction. created_at is set on insert
+    # only (clock_timestamp: insertion order breaks execution_order ties, as in memory).
+    "save_step": """
+        INSERT INTO {si} ({step_cols}, created_at, updated_at)
+        SELECT %(id)s::uuid, %(step_id)s::text, %(workflow_inst_id)s::uuid, %(status)s::text,
+               %(input)s::jsonb, %(output)s::jsonb, %(started_at)s::timestamptz,
+               %(completed_at)s::timestamptz, %(error)s::text, %(retry_count)s::integer,
+               %(last_retry_at)s::timestamptz, %(duration_ms)s::bigint,
+               %(execution_order)s::integer, %(priority)s::integer, %(attempts)s::integer,
+               clock_timestamp(), %(now)s::timestamptz
+        WHERE EXISTS (SELECT 1 FROM {wi} WHERE id = %(workflow_inst_id)s::uuid)
+        ON CONFLICT (id) DO UPDATE SET
+            step_id = EXCLUDED.step_id, workflow_inst_id = EXCLUDED.workflow_inst_id,
+            status = EXCLUDED.status, input = EXCLUDED.input, output = EXCLUDED.output,
+            started_at = EXCLUDED.started_at, completed_at = EXCLUDED.completed_at,
+            error = EXCLUDED.error, retry_count = EXCLUDED.retry_count,
+            last_retry_at = EXCLUDED.last_retry_at, duration_ms = EXCLUDED.duration_ms,
+            execution_order = EXCLUDED.execution_order, priority = EXCLUDED.priority,
+            attempts = EXCLUDED.attempts, updated_at = EXCLUDED.updated_at
+    """,
+    "get_step": "SELECT {step_cols} FROM {si} WHERE id = %s",
+    "step_exists": "SELECT 1 FROM {si} WHERE id = %s",
+    "workflow_steps": """
+        SELECT {step_cols} FROM {si} WHERE workflow_inst_id = %s
+        ORDER BY execution_order, created_at, id
+    """,
+    "update_step_status": """
+        UPDATE {si} SET status = %(status)s,
+            started_at = CASE WHEN %(running)s THEN coalesce(started_at, %(now)s) ELSE started_at END,
+            completed_at = CASE WHEN %(terminal)s THEN %(now)s ELSE completed_at END,
+            updated_at = %(now)s
+        WHERE id = %(id)s
+    """,
+    "update_step_output": "UPDATE {si} SET output = %s, updated_at = %s WHERE id = %s",
+    "update_step_error": """
+        UPDATE {si} SET error = %(error)s, status = 'failed', completed_at = %(now)s,
+            updated_at = %(now)s
+        WHERE id = %(id)s
+    """,
+    # Events: saving the same event twice is a no-op (idempotent for retried writes).
+    "save_event": """
+        INSERT INTO {ev} ({event_cols})
+        SELECT %(id)s::uuid, %(workflow_inst_id)s::uuid, %(step_inst_id)s::uuid,
+               %(event_type)s::text, %(event_data)s::jsonb, %(timestamp)s::timestamptz
+        WHERE EXISTS (SELECT 1 FROM {wi} WHERE id = %(workflow_inst_id)s::uuid)
+          AND (%(step_inst_id)s::uuid IS NULL
+               OR EXISTS (SELECT 1 FROM {si} WHERE id = %(step_inst_id)s::uuid))
+        ON CONFLICT (id) DO NOTHING
+    """,
+    "event_exists": "SELECT 1 FROM {ev} WHERE id = %s",
+    "workflow_events": """
+        SELECT {event_cols} FROM {ev} WHERE workflow_inst_id = %s
+        ORDER BY "timestamp", seq
+    """,
+    "list_workflows": "SELECT {wf_cols} FROM {wi}",
+    "count_workflows": "SELECT count(*) AS n FROM {wi}",
+}
+
+
+def _compile(schema: str) -> dict[str, sql.Composed]:
+    parts = {
+        "wi": sql.Identifier(schema, "orchwf_workflow_instances"),
+        "si": sql.Identifier(schema, "orchwf_step_instances"),
+        "ev": sql.Identifier(schema, "orchwf_workflow_events"),
+        "wf_cols": sql.SQL(_WF_COLUMNS),  # type: ignore[arg-type]
+        "step_cols": sql.SQL(_STEP_COLUMNS),  # type: ignore[arg-type]
+        "event_cols": sql.SQL(_EVENT_COLUMNS),  # type: ignore[arg-type]
+    }
+    return {name: sql.SQL(text).format(**parts) for name, text in _QUERIES.items()}  # type: ignore[arg-type]
+
+
+# -- value conversion ---------------------------------------------------------------------
+
+
+def _uuid(value: str, what: str) -> uuid.UUID:
+    if not is_uuid(value):
+        raise ValidationError(f"{what} must be a UUID, got {value!r}")
+    return uuid.UUID(value)
+
+
+def _ts_in(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise ValidationError(f"expected a datetime, got {type(value).__name__}")
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+def _ts_out(value: datetime | None) -> datetime | None:
+    return value.astimezone(timezone.utc) if value is not None else None
+
+
+def _text(value: str | None, what: str, *, empty_is_null: bool = False) -> str | None:
+    if value is None or (empty_is_null and value == ""):
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(f"{what} must be a string, got {type(value).__name__}")
+    if "\x00" in value:
+        raise ValidationError(f"{what} contains a NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"{what} is not valid Unicode (lone surrogate)") from None
+    return value
+
+
+def _error_in(error: BaseException | str) -> str:
+    """Error text is recorded, never refused: NULs and lone surrogates are escaped."""
+    text = error_text(error).replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _json_in(value: Mapping[str, Any] | None, what: str) -> Jsonb:
+    return Jsonb(jsonvalue.check_json_object(value, what), dumps=jsonvalue.dumps)
+
+
+def _json_out(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _workflow_params(wf: WorkflowInstance, now: datetime) -> dict[str, Any]:
+    return {
+        "id": _uuid(wf.id, "workflow id"),
+        "workflow_id": _text(wf.workflow_id, "workflow_id"),
+        "status": _workflow_status(wf.status).value,
+        "input": _json_in(wf.input, "workflow input"),
+        "output": _json_in(wf.output, "workflow output"),
+        "context": _json_in(wf.context, "workflow context"),
+        "current_step_id": _text(wf.current_step_id, "current_step_id"),
+        "started_at": _ts_in(wf.started_at),
+        "completed_at": _ts_in(wf.completed_at),
+        "error": _error_in(wf.error) if wf.error is not None else None,
+        "retry_count": wf.retry_count,
+        "last_retry_at": _ts_in(wf.last_retry_at),
+        "metadata": _json_in(wf.metadata, "workflow metadata"),
+        "trace_id": _text(wf.trace_id, "trace_id", empty_is_null=True),
+        "correlation_id": _text(wf.correlation_id, "correlation_id", empty_is_null=True),
+        "business_id": _text(wf.business_id, "business_id", empty_is_null=True),
+        "priority": wf.priority,
+        "queue": _text(wf.queue, "queue"),
+        "idempotency_key": _text(wf.idempotency_key, "idempotency_key"),
+        "run_mode": _text(wf.run_mode, "run_mode"),
+        "created_at": _ts_in(wf.created_at),
+        "updated_at": now,
+    }
+
+
+def _workflow_out(row: Row) -> WorkflowInstance:
+    return WorkflowInstance(
+        id=str(row["id"]),
+        workflow_id=row["workflow_id"],
+        status=WorkflowStatus(row["status"]),
+        input=_json_out(row["input"]),
+        output=_json_out(row["output"]),
+        context=_json_out(row["context"]),
+        current_step_id=row["current_step_id"],
+        started_at=_ts_out(row["started_at"]),  # type: ignore[arg-type]
+        completed_at=_ts_out(row["completed_at"]),
+        error=row["error"],
+        retry_count=row["retry_count"],
+        last_retry_at=_ts_out(row["last_retry_at"]),
+        metadata=_json_out(row["metadata"]),
+        trace_id=row["trace_id"] or "",
+        correlation_id=row["correlation_id"] or "",
+        business_id=row["business_id"] or "",
+        created_at=_ts_out(row["created_at"]),  # type: ignore[arg-type]
+        updated_at=_ts_out(row["updated_at"]),  # type: ignore[arg-type]
+        priority=row["priority"],
+        queue=row["queue"],
+        idempotency_key=row["idempotency_key"],
+        run_mode=row["run_mode"],
+    )
+
+
+def _step_params(step: StepInstance, now: datetime) -> dict[str, Any]:
+    return {
+        "id": _uuid(step.id, "step id"),
+        "step_id": _text(step.step_id, "step_id"),
+        "workflow_inst_id": _uuid(step.workflow_inst_id, "step workflow_inst_id"),
+        "status": _step_status(step.status).value,
+        "input": _json_in(step.input, "step input"),
+        "output": _json_in(step.output, "step output"),
+        "started_at": _ts_in(step.started_at),
+        "completed_at": _ts_in(step.completed_at),
+        "error": _error_in(step.error) if step.error is not None else None,
+        "retry_count": step.retry_count,
+        "last_retry_at": _ts_in(step.last_retry_at),
+        "duration_ms": step.duration_ms,
+        "execution_order": step.execution_order,
+        "priority": step.priority,
+        "attempts": step.attempts,
+        "now": now,
+    }
+
+
+def _step_out(row: Row) -> StepInstance:
+    return StepInstance(
+        id=str(row["id"]),
+        step_id=row["step_id"],
+        workflow_inst_id=str(row["workflow_inst_id"]),
+        status=StepStatus(row["status"]),
+        input=_json_out(row["input"]),
+        output=_json_out(row["output"]),
+        started_at=_ts_out(row["started_at"]),
+        completed_at=_ts_out(row["completed_at"]),
+        error=row["error"],
+        retry_count=row["retry_count"],
+        last_retry_at=_ts_out(row["last_retry_at"]),
+        duration_ms=row["duration_ms"],
+        execution_order=row["execution_order"],
+        priority=row["priority"],
+        attempts=row["attempts"],
+    )
+
+
+def _event_out(row: Row) -> WorkflowEvent:
+    return WorkflowEvent(
+        id=str(row["id"]),
+        workflow_inst_id=str(row["workflow_inst_id"]),
+        event_type=row["event_type"],
+        event_data=_json_out(row["event_data"]),
+        step_inst_id=str(row["step_inst_id"]) if row["step_inst_id"] is not None else None,
+        timestamp=_ts_out(row["timestamp"]),  # type: ignore[arg-type]
+    )
+
+
+# -- the store ----------------------------------------------------------------------------
+
+
+class DBStateManager:
+    """StateManager on PostgreSQL. Pass a conninfo (the store owns a pool), a pool, or
+    one connection (calls are then serialised). The schema must have been migrated
+    (``orchwf migrate up --schema ...`` or ``orchwf.migrate(conninfo, schema)``).
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        schema: str = "public",
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+    ) -> None:
+        self._schema = validate_schema(schema)
+        self._q = _compile(schema)
+        self._conninfo: str | None = None
+        self._conn: psycopg.Connection[Any] | None = None
+        self._pool: ConnectionPool | None = None
+        if isinstance(target, str):
+            self._conninfo = target
+        elif isinstance(target, psycopg.Connection):
+            self._conn = target
+        elif isinstance(target, ConnectionPool):
+            self._pool = target
+        else:
+            raise ValidationError(
+                "DBStateManager needs a conninfo string, a psycopg.Connection or a "
+                f"psycopg_pool.ConnectionPool, got {type(target).__name__}"
+            )
+        self._min_size = min_size
+        self._max_size = max_size
+        self._closed = False
+        self._created_pid = os.getpid()
+        self._init_process_state()
+        os.register_at_fork(after_in_child=functools.partial(_after_fork, weakref.ref(self)))
+
+    def _init_process_state(self) -> None:
+        """Locks and thread-locals of this process (re-made in a forked child)."""
+        self._pid = os.getpid()
+        self._pool_lock = threading.Lock()
+        self._conn_lock = threading.RLock()
+        self._local = threading.local()
+
+    def _forget_parent(self) -> None:
+        """In a forked child: drop everything that belongs to the parent process."""
+        if self._conninfo is not None and self._pool is not None:
+            _ABANDONED.append(self._pool)
+            self._pool = None
+        self._init_process_state()
+
+    @property
+    def schema(self) -> str:
+        return self._schema
+
+    # -- connections ----------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise InvalidStateError("DBStateManager is closed")
+        if os.getpid() != self._pid:
+            self._forget_parent()  # fork without the at-fork hook (e.g. os.fork from C)
+        if self._conninfo is None and self._pid != self._created_pid:
+            raise InvalidStateError(
+                "DBStateManager got a connection or pool from the caller before fork(); it "
+                "cannot be used in the child. Pass a conninfo string so each process opens "
+                "its own connections."
+            )
+
+    def _get_pool(self) -> ConnectionPool:
+        if self._pool is not None:
+            return self._pool
+        with self._pool_lock:
+            if self._pool is None:
+                assert self._conninfo is not None
+                # Connect once directly: a bad DSN fails now with libpq's reason (password
+                # redacted), instead of a pool timeout 30 seconds later.
+                connect(self._conninfo).close()
+                self._pool = ConnectionPool(
+                    self._conninfo,
+                    min_size=self._min_size,
+                    max_size=self._max_size,
+                    kwargs={"autocommit": True},
+                    name=f"orchwf-{os.getpid()}",
+                    open=True,
+                )
+            return self._pool
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """The connection this thread's store calls use, for SQL the store has no method for.
+
+        Inside ``with_transaction`` it is the transaction's own connection, so statements
+        run on it commit or roll back together with the store's writes.
+        """
+        self._check_usable()
+        current = getattr(self._local, "conn", None)
+        if current is not None:
+            yield current
+        elif self._conn is not None:
+            with self._conn_lock:
+                yield self._conn
+        else:
+            with self._get_pool().connection() as conn:
+                yield conn
+
+    @contextmanager
+    def _cursor(self, atomic: bool = False) -> Iterator[psycopg.Cursor[Row]]:
+        """A dict-row cursor; ``atomic``: several statements that must see one state.
+
+        Inside with_transaction, statements join that transaction directly. Outside, a
+        single statement runs in autocommit; a connection the caller configured without
+        autocommit always gets an explicit transaction, so it is never left open.
+        """
+        with self.connection() as conn:
+            in_tx = getattr(self._local, "conn", None) is conn
+            if not in_tx and (atomic or not conn.autocommit):
+                with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+                    yield cur
+            else:
+                with conn.cursor(row_factory=dict_row) as cur:
+                    yield cur
+
+    def with_transaction(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in one database transaction; an exception rolls it back and propagates.
+
+        Nested calls on the same thread become savepoints. A failed COMMIT raises.
+        """
+        self._check_usable()
+        current = getattr(self._local, "conn", None)
+        if current is not None:
+            with current.transaction():  # a savepoint
+                return fn()
+        with self.connection() as conn:
+            self._local.conn = conn
+            try:
+                with conn.transaction():
+                    return fn()
+            finally:
+                self._local.conn = None
+
+    def close(self) -> None:
+        """Close the pool this store opened; a caller's connection or pool stays open."""
+        self._closed = True
+        if self._conninfo is not None and self._pool is not None and os.getpid() == self._pid:
+            self._pool.close()
+        if self._conninfo is not None:
+            self._pool = None
+
+    def __enter__(self) -> DBStateManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- workflows ------------------------------------------------------------------------
+
+    def save_workflow(self, workflow: WorkflowInstance) -> None:
+        params = _workflow_params(workflow, utcnow())
+        try:
+            with self._cursor() as cur:
+                cur.execute(self._q["save_workflow"], params)
+        except pg_errors.UniqueViolation as exc:
+            raise ValidationError(
+                f"workflow {workflow.workflow_id!r} already has an instance with idempotency key "
+                f"{workflow.idempotency_key!r}"
+            ) from exc
+        except pg_errors.CheckViolation as exc:
+            raise ValidationError(f"invalid workflow instance: {exc.diag.message_primary}") from exc
+
+    def get_workflow(self, workflow_inst_id: str) -> WorkflowInstance:
+        if not is_uuid(workflow_inst_id):
+            raise WorkflowNotFoundError(str(workflow_inst_id))
+        key = uuid.UUID(workflow_inst_id)
+        with self._cursor(atomic=True) as cur:
+            cur.execute(self._q["get_workflow"], (key,))
+            row = cur.fetchone()
+            if row is None:
+                raise WorkflowNotFoundError(workflow_inst_id)
+            workflow = _workflow_out(row)
+            cur.execute(self._q["workflow_steps"], (key,))
+            workflow.steps = [_step_out(r) for r in cur.fetchall()]
+        return workflow
+
+    def _update_workflow(self, workflow_inst_id: str, query: str, params: Any) -> None:
+        with self._cursor() as cur:
+            cur.execute(self._q[query], params)
+            if cur.rowcount == 0:
+                raise WorkflowNotFoundError(workflow_inst_id)
+
+    def update_workflow_status(self, workflow_inst_id: str, status: WorkflowStatus) -> None:
+        status = _workflow_status(status)
+        if not is_uuid(workflow_inst_id):
+            raise WorkflowNotFoundError(str(workflow_inst_id))
+        params = {
+            "id": uuid.UUID(workflow_inst_id),
+            "status": status.value,
+            "terminal": status in _TERMINAL_WF,
+            "now": utcnow(),
+        }
+        self._update_workflow(workflow_inst_id, "update_workflow_status", params)
+
+    def update_workflow_output(self, workflow_inst_id: str, output: Mapping[str, Any]) -> None:
+        value = _json_in(dict(output) if output is not None else None, "workflow output")
+        if not is_uuid(workflow_inst_id):
+            raise WorkflowNotFoundError(str(workflow_inst_id))
+        params = (value, utcnow(), uuid.UUID(workflow_inst_id))
+        self._update_workflow(workflow_inst_id, "update_workflow_output", params)
+
+    def update_workflow_error(self, workflow_inst_id: str, error: BaseException | str) -> None:
+        if not is_uuid(workflow_inst_id):
+            raise WorkflowNotFoundError(str(workflow_inst_id))
+        params = {"id": uuid.UUID(workflow_inst_id), "error": _error_in(error), "now": utcnow()}
+        self._update_workflow(workflow_inst_id, "update_workflow_error", params)
+
+    def list_workflows(
+        self, filters: Mapping[str, Any] | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[list[WorkflowInstance], int]:
+        """One page, newest first (created_at DESC, id DESC), and the filtered total.
+
+        Instances come without their steps; use get_workflow for those.
+        """
+        wanted = normalize_filters(filters)
+        check_page(limit, offset)
+        conditions: list[sql.Composable] = []
+        params: list[Any] = []
+        for key, value in wanted.items():
+            column = sql.Identifier(FILTER_COLUMNS[key])
+            _text(value, f"filter {key!r}")
+            if key in _EMPTY_IS_NULL and value == "":
+                conditions.append(sql.SQL("{} IS NULL").format(column))
+            else:
+                conditions.append(sql.SQL("{} = %s").format(column))
+                params.append(value)
+        where = sql.SQL("")
+        if conditions:
+            where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions)
+        page = (
+            self._q["list_workflows"]
+            + where
+            + sql.SQL(" ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s")
+        )
+        with self._cursor(atomic=True) as cur:
+            cur.execute(self._q["count_workflows"] + where, params)
+            count_row = cur.fetchone()
+            total = int(count_row["n"]) if count_row else 0
+            cur.execute(page, [*params, limit, offset])
+            rows = cur.fetchall()
+        return [_workflow_out(r) for r in rows], total
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def save_step(self, step: StepInstance) -> None:
+        params = _step_params(step, utcnow())
+        try:
+            with self._cursor() as cur:
+                cur.execute(self._q["save_step"], params)
+                saved = cur.rowcount
+        except pg_errors.ForeignKeyViolation as exc:  # the instance was deleted meanwhile
+            raise WorkflowNotFoundError(step.workflow_inst_id) from exc
+        except pg_errors.UniqueViolation as exc:
+            raise ValidationError(
+                f"workflow instance {step.workflow_inst_id} already has a step {step.step_id!r}"
+            ) from exc
+        except pg_errors.CheckViolation as exc:
+            raise ValidationError(f"invalid step instance: {exc.diag.message_primary}") from exc
+        if saved == 0:
+            raise WorkflowNotFoundError(step.workflow_inst_id)
+
+    def get_step(self, step_inst_id: str) -> StepInstance:
+        if not is_uuid(step_inst_id):
+            raise StepNotFoundError(str(step_inst_id))
+        with self._cursor() as cur:
+            cur.execute(self._q["get_step"], (uuid.UUID(step_inst_id),))
+            row = cur.fetchone()
+        if row is None:
+            raise StepNotFoundError(step_inst_id)
+        return _step_out(row)
+
+    def get_workflow_steps(self, workflow_inst_id: str) -> list[StepInstance]:
+        """The instance's steps by execution_order; WorkflowNotFoundError if it is unknown."""
+        return self._children(workflow_inst_id, "workflow_steps", _step_out)
+
+    def _children(self, workflow_inst_id: str, query: str, convert: Callable[[Row], T]) -> list[T]:
+        if not is_uuid(workflow_inst_id):
+            raise WorkflowNotFoundError(str(workflow_inst_id))
+        key = uuid.UUID(workflow_inst_id)
+        with self._cursor(atomic=True) as cur:
+            cur.execute(self._q[query], (key,))
+            rows = cur.fetchall()
+            if not rows:
+                cur.execute(self._q["workflow_exists"], (key,))
+                if cur.fetchone() is None:
+                    raise WorkflowNotFoundError(workflow_inst_id)
+        return [convert(r) for r in rows]
+
+    def _update_step(self, step_inst_id: str, query: str, params: Any) -> None:
+        with self._cursor() as cur:
+            cur.execute(self._q[query], params)
+            if cur.rowcount == 0:
+                raise StepNotFoundError(step_inst_id)
+
+    def update_step_status(self, step_inst_id: str, status: StepStatus) -> None:
+        status = _step_status(status)
+        if not is_uuid(step_inst_id):
+            raise StepNotFoundError(str(step_inst_id))
+        params = {
+            "id": uuid.UUID(step_inst_id),
+            "status": status.value,
+            "running": status == StepStatus.RUNNING,
+            "terminal": status in _TERMINAL_STEP,
+            "now": utcnow(),
+        }
+        self._update_step(step_inst_id, "update_step_status", params)
+
+    def update_step_output(self, step_inst_id: str, output: Mapping[str, Any]) -> None:
+        value = _json_in(dict(output) if output is not None else None, "step output")
+        if not is_uuid(step_inst_id):
+            raise StepNotFoundError(str(step_inst_id))
+        self._update_step(
+            step_inst_id, "update_step_output", (value, utcnow(), uuid.UUID(step_inst_id))
+        )
+
+    def update_step_error(self, step_inst_id: str, error: BaseException | str) -> None:
+        if not is_uuid(step_inst_id):
+            raise StepNotFoundError(str(step_inst_id))
+        params = {"id": uuid.UUID(step_inst_id), "error": _error_in(error), "now": utcnow()}
+        self._update_step(step_inst_id, "update_step_error", params)
+
+    # -- events ---------------------------------------------------------------------------
+
+    def save_event(self, event: WorkflowEvent) -> None:
+        """Append an event; saving one with an ID already stored is a no-op.
+
+        Unknown workflow -> WorkflowNotFoundError; unknown step -> StepNotFoundError.
+        """
+        if not is_uuid(event.workflow_inst_id):
+            raise WorkflowNotFoundError(str(event.workflow_inst_id))
+        params = {
+            "id": _uuid(event.id, "event id"),
+            "workflow_inst_id": uuid.UUID(event.workflow_inst_id),
+            "step_inst_id": (
+                _uuid(event.step_inst_id, "event step_inst_id")
+                if event.step_inst_id is not None
+                else None
+            ),
+            "event_type": _text(event.event_type, "event_type"),
+            "event_data": _json_in(event.event_data, "event data"),
+            "timestamp": _ts_in(event.timestamp),
+        }
+        try:
+            with self._cursor() as cur:
+                cur.execute(self._q["save_event"], params)
+                if cur.rowcount == 1:
+                    return
+                cur.execute(self._q["workflow_exists"], (params["workflow_inst_id"],))
+                if cur.fetchone() is None:
+                    raise WorkflowNotFoundError(event.workflow_inst_id)
+                if params["step_inst_id"] is not None:
+                    cur.execute(self._q["step_exists"], (params["step_inst_id"],))
+                    if cur.fetchone() is None:
+                        raise StepNotFoundError(str(event.step_inst_id))
+                # else: the event was already stored
+        except pg_errors.ForeignKeyViolation as exc:  # deleted meanwhile
+            raise WorkflowNotFoundError(event.workflow_inst_id) from exc
+
+    def get_workflow_events(self, workflow_inst_id: str) -> list[WorkflowEvent]:
+        """The instance's events, oldest first (ties in emission order)."""
+        return self._children(workflow_inst_id, "workflow_events", _event_out)
+
+
+def _workflow_status(status: Any) -> WorkflowStatus:
+    try:
+        return WorkflowStatus(status)
+    except ValueError:
+        allowed = ", ".join(s.value for s in WorkflowStatus)
+        raise ValidationError(f"unknown workflow status {status!r}; allowed: {allowed}") from None
+
+
+def _step_status(status: Any) -> StepStatus:
+    try:
+        return StepStatus(status)
+    except ValueError:
+        allowed = ", ".join(s.value for s in StepStatus)
+        raise ValidationError(f"unknown step status {status!r}; allowed: {allowed}") from None
+
+
+def _after_fork(ref: weakref.ReferenceType[DBStateManager]) -> None:
+    store = ref()
+    if store is not None:
+        store._forget_parent()

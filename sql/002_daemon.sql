@@ -1,0 +1,674 @@
+-- orchwf 002: the daemon's SQL API.
+--
+-- Every state change of the daemon is one of these functions, so each is one
+-- transaction and one round trip, and non-Python producers can enqueue from psql.
+-- Lock order, everywhere: workflow instance rows (by id), then step rows, then ready
+-- rows. Keeping one order is what keeps concurrent finishes, cancels and rescues free
+-- of deadlocks.
+--
+-- Error codes raised here (mapped to Python exceptions by orchwf):
+--   OW404  unknown workflow or instance        -> WorkflowNotFoundError
+--   OW400  invalid argument                    -> ValidationError
+--   OW409  operation invalid in current state  -> InvalidStateError
+--
+-- "SET search_path FROM CURRENT" pins each function to the schema it was created in,
+-- so callers with another search_path still reach orchwf's tables.
+
+-- ---------------------------------------------------------------------------------
+-- Enqueue
+-- ---------------------------------------------------------------------------------
+
+CREATE FUNCTION orchwf_enqueue_many(
+    p_workflow_id      text,
+    p_inputs           jsonb[],
+    p_metadata         jsonb DEFAULT '{}',
+    p_priority         integer DEFAULT NULL,
+    p_idempotency_keys text[] DEFAULT NULL,
+    p_queue            text DEFAULT NULL,
+    p_run_after        timestamptz DEFAULT NULL
+) RETURNS uuid[]
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_def      jsonb;
+    v_hash     text;
+    v_n        integer := coalesce(cardinality(p_inputs), 0);
+    v_keys     text[];
+    v_ids      uuid[];
+    v_inserted uuid[];
+    v_result   uuid[];
+    v_queue    text := coalesce(p_queue, 'default');
+    v_priority integer := coalesce(p_priority, 0);
+    v_meta     jsonb := coalesce(p_metadata, '{}');
+BEGIN
+    SELECT d.definition, d.version_hash INTO v_def, v_hash
+    FROM orchwf_workflow_definitions d WHERE d.workflow_id = p_workflow_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'workflow not found: %', p_workflow_id USING ERRCODE = 'OW404';
+    END IF;
+    IF v_n = 0 THEN
+        RETURN '{}';
+    END IF;
+    IF jsonb_typeof(v_meta) <> 'object' THEN
+        RAISE EXCEPTION 'metadata must be a JSON object' USING ERRCODE = 'OW400';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(p_inputs) AS x(v) WHERE x.v IS NULL OR jsonb_typeof(x.v) <> 'object') THEN
+        RAISE EXCEPTION 'input must be a JSON object' USING ERRCODE = 'OW400';
+    END IF;
+    IF length(v_queue) NOT BETWEEN 1 AND 255 THEN
+        RAISE EXCEPTION 'queue name must be 1 to 255 characters' USING ERRCODE = 'OW400';
+    END IF;
+    v_keys := coalesce(p_idempotency_keys, array_fill(NULL::text, ARRAY[v_n]));
+    IF cardinality(v_keys) <> v_n THEN
+        RAISE EXCEPTION 'got % idempotency keys for % inputs', cardinality(v_keys), v_n USING ERRCODE = 'OW400';
+    END IF;
+
+    SELECT array_agg(gen_random_uuid()) INTO v_ids FROM generate_series(1, v_n);
+
+    WITH ins AS (
+        INSERT INTO orchwf_workflow_instances AS i (
+            id, workflow_id, status, input, metadata, trace_id, correlation_id, business_id,
+            priority, queue, idempotency_key, run_mode, definition_hash, steps_remaining)
+        SELECT x.id, p_workflow_id, 'pending', x.input, v_meta,
+               coalesce(nullif(v_meta->>'trace_id', ''), gen_random_uuid()::text),
+               coalesce(nullif(v_meta->>'correlation_id', ''), gen_random_uuid()::text),
+               coalesce(v_meta->>'business_id', ''),
+               v_priority, v_queue, x.key, 'daemon', v_hash, jsonb_array_length(v_def->'steps')
+        FROM unnest(v_ids, p_inputs, v_keys) AS x(id, input, key)
+        ON CONFLICT (workflow_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+        RETURNING i.id)
+    SELECT coalesce(array_agg(ins.id), '{}') INTO v_inserted FROM ins;
+
+    IF cardinality(v_inserted) > 0 THEN
+        WITH defsteps AS (
+            SELECT st.value->>'id' AS step_id,
+                   (st.ord - 1)::integer AS ord,
+                   coalesce((st.value->>'priority')::integer, 0) AS priority,
+                   ARRAY(SELECT jsonb_array_elements_text(st.value->'dependencies')) AS deps,
+                   ARRAY(SELECT jsonb_array_elements_text(coalesce(st.value->'dependents', '[]'))) AS dependents,
+                   coalesce((st.value->'retry_policy'->>'max_attempts')::integer, 1) AS max_attempts,
+                   (st.value->>'timeout')::double precision AS timeout,
+                   coalesce((st.value->>'required')::boolean, true) AS required,
+                   coalesce((st.value->>'crash_counts_as_attempt')::boolean, false) AS crash_counts,
+                   coalesce((st.value->>'has_compensator')::boolean, false) AS has_compensator
+            FROM jsonb_array_elements(v_def->'steps') WITH ORDINALITY AS st(value, ord)),
+        new_steps AS (
+            INSERT INTO orchwf_step_instances AS s (
+                id, step_id, workflow_inst_id, status, execution_order, priority, dependencies,
+                dependents, pending_deps, run_after, max_attempts, timeout_seconds, required,
+                crash_counts_as_attempt, has_compensator)
+            SELECT gen_random_uuid(), d.step_id, i.id, 'pending', d.ord, d.priority, d.deps,
+                   d.dependents, cardinality(d.deps),
+                   CASE WHEN cardinality(d.deps) = 0 AND p_run_after > now() THEN p_run_after END,
+                   d.max_attempts, d.timeout, d.required, d.crash_counts, d.has_compensator
+            FROM unnest(v_inserted) AS i(id) CROSS JOIN defsteps d
+            RETURNING s.id, s.workflow_inst_id, s.priority, s.pending_deps, s.run_after),
+        new_ready AS (
+            INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
+            SELECT n.id, n.workflow_inst_id, p_workflow_id, v_queue, n.priority + v_priority
+            FROM new_steps n WHERE n.pending_deps = 0 AND n.run_after IS NULL
+            RETURNING 1)
+        INSERT INTO orchwf_workflow_events (workflow_inst_id, event_type, event_data)
+        SELECT i.id, 'workflow.started', jsonb_build_object('workflow_id', p_workflow_id)
+        FROM unnest(v_inserted) AS i(id);
+
+        IF p_run_after IS NULL OR p_run_after <= now() THEN
+            -- One notification per transaction and queue: Postgres folds identical payloads.
+            PERFORM pg_notify('orchwf_ready', v_queue);
+        END IF;
+    END IF;
+
+    -- A new statement sees instances committed by a concurrent producer with the same key.
+    SELECT array_agg(coalesce(ins.id, old.id) ORDER BY x.ord) INTO v_result
+    FROM unnest(v_ids, v_keys) WITH ORDINALITY AS x(id, key, ord)
+    LEFT JOIN unnest(v_inserted) AS ins(id) ON ins.id = x.id
+    LEFT JOIN orchwf_workflow_instances old
+           ON ins.id IS NULL AND old.workflow_id = p_workflow_id AND old.idempotency_key = x.key;
+    RETURN v_result;
+END;
+$$;
+
+CREATE FUNCTION orchwf_enqueue(
+    p_workflow_id     text,
+    p_input           jsonb,
+    p_metadata        jsonb DEFAULT '{}',
+    p_priority        integer DEFAULT NULL,
+    p_idempotency_key text DEFAULT NULL,
+    p_queue           text DEFAULT NULL,
+    p_run_after       timestamptz DEFAULT NULL
+) RETURNS uuid
+LANGUAGE sql
+AS $$
+    SELECT (orchwf_enqueue_many(p_workflow_id, ARRAY[p_input], p_metadata, p_priority,
+                                CASE WHEN p_idempotency_key IS NULL THEN NULL ELSE ARRAY[p_idempotency_key] END,
+                                p_queue, p_run_after))[1];
+$$;
+
+-- ---------------------------------------------------------------------------------
+-- Claim, heartbeat
+-- ---------------------------------------------------------------------------------
+
+CREATE FUNCTION orchwf_claim_steps(
+    p_worker        text,
+    p_queues        text[],
+    p_workflows     text[],
+    p_limit         integer,
+    p_lease_seconds double precision
+) RETURNS TABLE (
+    step_inst_id     uuid,
+    workflow_inst_id uuid,
+    workflow_id      text,
+    step_id          text,
+    lease_token      bigint,
+    attempt          integer,
+    retry_count      integer,
+    workflow_input   jsonb,
+    metadata         jsonb,
+    trace_id         text,
+    completed        jsonb,
+    step_input       jsonb
+)
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    RETURN QUERY
+    WITH picked AS MATERIALIZED (
+        -- MATERIALIZED: the planner must not re-run this per row of the update (Oban's lesson).
+        SELECT r.step_inst_id, r.workflow_id
+        FROM orchwf_ready_steps r
+        WHERE r.queue = ANY (p_queues) AND r.workflow_id = ANY (p_workflows) AND r.ready_at <= now()
+        ORDER BY r.priority DESC, r.ready_at, r.step_inst_id
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED),
+    gone AS (
+        DELETE FROM orchwf_ready_steps r USING picked p
+        WHERE r.step_inst_id = p.step_inst_id
+        RETURNING r.step_inst_id, r.workflow_id),
+    claimed AS (
+        UPDATE orchwf_step_instances s
+        SET status = 'running',
+            attempts = s.attempts + 1,
+            lease_owner = p_worker,
+            lease_token = nextval('orchwf_lease_token_seq'),
+            lease_expires_at = now() + p_lease_seconds * interval '1 second',
+            deadline_at = CASE WHEN s.timeout_seconds > 0 THEN now() + s.timeout_seconds * interval '1 second' END,
+            started_at = coalesce(s.started_at, now()),
+            updated_at = now()
+        FROM gone g
+        WHERE s.id = g.step_inst_id AND s.status IN ('pending', 'retrying')
+        RETURNING s.id, s.workflow_inst_id, g.workflow_id, s.step_id, s.lease_token, s.attempts,
+                  s.retry_count, s.input),
+    started AS (
+        UPDATE orchwf_workflow_instances wi SET status = 'running', updated_at = now()
+        WHERE wi.id IN (
+            SELECT w.id FROM orchwf_workflow_instances w
+            WHERE w.id IN (SELECT c.workflow_inst_id FROM claimed c) AND w.status = 'pending'
+            FOR UPDATE SKIP LOCKED)
+        RETURNING wi.id),
+    events AS (
+        INSERT INTO orchwf_workflow_events (workflow_inst_id, step_inst_id, event_type, event_data)
+        SELECT c.workflow_inst_id, c.id,
+               CASE WHEN c.attempts = 1 THEN 'step.started' ELSE 'step.retry' END,
+               CASE WHEN c.attempts = 1 THEN jsonb_build_object('step_id', c.step_id)
+                    ELSE jsonb_build_object('attempt', c.attempts) END
+        FROM claimed c
+        RETURNING 1)
+    SELECT c.id, c.workflow_inst_id, c.workflow_id, c.step_id, c.lease_token, c.attempts,
+           c.retry_count, i.input, i.metadata, i.trace_id,
+           (SELECT coalesce(jsonb_agg(jsonb_build_array(p.step_id, p.output)
+                                      ORDER BY p.completed_at, p.execution_order), '[]'::jsonb)
+            FROM orchwf_step_instances p
+            WHERE p.workflow_inst_id = c.workflow_inst_id AND p.status = 'completed'),
+           c.input
+    FROM claimed c
+    JOIN orchwf_workflow_instances i ON i.id = c.workflow_inst_id;
+END;
+$$;
+
+-- Renew the leases a worker still holds; return the ones it lost (rescued or cancelled).
+CREATE FUNCTION orchwf_heartbeat(
+    p_worker        text,
+    p_ids           uuid[],
+    p_tokens        bigint[],
+    p_lease_seconds double precision
+) RETURNS SETOF uuid
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    UPDATE orchwf_workers SET heartbeat_at = now() WHERE worker_id = p_worker;
+    RETURN QUERY
+    WITH held AS (SELECT * FROM unnest(p_ids, p_tokens) AS h(id, token)),
+    renewed AS (
+        UPDATE orchwf_step_instances s
+        SET lease_expires_at = now() + p_lease_seconds * interval '1 second'
+        FROM held h
+        WHERE s.id = h.id AND s.lease_token = h.token AND s.status = 'running'
+        RETURNING s.id)
+    SELECT h.id FROM held h WHERE h.id NOT IN (SELECT r.id FROM renewed r);
+END;
+$$;
+
+-- ---------------------------------------------------------------------------------
+-- Finish: results, retries, dependency release, workflow completion, all in one
+-- ---------------------------------------------------------------------------------
+
+-- Cancel what is left of an instance and end it (or hand it to its compensation step).
+-- The caller holds the instance's row lock.
+CREATE FUNCTION orchwf_end_instance(p_inst uuid, p_final text, p_error text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_queue text;
+BEGIN
+    DELETE FROM orchwf_ready_steps WHERE workflow_inst_id = p_inst;
+    -- Running steps lose their lease here: whatever their workers return is discarded.
+    UPDATE orchwf_step_instances
+    SET status = 'cancelled', completed_at = now(), updated_at = now(), run_after = NULL,
+        lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, deadline_at = NULL
+    WHERE workflow_inst_id = p_inst AND status IN ('pending', 'running', 'retrying')
+      AND step_id <> '$compensate';
+
+    IF EXISTS (SELECT 1 FROM orchwf_step_instances
+               WHERE workflow_inst_id = p_inst AND status = 'completed' AND has_compensator
+                 AND step_id <> '$compensate') THEN
+        -- Compensators are user code: a worker runs them as the '$compensate' step, which
+        -- ends the instance with p_final when it finishes.
+        INSERT INTO orchwf_step_instances AS s (
+            id, step_id, workflow_inst_id, status, input, execution_order, max_attempts, required)
+        VALUES (gen_random_uuid(), '$compensate', p_inst, 'pending',
+                jsonb_build_object('final_status', p_final, 'error', p_error), 1000000, 1, true)
+        ON CONFLICT (workflow_inst_id, step_id) DO UPDATE
+            SET status = 'pending', input = EXCLUDED.input, attempts = 0, retry_count = 0,
+                crashes = 0, error = NULL, completed_at = NULL, updated_at = now();
+        INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
+        SELECT s.id, i.id, i.workflow_id, i.queue, i.priority + 1000
+        FROM orchwf_step_instances s JOIN orchwf_workflow_instances i ON i.id = s.workflow_inst_id
+        WHERE s.workflow_inst_id = p_inst AND s.step_id = '$compensate'
+        ON CONFLICT DO NOTHING
+        RETURNING queue INTO v_queue;
+        UPDATE orchwf_workflow_instances
+        SET error = p_error, steps_remaining = 1, updated_at = now() WHERE id = p_inst;
+        PERFORM pg_notify('orchwf_ready', coalesce(v_queue, 'default'));
+        RETURN;
+    END IF;
+
+    UPDATE orchwf_workflow_instances
+    SET status = p_final, error = p_error, completed_at = now(), updated_at = now(),
+        steps_remaining = 0, current_step_id = NULL
+    WHERE id = p_inst;
+    INSERT INTO orchwf_workflow_events (workflow_inst_id, event_type, event_data)
+    VALUES (p_inst, 'workflow.' || p_final,
+            CASE WHEN p_final = 'failed' THEN jsonb_build_object('error', p_error) ELSE '{}'::jsonb END);
+    PERFORM pg_notify('orchwf_done', p_inst::text);
+END;
+$$;
+
+-- Record a batch of step results. Each row is fenced by its lease token: a result from
+-- a worker that lost its lease matches no row and is reported back as not accepted.
+--   outcome   completed | failed | skipped  (final)
+--             retry     (a failed attempt; back to the queue after p_delays seconds)
+--             requeue   (the worker died: back to the queue; counts as a crash)
+--             release   (graceful shutdown: back to the queue, the attempt not counted)
+CREATE FUNCTION orchwf_finish_steps(
+    p_ids       uuid[],
+    p_tokens    bigint[],
+    p_outcomes  text[],
+    p_outputs   jsonb[],
+    p_errors    text[],
+    p_durations bigint[],
+    p_delays    double precision[]
+) RETURNS TABLE (step_inst_id uuid, accepted boolean)
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_accepted uuid[];
+    v_insts    uuid[];
+    v_row      record;
+BEGIN
+    IF EXISTS (SELECT 1 FROM unnest(p_outcomes) o
+               WHERE o NOT IN ('completed', 'failed', 'skipped', 'retry', 'requeue', 'release')) THEN
+        RAISE EXCEPTION 'unknown outcome in %', p_outcomes USING ERRCODE = 'OW400';
+    END IF;
+
+    -- Instances first, in id order (the global lock order).
+    SELECT array_agg(DISTINCT s.workflow_inst_id) INTO v_insts
+    FROM orchwf_step_instances s WHERE s.id = ANY (p_ids);
+    PERFORM 1 FROM orchwf_workflow_instances i WHERE i.id = ANY (v_insts) ORDER BY i.id FOR UPDATE;
+
+    WITH r AS (
+        SELECT * FROM unnest(p_ids, p_tokens, p_outcomes, p_outputs, p_errors, p_durations, p_delays)
+                 AS r(id, token, outcome, output, error, duration, delay)),
+    done AS (
+        UPDATE orchwf_step_instances s
+        SET status = CASE r.outcome WHEN 'retry' THEN 'retrying' WHEN 'requeue' THEN 'retrying'
+                                    WHEN 'release' THEN 'pending' ELSE r.outcome END,
+            output = CASE WHEN r.outcome = 'completed' THEN coalesce(r.output, '{}') ELSE s.output END,
+            error = CASE WHEN r.outcome IN ('completed', 'release') THEN s.error ELSE r.error END,
+            completed_at = CASE WHEN r.outcome IN ('completed', 'failed', 'skipped') THEN now() END,
+            duration_ms = coalesce(r.duration, s.duration_ms),
+            retry_count = s.retry_count + (r.outcome = 'retry')::integer,
+            crashes = s.crashes + (r.outcome = 'requeue')::integer,
+            attempts = s.attempts - (r.outcome = 'release')::integer,
+            last_retry_at = CASE WHEN r.outcome IN ('retry', 'requeue') THEN now() ELSE s.last_retry_at END,
+            run_after = CASE WHEN r.outcome = 'retry' AND r.delay > 0
+                             THEN now() + r.delay * interval '1 second' END,
+            lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, deadline_at = NULL,
+            updated_at = now()
+        FROM r
+        WHERE s.id = r.id AND s.lease_token = r.token AND s.status = 'running'
+        RETURNING s.id, s.workflow_inst_id, s.step_id, r.outcome, r.error, r.duration, r.delay,
+                  s.retry_count, s.attempts),
+    events AS (
+        INSERT INTO orchwf_workflow_events (workflow_inst_id, step_inst_id, event_type, event_data)
+        SELECT d.workflow_inst_id, d.id, e.type, e.data
+        FROM done d
+        CROSS JOIN LATERAL (VALUES
+            ('step.completed', d.outcome = 'completed', jsonb_build_object('duration_ms', d.duration)),
+            ('step.failed', d.outcome IN ('failed', 'skipped'),
+                 jsonb_build_object('error', d.error, 'retries', d.retry_count)),
+            ('step.skipped', d.outcome = 'skipped', jsonb_build_object('error', d.error)),
+            ('step.attempt_failed', d.outcome = 'retry',
+                 jsonb_build_object('error', d.error, 'attempt', d.attempts, 'retry_in_seconds', d.delay)),
+            ('step.rescued', d.outcome = 'requeue', jsonb_build_object('cause', d.error)),
+            ('step.released', d.outcome = 'release', '{}'::jsonb)
+        ) AS e(type, wanted, data)
+        WHERE e.wanted
+        RETURNING 1)
+    SELECT coalesce(array_agg(d.id), '{}') INTO v_accepted FROM done d;
+
+    -- Attempts that go straight back to the queue.
+    INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
+    SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority
+    FROM orchwf_step_instances s JOIN orchwf_workflow_instances i ON i.id = s.workflow_inst_id
+    WHERE s.id = ANY (v_accepted) AND s.status IN ('retrying', 'pending') AND s.run_after IS NULL
+      AND i.status IN ('pending', 'running')
+    ON CONFLICT DO NOTHING;
+
+    -- Release dependents: completed and skipped (optional, failed) steps satisfy them.
+    WITH dec AS (
+        SELECT s.workflow_inst_id, c.child, count(*)::integer AS n
+        FROM orchwf_step_instances s, unnest(s.dependents) AS c(child)
+        WHERE s.id = ANY (v_accepted) AND s.status IN ('completed', 'skipped')
+        GROUP BY 1, 2),
+    released AS (
+        UPDATE orchwf_step_instances s
+        SET pending_deps = s.pending_deps - dec.n, updated_at = now()
+        FROM dec
+        WHERE s.workflow_inst_id = dec.workflow_inst_id AND s.step_id = dec.child AND s.status = 'pending'
+        RETURNING s.id, s.workflow_inst_id, s.priority, s.pending_deps)
+    INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
+    SELECT r.id, i.id, i.workflow_id, i.queue, r.priority + i.priority
+    FROM released r JOIN orchwf_workflow_instances i ON i.id = r.workflow_inst_id
+    WHERE r.pending_deps = 0 AND i.status IN ('pending', 'running')
+    ON CONFLICT DO NOTHING;
+
+    -- Count finished steps against their instances.
+    UPDATE orchwf_workflow_instances i
+    SET steps_remaining = i.steps_remaining - f.n,
+        status = CASE WHEN i.status = 'pending' THEN 'running' ELSE i.status END,
+        updated_at = now()
+    FROM (SELECT s.workflow_inst_id, count(*)::integer AS n
+          FROM orchwf_step_instances s
+          WHERE s.id = ANY (v_accepted) AND s.status IN ('completed', 'skipped', 'failed')
+            AND s.step_id <> '$compensate'
+          GROUP BY 1) f
+    WHERE i.id = f.workflow_inst_id;
+
+    -- A required step that failed for good ends its instance.
+    FOR v_row IN
+        SELECT s.workflow_inst_id AS inst, min(s.step_id) AS step_id, min(s.error) AS error,
+               min(s.attempts) AS attempts
+        FROM orchwf_step_instances s JOIN orchwf_workflow_instances i ON i.id = s.workflow_inst_id
+        WHERE s.id = ANY (v_accepted) AND s.status = 'failed' AND s.step_id <> '$compensate'
+          AND i.status IN ('pending', 'running') AND NOT EXISTS (
+              SELECT 1 FROM orchwf_step_instances c
+              WHERE c.workflow_inst_id = s.workflow_inst_id AND c.step_id = '$compensate'
+                AND c.status IN ('pending', 'running', 'retrying'))
+        GROUP BY s.workflow_inst_id
+        ORDER BY s.workflow_inst_id
+    LOOP
+        PERFORM orchwf_end_instance(
+            v_row.inst, 'failed',
+            format('step %s failed after %s attempts: %s', v_row.step_id, v_row.attempts, v_row.error));
+    END LOOP;
+
+    -- A finished compensation step ends its instance with the status it was created for.
+    FOR v_row IN
+        SELECT s.workflow_inst_id AS inst, s.input->>'final_status' AS final, s.input->>'error' AS error
+        FROM orchwf_step_instances s
+        WHERE s.id = ANY (v_accepted) AND s.step_id = '$compensate'
+          AND s.status IN ('completed', 'failed', 'skipped')
+        ORDER BY s.workflow_inst_id
+    LOOP
+        UPDATE orchwf_workflow_instances
+        SET status = v_row.final, completed_at = now(), updated_at = now(), steps_remaining = 0
+        WHERE id = v_row.inst;
+        INSERT INTO orchwf_workflow_events (workflow_inst_id, event_type, event_data)
+        VALUES (v_row.inst, 'workflow.' || v_row.final,
+                CASE WHEN v_row.final = 'failed' THEN jsonb_build_object('error', v_row.error)
+                     ELSE '{}'::jsonb END);
+        PERFORM pg_notify('orchwf_done', v_row.inst::text);
+    END LOOP;
+
+    -- Instances with nothing left to run are complete: output is the flat merge of step
+    -- outputs in completion order; context adds each output under its step ID.
+    FOR v_row IN
+        UPDATE orchwf_workflow_instances i
+        SET status = 'completed', completed_at = now(), updated_at = now(), current_step_id = NULL,
+            output = coalesce((
+                SELECT jsonb_object_agg(e.key, e.value ORDER BY s.completed_at, s.execution_order)
+                FROM orchwf_step_instances s, jsonb_each(s.output) e
+                WHERE s.workflow_inst_id = i.id AND s.status = 'completed'), '{}'),
+            context = coalesce((
+                SELECT jsonb_object_agg(x.k, x.v ORDER BY s.completed_at, s.execution_order, x.o)
+                FROM orchwf_step_instances s,
+                     LATERAL (SELECT s.step_id AS k, s.output AS v, 0 AS o
+                              UNION ALL SELECT e.key, e.value, 1 FROM jsonb_each(s.output) e) x
+                WHERE s.workflow_inst_id = i.id AND s.status = 'completed'), '{}')
+        WHERE i.id = ANY (v_insts) AND i.steps_remaining <= 0 AND i.status IN ('pending', 'running')
+        RETURNING i.id, i.started_at
+    LOOP
+        INSERT INTO orchwf_workflow_events (workflow_inst_id, event_type, event_data)
+        VALUES (v_row.id, 'workflow.completed',
+                jsonb_build_object('duration_ms', (extract(epoch FROM now() - v_row.started_at) * 1000)::bigint));
+        PERFORM pg_notify('orchwf_done', v_row.id::text);
+    END LOOP;
+
+    IF EXISTS (SELECT 1 FROM orchwf_ready_steps r WHERE r.workflow_inst_id = ANY (v_insts)) THEN
+        PERFORM pg_notify('orchwf_ready', q.queue)
+        FROM (SELECT DISTINCT i.queue FROM orchwf_workflow_instances i WHERE i.id = ANY (v_insts)) q;
+    END IF;
+
+    RETURN QUERY
+    SELECT x.id, x.id = ANY (v_accepted) FROM unnest(p_ids) AS x(id);
+END;
+$$;
+
+-- ---------------------------------------------------------------------------------
+-- Maintenance: rescue, promote, prune
+-- ---------------------------------------------------------------------------------
+
+-- Take back the steps of a dead worker (p_owner) or, with p_owner NULL, every step
+-- whose lease expired. Retried if budget remains, else failed, through the same
+-- fenced finish as a worker's own result.
+CREATE FUNCTION orchwf_rescue_steps(p_owner text DEFAULT NULL, p_limit integer DEFAULT 1000)
+RETURNS TABLE (step_inst_id uuid, outcome text, cause text)
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_ids uuid[]; v_tokens bigint[]; v_outcomes text[]; v_errors text[]; v_n integer;
+BEGIN
+    SELECT array_agg(s.id), array_agg(s.lease_token),
+           array_agg(CASE
+               WHEN s.crashes + 1 >= s.max_attempts
+                    OR (s.crash_counts_as_attempt AND s.retry_count + 1 >= s.max_attempts)
+               THEN CASE WHEN s.required THEN 'failed' ELSE 'skipped' END
+               WHEN s.crash_counts_as_attempt THEN 'retry'
+               ELSE 'requeue' END),
+           array_agg(CASE WHEN p_owner IS NOT NULL
+                          THEN format('worker %s died while running the step (crash %s of at most %s)', p_owner, s.crashes + 1, s.max_attempts)
+                          ELSE format('lease expired at %s (worker %s presumed dead; crash %s of at most %s)', s.lease_expires_at, s.lease_owner, s.crashes + 1, s.max_attempts) END)
+    INTO v_ids, v_tokens, v_outcomes, v_errors
+    FROM (SELECT * FROM orchwf_step_instances s
+          WHERE s.status = 'running'
+            AND ((p_owner IS NOT NULL AND s.lease_owner = p_owner)
+                 OR (p_owner IS NULL AND s.lease_expires_at < now()))
+          LIMIT p_limit) s;
+    v_n := coalesce(cardinality(v_ids), 0);
+    IF v_n = 0 THEN
+        RETURN;
+    END IF;
+    -- Count the crash for final failures too.
+    UPDATE orchwf_step_instances s SET crashes = s.crashes + 1
+    FROM unnest(v_ids, v_tokens, v_outcomes) AS x(id, token, outcome)
+    WHERE s.id = x.id AND s.lease_token = x.token AND x.outcome <> 'requeue';
+    RETURN QUERY
+    SELECT f.step_inst_id, x.outcome, x.err
+    FROM orchwf_finish_steps(v_ids, v_tokens, v_outcomes, array_fill(NULL::jsonb, ARRAY[v_n]), v_errors,
+                             array_fill(NULL::bigint, ARRAY[v_n]), array_fill(0::double precision, ARRAY[v_n])) f
+    JOIN unnest(v_ids, v_outcomes, v_errors) AS x(id, outcome, err) ON x.id = f.step_inst_id
+    WHERE f.accepted;
+END;
+$$;
+
+-- Move steps whose backoff or scheduled start is due into the ready queue.
+CREATE FUNCTION orchwf_promote_scheduled(p_limit integer DEFAULT 1000)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_n integer;
+BEGIN
+    WITH due AS (
+        SELECT s.id FROM orchwf_step_instances s
+        WHERE s.run_after IS NOT NULL AND s.run_after <= now()
+        ORDER BY s.run_after
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED),
+    promoted AS (
+        UPDATE orchwf_step_instances s SET run_after = NULL, updated_at = now()
+        FROM due WHERE s.id = due.id AND s.status IN ('pending', 'retrying')
+        RETURNING s.id, s.workflow_inst_id, s.priority),
+    ins AS (
+        INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
+        SELECT p.id, i.id, i.workflow_id, i.queue, p.priority + i.priority
+        FROM promoted p JOIN orchwf_workflow_instances i ON i.id = p.workflow_inst_id
+        WHERE i.status IN ('pending', 'running')
+        ON CONFLICT DO NOTHING
+        RETURNING queue)
+    SELECT count(*) INTO v_n FROM ins;
+    IF v_n > 0 THEN
+        PERFORM pg_notify('orchwf_ready', 'scheduled');
+    END IF;
+    RETURN v_n;
+END;
+$$;
+
+-- Delete finished instances (with their steps and events) older than the cutoff.
+CREATE FUNCTION orchwf_prune(p_older_than interval, p_limit integer DEFAULT 5000)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_n integer;
+BEGIN
+    WITH old AS (
+        SELECT i.id FROM orchwf_workflow_instances i
+        WHERE i.status IN ('completed', 'failed', 'cancelled') AND i.completed_at < now() - p_older_than
+        ORDER BY i.completed_at
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED),
+    gone AS (DELETE FROM orchwf_workflow_instances i USING old WHERE i.id = old.id RETURNING 1)
+    SELECT count(*) INTO v_n FROM gone;
+    RETURN v_n;
+END;
+$$;
+
+-- ---------------------------------------------------------------------------------
+-- Operator actions
+-- ---------------------------------------------------------------------------------
+
+CREATE FUNCTION orchwf_cancel_workflow(p_inst uuid)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_status text;
+BEGIN
+    SELECT status INTO v_status FROM orchwf_workflow_instances WHERE id = p_inst FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'workflow not found: %', p_inst USING ERRCODE = 'OW404';
+    END IF;
+    IF v_status = 'cancelled' THEN
+        RETURN v_status;
+    END IF;
+    IF v_status IN ('completed', 'failed') THEN
+        RAISE EXCEPTION 'workflow % is already %', p_inst, v_status USING ERRCODE = 'OW409';
+    END IF;
+    IF EXISTS (SELECT 1 FROM orchwf_step_instances WHERE workflow_inst_id = p_inst
+               AND step_id = '$compensate' AND status IN ('pending', 'running', 'retrying')) THEN
+        RETURN v_status;  -- already compensating: let it finish
+    END IF;
+    PERFORM orchwf_end_instance(p_inst, 'cancelled', NULL);
+    SELECT status INTO v_status FROM orchwf_workflow_instances WHERE id = p_inst;
+    RETURN v_status;
+END;
+$$;
+
+-- Re-run the failed, cancelled and pending steps of a failed or cancelled instance.
+CREATE FUNCTION orchwf_resume_workflow(p_inst uuid)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_status text;
+    v_mode text;
+BEGIN
+    SELECT status, run_mode INTO v_status, v_mode FROM orchwf_workflow_instances WHERE id = p_inst FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'workflow not found: %', p_inst USING ERRCODE = 'OW404';
+    END IF;
+    IF v_mode <> 'daemon' THEN
+        RAISE EXCEPTION 'workflow % runs in-process; resume it with Orchestrator.resume_workflow', p_inst USING ERRCODE = 'OW409';
+    END IF;
+    IF v_status NOT IN ('failed', 'cancelled') THEN
+        RAISE EXCEPTION 'workflow % is %; only failed or cancelled instances can be resumed', p_inst, v_status USING ERRCODE = 'OW409';
+    END IF;
+
+    DELETE FROM orchwf_step_instances WHERE workflow_inst_id = p_inst AND step_id = '$compensate';
+    UPDATE orchwf_step_instances s
+    SET status = 'pending', error = NULL, completed_at = NULL, run_after = NULL, retry_count = 0,
+        attempts = 0, crashes = 0, updated_at = now()
+    WHERE s.workflow_inst_id = p_inst AND s.status IN ('failed', 'cancelled', 'pending', 'retrying');
+    UPDATE orchwf_step_instances s
+    SET pending_deps = (SELECT count(*) FROM orchwf_step_instances d
+                        WHERE d.workflow_inst_id = p_inst AND d.step_id = ANY (s.dependencies)
+                          AND d.status NOT IN ('completed', 'skipped'))
+    WHERE s.workflow_inst_id = p_inst AND s.status = 'pending';
+    UPDATE orchwf_workflow_instances
+    SET status = 'running', error = NULL, completed_at = NULL, retry_count = retry_count + 1,
+        last_retry_at = now(), updated_at = now(),
+        steps_remaining = (SELECT count(*) FROM orchwf_step_instances
+                           WHERE workflow_inst_id = p_inst AND status = 'pending')
+    WHERE id = p_inst;
+    INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
+    SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority
+    FROM orchwf_step_instances s JOIN orchwf_workflow_instances i ON i.id = s.workflow_inst_id
+    WHERE s.workflow_inst_id = p_inst AND s.status = 'pending' AND s.pending_deps = 0;
+    INSERT INTO orchwf_workflow_events (workflow_inst_id, event_type, event_data)
+    VALUES (p_inst, 'workflow.resumed', '{}');
+    PERFORM pg_notify('orchwf_ready', (SELECT queue FROM orchwf_workflow_instances WHERE id = p_inst));
+    RETURN 'running';
+END;
+$$;
