@@ -176,12 +176,19 @@ BEGIN
     RETURN QUERY
     WITH picked AS MATERIALIZED (
         -- MATERIALIZED: the planner must not re-run this per row of the update (Oban's lesson).
-        SELECT r.step_inst_id, r.workflow_id
-        FROM orchwf_ready_steps r
-        WHERE r.queue = ANY (p_queues) AND r.workflow_id = ANY (p_workflows) AND r.ready_at <= now()
-        ORDER BY r.priority DESC, r.ready_at, r.step_inst_id
-        LIMIT p_limit
-        FOR UPDATE SKIP LOCKED),
+        -- One ordered index scan per queue (LATERAL): "queue = ANY(...)" would defeat the
+        -- index order and sort the whole ready table.
+        SELECT x.step_inst_id, x.workflow_id
+        FROM unnest(p_queues) AS q(name)
+        CROSS JOIN LATERAL (
+            SELECT r.step_inst_id, r.workflow_id, r.priority, r.ready_at
+            FROM orchwf_ready_steps r
+            WHERE r.queue = q.name AND r.workflow_id = ANY (p_workflows) AND r.ready_at <= now()
+            ORDER BY r.priority DESC, r.ready_at, r.step_inst_id
+            LIMIT p_limit
+            FOR UPDATE SKIP LOCKED) x
+        ORDER BY x.priority DESC, x.ready_at, x.step_inst_id
+        LIMIT p_limit),
     gone AS (
         DELETE FROM orchwf_ready_steps r USING picked p
         WHERE r.step_inst_id = p.step_inst_id
@@ -200,13 +207,6 @@ BEGIN
         WHERE s.id = g.step_inst_id AND s.status IN ('pending', 'retrying')
         RETURNING s.id, s.workflow_inst_id, g.workflow_id, s.step_id, s.lease_token, s.attempts,
                   s.retry_count, s.input),
-    started AS (
-        UPDATE orchwf_workflow_instances wi SET status = 'running', updated_at = now()
-        WHERE wi.id IN (
-            SELECT w.id FROM orchwf_workflow_instances w
-            WHERE w.id IN (SELECT c.workflow_inst_id FROM claimed c) AND w.status = 'pending'
-            FOR UPDATE SKIP LOCKED)
-        RETURNING wi.id),
     events AS (
         INSERT INTO orchwf_workflow_events (workflow_inst_id, step_inst_id, event_type, event_data)
         SELECT c.workflow_inst_id, c.id,
@@ -304,7 +304,7 @@ BEGIN
     INSERT INTO orchwf_workflow_events (workflow_inst_id, event_type, event_data)
     VALUES (p_inst, 'workflow.' || p_final,
             CASE WHEN p_final = 'failed' THEN jsonb_build_object('error', p_error) ELSE '{}'::jsonb END);
-    PERFORM pg_notify('orchwf_done', p_inst::text);
+    PERFORM pg_notify('orchwf_done', '');
 END;
 $$;
 
@@ -330,6 +330,8 @@ DECLARE
     v_accepted uuid[];
     v_insts    uuid[];
     v_row      record;
+    v_released integer := 0;
+    v_n        integer;
 BEGIN
     IF EXISTS (SELECT 1 FROM unnest(p_outcomes) o
                WHERE o NOT IN ('completed', 'failed', 'skipped', 'retry', 'requeue', 'release')) THEN
@@ -389,6 +391,8 @@ BEGIN
     WHERE s.id = ANY (v_accepted) AND s.status IN ('retrying', 'pending') AND s.run_after IS NULL
       AND i.status IN ('pending', 'running')
     ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    v_released := v_released + v_n;
 
     -- Release dependents: completed and skipped (optional, failed) steps satisfy them.
     WITH dec AS (
@@ -407,6 +411,8 @@ BEGIN
     FROM released r JOIN orchwf_workflow_instances i ON i.id = r.workflow_inst_id
     WHERE r.pending_deps = 0 AND i.status IN ('pending', 'running')
     ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS v_n = ROW_COUNT;
+    v_released := v_released + v_n;
 
     -- Count finished steps against their instances.
     UPDATE orchwf_workflow_instances i
@@ -453,12 +459,12 @@ BEGIN
         VALUES (v_row.inst, 'workflow.' || v_row.final,
                 CASE WHEN v_row.final = 'failed' THEN jsonb_build_object('error', v_row.error)
                      ELSE '{}'::jsonb END);
-        PERFORM pg_notify('orchwf_done', v_row.inst::text);
+        PERFORM pg_notify('orchwf_done', '');
     END LOOP;
 
     -- Instances with nothing left to run are complete: output is the flat merge of step
     -- outputs in completion order; context adds each output under its step ID.
-    FOR v_row IN
+    WITH finished AS (
         UPDATE orchwf_workflow_instances i
         SET status = 'completed', completed_at = now(), updated_at = now(), current_step_id = NULL,
             output = coalesce((
@@ -472,15 +478,16 @@ BEGIN
                               UNION ALL SELECT e.key, e.value, 1 FROM jsonb_each(s.output) e) x
                 WHERE s.workflow_inst_id = i.id AND s.status = 'completed'), '{}')
         WHERE i.id = ANY (v_insts) AND i.steps_remaining <= 0 AND i.status IN ('pending', 'running')
-        RETURNING i.id, i.started_at
-    LOOP
-        INSERT INTO orchwf_workflow_events (workflow_inst_id, event_type, event_data)
-        VALUES (v_row.id, 'workflow.completed',
-                jsonb_build_object('duration_ms', (extract(epoch FROM now() - v_row.started_at) * 1000)::bigint));
-        PERFORM pg_notify('orchwf_done', v_row.id::text);
-    END LOOP;
+        RETURNING i.id, i.started_at)
+    INSERT INTO orchwf_workflow_events (workflow_inst_id, event_type, event_data)
+    SELECT f.id, 'workflow.completed',
+           jsonb_build_object('duration_ms', (extract(epoch FROM now() - f.started_at) * 1000)::bigint)
+    FROM finished f;
+    IF FOUND THEN
+        PERFORM pg_notify('orchwf_done', '');
+    END IF;
 
-    IF EXISTS (SELECT 1 FROM orchwf_ready_steps r WHERE r.workflow_inst_id = ANY (v_insts)) THEN
+    IF v_released > 0 THEN
         PERFORM pg_notify('orchwf_ready', q.queue)
         FROM (SELECT DISTINCT i.queue FROM orchwf_workflow_instances i WHERE i.id = ANY (v_insts)) q;
     END IF;

@@ -129,7 +129,9 @@ def test_dry_run_returns_sql_and_changes_nothing(empty_db_dsn: str) -> None:
     assert 'CREATE TABLE IF NOT EXISTS "orchwf_migrations"' in text
     assert "CREATE TABLE orchwf_workflow_instances" in text
     assert text.count("BEGIN;") == len(ALL) and text.count("COMMIT;") == len(ALL)
-    assert "INSERT INTO \"orchwf_migrations\" (version, description) VALUES ('001', 'init');" in text
+    assert (
+        "INSERT INTO \"orchwf_migrations\" (version, description) VALUES ('001', 'init');" in text
+    )
     assert not schema_exists(empty_db_dsn, "dba_review")
     assert plan(empty_db_dsn, direction="down") == ""  # nothing applied yet
 
@@ -311,7 +313,9 @@ def _backend_running(admin: psycopg.Connection, dbname: str, needle: str) -> int
     return row[0] if row else None
 
 
-def test_killed_mid_migration_leaves_the_previous_version(empty_db_dsn: str, tmp_path: Path) -> None:
+def test_killed_mid_migration_leaves_the_previous_version(
+    empty_db_dsn: str, tmp_path: Path
+) -> None:
     mdir = write_migrations(
         tmp_path / "m",
         {
@@ -413,10 +417,13 @@ def test_cli_flags_in_any_order(empty_db_dsn: str) -> None:
     result = run_cli("migrate", "--dsn", empty_db_dsn, "status", "--schema", "cli_a")
     assert status_lines(result.output) == [(v, "APPLIED") for v in ALL]
 
-    result = run_cli("migrate", "down", "--schema", "cli_a", "--dsn", empty_db_dsn, "--steps", "2")
+    steps = str(len(ALL))
+    result = run_cli(
+        "migrate", "down", "--schema", "cli_a", "--dsn", empty_db_dsn, "--steps", steps
+    )
     assert result.exit_code == 0, result.output
-    assert "Rolled back migration: 001 - init" in result.output or len(ALL) > 2
-    assert applied_versions(empty_db_dsn, "cli_a") == ALL[: max(0, len(ALL) - 2)]
+    assert "Rolled back migration: 001 - init" in result.output
+    assert applied_versions(empty_db_dsn, "cli_a") == []
 
 
 def test_cli_environment_fallback(empty_db_dsn: str) -> None:
@@ -454,7 +461,9 @@ def test_cli_dry_run_prints_sql_and_changes_nothing(empty_db_dsn: str) -> None:
 
 
 def test_cli_usage_errors_exit_2(empty_db_dsn: str) -> None:
-    result = CliRunner().invoke(cli, ["migrate", "up", "--dsn", empty_db_dsn, "--schema", "bad;name"])
+    result = CliRunner().invoke(
+        cli, ["migrate", "up", "--dsn", empty_db_dsn, "--schema", "bad;name"]
+    )
     assert result.exit_code == 2
     assert "schema name" in result.stderr
     result = CliRunner().invoke(cli, ["migrate", "sideways"])

@@ -43,6 +43,8 @@ from .proctitle import set_title
 log = logging.getLogger("orchwf.worker")
 
 EXIT_RECYCLE = 3  # a step ignored its timeout: replace this process to get rid of the thread
+FLUSH_LINGER = 0.002  # seconds a finished result may wait to share a commit with others
+FLUSH_MAX = 200       # results per commit at most
 COMPENSATE = "$compensate"
 
 
@@ -105,6 +107,7 @@ class Worker:
         self.conn: psycopg.Connection[Any] | None = None
         self.inflight: dict[str, Claim] = {}
         self.unfinished: list[Result] = []  # results waiting to be committed
+        self.unfinished_since = 0.0
         self.results: queue.SimpleQueue[Result] = queue.SimpleQueue()
         self.draining = False
         self.quitting = False
@@ -167,7 +170,7 @@ class Worker:
             if self.quitting:
                 self._release_all("worker stopped at once (SIGQUIT)")
                 return 0
-            if self.unfinished:
+            if self.unfinished and self._should_flush(now):
                 self._finish()
             if self.draining:
                 if not self.inflight:
@@ -180,21 +183,35 @@ class Worker:
                     return EXIT_RECYCLE
             else:
                 free = self.config.concurrency - len(self.inflight)
-                if free > 0 and (self.more_work or now >= self.next_poll):
+                # Claim in batches: wait for a quarter of the slots to free up while others run.
+                batch_ready = free >= max(1, self.config.concurrency // 4) or len(self.inflight) == len(self.unfinished)
+                if free > 0 and batch_ready and (self.more_work or now >= self.next_poll):
                     self._claim(free)
             self._heartbeat(now)
             self._beat(now)
             self._update_title()
             self._wait()
 
+    def _should_flush(self, now: float) -> bool:
+        """Group commit: flush when nothing else is running, the batch is large, or the
+        oldest result has waited FLUSH_LINGER seconds."""
+        if self.draining or self.quitting or len(self.unfinished) >= len(self.inflight):
+            return True
+        if len(self.unfinished) >= FLUSH_MAX:
+            return True
+        return now - self.unfinished_since >= FLUSH_LINGER
+
     def _wait(self) -> None:
         now = time.monotonic()
         free = self.config.concurrency - len(self.inflight)
-        if (self.more_work and free > 0 and not self.draining) or (self.unfinished and self.conn is not None):
+        if self.more_work and free >= max(1, self.config.concurrency // 4) and not self.draining and self.conn is not None:
             timeout = 0.0
         else:
             timeout = max(0.0, min(self.next_poll, self.next_heartbeat, self.next_beat, now + 1.0) - now)
-            if self.unfinished or self.conn is None:
+            if self.unfinished:
+                flush_at = self.unfinished_since + FLUSH_LINGER if self.conn is not None else self.reconnect_at
+                timeout = max(0.0, min(timeout, flush_at - now))
+            elif self.conn is None:
                 timeout = max(0.0, min(timeout, self.reconnect_at - now))
         try:
             ready, _, _ = select.select([self.wake_fd, self._notify_r], [], [], timeout)
@@ -304,9 +321,12 @@ class Worker:
     def _collect_results(self) -> None:
         while True:
             try:
-                self.unfinished.append(self.results.get_nowait())
+                result = self.results.get_nowait()
             except queue.Empty:
                 return
+            if not self.unfinished:
+                self.unfinished_since = time.monotonic()
+            self.unfinished.append(result)
 
     def _finish(self) -> None:
         """Commit every collected result in one fenced call (group commit)."""

