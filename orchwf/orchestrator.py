@@ -424,7 +424,7 @@ class Orchestrator:
             async_steps = [s for s in ready if s.is_async]
             futures = [self._step_pool.submit(self._execute_step, run, sdef) for sdef in async_steps]
             first_failure: StepFailedError | None = None
-            for sdef, fut in zip(async_steps, futures):
+            for sdef, fut in zip(async_steps, futures, strict=True):
                 outcome = fut.result()
                 if outcome.error is not None and outcome.required:
                     first_failure = first_failure or outcome.error
@@ -459,6 +459,7 @@ class Orchestrator:
             if run.cancelled:
                 return self._step_cancelled(run, step)
             now = utcnow()
+            payload: dict[str, Any]
             if attempt == 1:
                 step.status = StepStatus.RUNNING
                 step.started_at = now

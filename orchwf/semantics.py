@@ -89,12 +89,12 @@ def run_attempt(
     outcome: Future[Any] = Future()
 
     def target() -> None:
+        value: Any = None
+        error: BaseException | None = None
         try:
             value = call_executor(executor, ctx, data, timeout)
         except BaseException as exc:  # noqa: BLE001 - reported to the waiting thread
-            value, error = None, exc
-        else:
-            error = None
+            error = exc
         if cancel is not None and cancel.done():
             # finished after the workflow was cancelled: a late result, discarded
             # (whether the waiting thread noticed the cancel first is a race; this is not)

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import psycopg
@@ -55,7 +55,7 @@ class StepStatus(str, Enum):
 
 
 JSONDict = dict[str, Any]
-StepOutput = Union[Mapping[str, Any], None]
+StepOutput = Mapping[str, Any] | None
 StepExecutor = Callable[["StepContext", JSONDict], StepOutput | Awaitable[StepOutput]]
 StepCompensator = Callable[["StepContext", JSONDict], Any]
 

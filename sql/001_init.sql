@@ -103,8 +103,9 @@ CREATE TABLE orchwf_step_instances (
     deadline_at      timestamptz,                    -- hard per-attempt deadline (step timeout)
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT orchwf_si_lease_consistent CHECK (
-        (status = 'running' AND lease_token IS NOT NULL) OR status <> 'running' OR lease_token IS NULL)
+    -- Only a running step may hold a lease: finishing or requeueing a step must clear it.
+    -- (Running steps of in-process runs have no lease, so running does not require one.)
+    CONSTRAINT orchwf_si_lease_consistent CHECK (status = 'running' OR lease_token IS NULL)
 ) WITH (
     -- Each row is updated 2-4 times (claimed, heartbeats, finished): fillfactor 70 keeps
     -- those updates HOT (same page, no index writes). Vacuum early and without throttling:

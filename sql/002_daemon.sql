@@ -321,7 +321,8 @@ CREATE FUNCTION orchwf_finish_steps(
     p_outputs   jsonb[],
     p_errors    text[],
     p_durations bigint[],
-    p_delays    double precision[]
+    p_delays    double precision[],
+    p_inputs    jsonb[] DEFAULT NULL   -- the input each attempt saw, kept for operators
 ) RETURNS TABLE (step_inst_id uuid, accepted boolean)
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
@@ -344,13 +345,14 @@ BEGIN
     PERFORM 1 FROM orchwf_workflow_instances i WHERE i.id = ANY (v_insts) ORDER BY i.id FOR UPDATE;
 
     WITH r AS (
-        SELECT * FROM unnest(p_ids, p_tokens, p_outcomes, p_outputs, p_errors, p_durations, p_delays)
-                 AS r(id, token, outcome, output, error, duration, delay)),
+        SELECT * FROM unnest(p_ids, p_tokens, p_outcomes, p_outputs, p_errors, p_durations, p_delays, p_inputs)
+                 AS r(id, token, outcome, output, error, duration, delay, input)),
     done AS (
         UPDATE orchwf_step_instances s
         SET status = CASE r.outcome WHEN 'retry' THEN 'retrying' WHEN 'requeue' THEN 'retrying'
                                     WHEN 'release' THEN 'pending' ELSE r.outcome END,
             output = CASE WHEN r.outcome = 'completed' THEN coalesce(r.output, '{}') ELSE s.output END,
+            input = coalesce(r.input, s.input),
             error = CASE WHEN r.outcome IN ('completed', 'release') THEN s.error ELSE r.error END,
             completed_at = CASE WHEN r.outcome IN ('completed', 'failed', 'skipped') THEN now() END,
             duration_ms = coalesce(r.duration, s.duration_ms),

@@ -487,6 +487,27 @@ def test_status_updates_set_their_timestamps(store: DBStateManager) -> None:
     assert got_wf.completed_at is not None
 
 
+def test_a_step_leased_by_a_daemon_worker_cannot_be_moved(store: DBStateManager) -> None:
+    wf = make_workflow(run_mode="daemon")
+    store.save_workflow(wf)
+    step = make_step(wf, status=StepStatus.RUNNING)
+    store.save_step(step)
+    with store.connection() as conn:
+        conn.execute(
+            "UPDATE orchwf_step_instances SET lease_token = 7, lease_owner = 'w' WHERE id = %s",
+            (uuid.UUID(step.id),),
+        )
+    with pytest.raises(InvalidStateError, match="leased"):
+        store.update_step_status(step.id, StepStatus.COMPLETED)
+    with pytest.raises(InvalidStateError, match="leased"):
+        store.update_step_error(step.id, "x")
+    step.status = StepStatus.CANCELLED
+    with pytest.raises(InvalidStateError, match="leased"):
+        store.save_step(step)
+    store.update_step_output(step.id, {"still": "allowed"})
+    assert store.get_step(step.id).status == StepStatus.RUNNING
+
+
 def test_json_values_round_trip_and_bad_json_is_refused(store: DBStateManager) -> None:
     data = {"s": "é😀'\"\\", "n": [1, 2.5, None, True], "deep": {"a": {"b": []}}, "big": 2**62}
     wf = make_workflow(input=data, metadata={"trace_id": "x"})

@@ -112,6 +112,7 @@ class Supervisor:
                 self._sleep()
         finally:
             self._release_dead(final=True)
+            self._unregister_self()
             self._close_db()
             self._notify("STATUS=stopped")
         return 0
@@ -388,6 +389,17 @@ class Supervisor:
             (self.supervisor_id, self.supervisor_id, self.config.hostname, os.getpid(),
              list(self.config.queues), sorted(self.definitions), self.config.workers),
         )
+
+    def _unregister_self(self) -> None:
+        if self.conn is None or self.conn.closed:
+            return
+        try:
+            self.conn.execute(
+                sql.SQL("DELETE FROM {} WHERE worker_id = %s").format(self._table("orchwf_workers")),
+                (self.supervisor_id,),
+            )
+        except psycopg.Error:
+            pass  # the row ages out: prune deletes rows without a heartbeat for an hour
 
     def _release_dead(self, final: bool = False) -> None:
         """Give the claims of dead workers back to the queue, fenced by their tokens."""

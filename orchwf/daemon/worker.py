@@ -66,6 +66,7 @@ class Claim:
     renewed_at: float = field(default_factory=time.monotonic)
     ctx: StepContext | None = None
     timed: bool = False
+    input: dict[str, Any] | None = None  # what the executor was given
 
 
 @dataclass
@@ -342,7 +343,8 @@ class Worker:
             return
         try:
             rows = conn.execute(
-                sql.SQL("SELECT * FROM {}(%s, %s, %s, %s::jsonb[], %s, %s, %s)").format(self._table("orchwf_finish_steps")),
+                sql.SQL("SELECT * FROM {}(%s, %s, %s, %s::jsonb[], %s, %s, %s, %s::jsonb[])").format(
+                    self._table("orchwf_finish_steps")),
                 (
                     [r.claim.step_inst_id for r in pending],
                     [r.claim.lease_token for r in pending],
@@ -351,6 +353,7 @@ class Worker:
                     [r.error for r in pending],
                     [r.duration_ms for r in pending],
                     [r.delay for r in pending],
+                    [Jsonb(r.claim.input) if r.claim.input is not None else None for r in pending],
                 ),
             ).fetchall()
         except psycopg.Error as exc:
@@ -494,6 +497,7 @@ class Worker:
             step_instance_id=claim.step_inst_id,
         )
         claim.ctx = ctx
+        claim.input = data
         claim.timed = bool(sdef.timeout)
         t0 = time.monotonic()
         try:
@@ -513,6 +517,12 @@ class Worker:
         text = str(exc) or type(exc).__name__
         if isinstance(exc, StepTimeoutError):
             self.metrics.step_timed_out(claim.workflow_id, claim.step_id)
+            time.sleep(0.1)  # an async executor is cancelled, not abandoned: give it a moment
+            name = f"orchwf-step-{claim.step_id}"
+            if any(t.name == name and t.is_alive() for t in threading.enumerate()):
+                log.warning("worker %s: step %s ignored its %.3gs timeout; this process will be "
+                            "replaced once its other steps finish", self.worker_id, claim.step_id, sdef.timeout)
+                self.tainted = True
         policy = sdef.policy
         failures = claim.retry_count + 1
         if policy.is_retryable(exc) and failures < policy.max_attempts:
@@ -529,10 +539,10 @@ class Worker:
                     output = normalize_output(call_executor(sdef.executor, ctx, data, sdef.timeout), sdef.id)
                     duration = int((time.monotonic() - t0) * 1000)
                     row = conn.execute(
-                        sql.SQL("SELECT accepted FROM {}(%s, %s, %s, %s::jsonb[], %s, %s, %s)").format(
+                        sql.SQL("SELECT accepted FROM {}(%s, %s, %s, %s::jsonb[], %s, %s, %s, %s::jsonb[])").format(
                             self._table("orchwf_finish_steps")),
                         ([claim.step_inst_id], [claim.lease_token], ["completed"], [Jsonb(output)],
-                         [None], [duration], [0.0]),
+                         [None], [duration], [0.0], [Jsonb(data)]),
                     ).fetchone()
                     if not row or not row[0]:
                         raise _Stale()

@@ -7,7 +7,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from ..errors import StepNotFoundError, WorkflowNotFoundError
+from ..errors import StepNotFoundError, ValidationError, WorkflowNotFoundError
+from ..jsonvalue import check_json_object
 from ..types import (
     StepInstance,
     StepStatus,
@@ -16,7 +17,7 @@ from ..types import (
     WorkflowStatus,
     utcnow,
 )
-from .base import check_page, error_text, normalize_filters
+from .base import check_page, error_text, is_uuid, normalize_filters
 
 T = TypeVar("T")
 
@@ -38,6 +39,7 @@ class InMemoryStateManager:
         self._steps: dict[str, StepInstance] = {}
         self._steps_by_workflow: dict[str, list[str]] = {}
         self._events: dict[str, list[WorkflowEvent]] = {}
+        self._event_ids: dict[str, str] = {}
         self._local = threading.local()
 
     # -- transactions -------------------------------------------------------------------
@@ -81,8 +83,17 @@ class InMemoryStateManager:
     # -- workflows ----------------------------------------------------------------------
 
     def save_workflow(self, workflow: WorkflowInstance) -> None:
-        stored = copy.deepcopy(workflow)
-        stored.steps = []
+        # Refuse what DBStateManager refuses, so code tested on memory works on Postgres.
+        _check_id(workflow.id, "workflow id")
+        json_fields = {
+            name: check_json_object(getattr(workflow, name), f"workflow {name}")
+            for name in ("input", "output", "context", "metadata")
+        }
+        shallow = copy.copy(workflow)
+        shallow.steps = []  # steps are stored by save_step, not here
+        stored = copy.deepcopy(shallow)
+        for name, value in json_fields.items():
+            setattr(stored, name, value)
         stored.updated_at = utcnow()
         with self._lock:
             self._put(self._workflows, stored.id, stored)
@@ -120,7 +131,7 @@ class InMemoryStateManager:
         self._update_workflow(workflow_inst_id, change)
 
     def update_workflow_output(self, workflow_inst_id: str, output: Mapping[str, Any]) -> None:
-        value = copy.deepcopy(dict(output))
+        value = check_json_object(dict(output) if output is not None else None, "workflow output")
         self._update_workflow(workflow_inst_id, lambda wf: setattr(wf, "output", value))
 
     def update_workflow_error(self, workflow_inst_id: str, error: BaseException | str) -> None:
@@ -153,7 +164,10 @@ class InMemoryStateManager:
     # -- steps --------------------------------------------------------------------------
 
     def save_step(self, step: StepInstance) -> None:
+        _check_id(step.id, "step id")
         stored = copy.deepcopy(step)
+        stored.input = check_json_object(step.input, "step input")
+        stored.output = check_json_object(step.output, "step output")
         with self._lock:
             self._workflow(stored.workflow_inst_id)
             is_new = stored.id not in self._steps
@@ -199,7 +213,7 @@ class InMemoryStateManager:
         self._update_step(step_inst_id, change)
 
     def update_step_output(self, step_inst_id: str, output: Mapping[str, Any]) -> None:
-        value = copy.deepcopy(dict(output))
+        value = check_json_object(dict(output) if output is not None else None, "step output")
         self._update_step(step_inst_id, lambda s: setattr(s, "output", value))
 
     def update_step_error(self, step_inst_id: str, error: BaseException | str) -> None:
@@ -215,9 +229,17 @@ class InMemoryStateManager:
     # -- events -------------------------------------------------------------------------
 
     def save_event(self, event: WorkflowEvent) -> None:
+        """Append an event; saving one with an ID already stored is a no-op."""
+        _check_id(event.id, "event id")
         stored = copy.deepcopy(event)
+        stored.event_data = check_json_object(event.event_data, "event data")
         with self._lock:
             self._workflow(stored.workflow_inst_id)
+            if stored.step_inst_id is not None:
+                self._step(stored.step_inst_id)
+            if stored.id in self._event_ids:
+                return
+            self._put(self._event_ids, stored.id, stored.workflow_inst_id)
             events = list(self._events[stored.workflow_inst_id])
             events.append(stored)
             self._put(self._events, stored.workflow_inst_id, events)
@@ -228,6 +250,11 @@ class InMemoryStateManager:
             events = [copy.deepcopy(e) for e in self._events[workflow_inst_id]]
         events.sort(key=lambda e: e.timestamp)  # stable: ties keep emission order
         return events
+
+
+def _check_id(value: object, what: str) -> None:
+    if not is_uuid(value):
+        raise ValidationError(f"{what} must be a UUID, got {value!r}")
 
 
 def _field(wf: WorkflowInstance, key: str) -> str:

@@ -631,7 +631,7 @@ class DBStateManager:
                 f"workflow instance {step.workflow_inst_id} already has a step {step.step_id!r}"
             ) from exc
         except pg_errors.CheckViolation as exc:
-            raise ValidationError(f"invalid step instance: {exc.diag.message_primary}") from exc
+            raise _leased(step.id, exc) from exc
         if saved == 0:
             raise WorkflowNotFoundError(step.workflow_inst_id)
 
@@ -663,10 +663,13 @@ class DBStateManager:
         return [convert(r) for r in rows]
 
     def _update_step(self, step_inst_id: str, query: str, params: Any) -> None:
-        with self._cursor() as cur:
-            cur.execute(self._q[query], params)
-            if cur.rowcount == 0:
-                raise StepNotFoundError(step_inst_id)
+        try:
+            with self._cursor() as cur:
+                cur.execute(self._q[query], params)
+                if cur.rowcount == 0:
+                    raise StepNotFoundError(step_inst_id)
+        except pg_errors.CheckViolation as exc:
+            raise _leased(step_inst_id, exc) from exc
 
     def update_step_status(self, step_inst_id: str, status: StepStatus) -> None:
         status = _step_status(status)
@@ -735,6 +738,15 @@ class DBStateManager:
     def get_workflow_events(self, workflow_inst_id: str) -> list[WorkflowEvent]:
         """The instance's events, oldest first (ties in emission order)."""
         return self._children(workflow_inst_id, "workflow_events", _event_out)
+
+
+def _leased(step_inst_id: str, exc: pg_errors.CheckViolation) -> Exception:
+    if exc.diag.constraint_name == "orchwf_si_lease_consistent":
+        return InvalidStateError(
+            f"step {step_inst_id} is leased by a daemon worker; only the worker (or the "
+            "daemon's rescue) may move it out of running"
+        )
+    return ValidationError(f"invalid step instance: {exc.diag.message_primary}")
 
 
 def _workflow_status(status: Any) -> WorkflowStatus:

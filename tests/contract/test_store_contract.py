@@ -218,12 +218,37 @@ def test_update_workflow_error_sets_failed(store):
     assert store.get_workflow(wf2.id).error == "plain text"
 
 
+@pytest.mark.parametrize("bad", ["not-a-uuid", "", "0000"])
+def test_ids_must_be_uuids(store, bad):
+    with pytest.raises(ValidationError):
+        store.save_workflow(make_workflow(id=bad))
+    wf = make_workflow()
+    store.save_workflow(wf)
+    with pytest.raises(ValidationError):
+        store.save_step(make_step(wf, id=bad))
+    with pytest.raises(ValidationError):
+        store.save_event(WorkflowEvent(id=bad, workflow_inst_id=wf.id, event_type="x"))
+    assert store.list_workflows()[1] == 1 and store.get_workflow_steps(wf.id) == []
+
+
 def test_invalid_json_is_refused(store):
     with pytest.raises(ValidationError):
         store.save_workflow(make_workflow(input={"x": float("nan")}))
     with pytest.raises(ValidationError):
         store.save_workflow(make_workflow(output={"x": {1, 2}}))
+    with pytest.raises(ValidationError):
+        store.save_workflow(make_workflow(metadata={"x": "nul\x00"}))
     assert store.list_workflows() == ([], 0)
+    wf = make_workflow()
+    store.save_workflow(wf)
+    with pytest.raises(ValidationError):
+        store.save_step(make_step(wf, output={"x": float("inf")}))
+    with pytest.raises(ValidationError):
+        store.update_workflow_output(wf.id, {"x": object()})
+    with pytest.raises(ValidationError):
+        store.save_event(event(wf, "x", bad={1}))
+    assert store.get_workflow(wf.id).output == {}
+    assert store.get_workflow_steps(wf.id) == [] and store.get_workflow_events(wf.id) == []
 
 
 # -- listing --------------------------------------------------------------------------------
@@ -719,12 +744,12 @@ def test_resume_across_orchestrators_on_the_store(store):
 
     def a(ctx, data):
         state["a_runs"] += 1
-        return {"a": 1}
+        return {"x": 1}
 
     def b(ctx, data):
         if state["fail"]:
             raise RuntimeError("down")
-        return {"b": data["a"]["a"] + 1}
+        return {"y": data["a"]["x"] + 1}  # the stored output of "a", namespaced
 
     wf = (
         WorkflowBuilder("w", "W")
@@ -743,8 +768,9 @@ def test_resume_across_orchestrators_on_the_store(store):
         result = second.resume_workflow(inst_id)
     finally:
         second.shutdown()
-    assert result.success and result.output == {"a": 1, "b": 2}
+    assert result.success, result.error
+    assert result.output == {"x": 1, "y": 2}
     assert state["a_runs"] == 1
     stored = store.get_workflow(inst_id)
     assert stored.status == WorkflowStatus.COMPLETED and stored.retry_count == 1
-    assert stored.output == {"a": 1, "b": 2}
+    assert stored.output == {"x": 1, "y": 2}

@@ -71,7 +71,7 @@ def test_a_back_edge_makes_a_cycle_error_naming_the_cycle(dag, data):
     nodes = [int(p[1:]) for p in path]
     assert len(set(nodes)) == len(nodes) - 1  # a simple cycle
     # run order: every step of the path depends on the one before it
-    for a, b in zip(nodes, nodes[1:]):
+    for a, b in zip(nodes, nodes[1:], strict=False):
         assert a in deps[b], (path, deps)
     # every cycle of the new graph goes through the back edge j -> i
     assert i in nodes and j in nodes

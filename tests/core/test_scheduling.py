@@ -96,7 +96,7 @@ def test_next_wave_waits_for_the_whole_wave(orch):
         return {}
 
     def nxt(ctx, data):
-        rec.add("next:slow_done=%s" % slow_done.is_set())
+        rec.add(f"next:slow_done={slow_done.is_set()}")
         return {}
 
     register(

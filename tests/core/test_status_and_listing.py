@@ -82,7 +82,7 @@ def test_list_orders_by_created_at_desc(populated):
     items, total = orch.list_workflows()
     assert total == 5
     assert [w.id for w in items] == list(reversed(ids))
-    assert all(w.created_at >= v.created_at for w, v in zip(items, items[1:]))
+    assert all(w.created_at >= v.created_at for w, v in zip(items, items[1:], strict=False))
 
 
 @pytest.mark.parametrize(

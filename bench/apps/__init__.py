@@ -1,0 +1,1 @@
+"""Apps run by the benchmark's worker processes (one module per system)."""

@@ -1,0 +1,170 @@
+"""orchwf under benchmark: the real daemon (``orchwf worker``) as a subprocess."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from ..common import WORKERS, Proc, children, fresh_database, log, spawn, wait_until
+from .base import System
+
+APP = "bench.apps.orchwf_app"
+HOT_TABLES = ["orchwf_workflow_instances", "orchwf_step_instances", "orchwf_ready_steps",
+              "orchwf_workflow_events"]
+
+
+class OrchwfSystem(System):
+    name = "orchwf"
+
+    def __init__(self, concurrency: int = 50, workers: int = WORKERS) -> None:
+        super().__init__()
+        self.concurrency = concurrency
+        self.workers = workers
+        self.settings = {
+            "worker": f"orchwf worker --workers {workers} --concurrency {concurrency} --metrics-port 0",
+            "client": "orchwf.client.enqueue_many / enqueue (psycopg 3)",
+            "durability": "all tables logged, synchronous_commit as configured on the server",
+        }
+        self.hot_tables = HOT_TABLES
+
+    # -- setup ----------------------------------------------------------------------------
+
+    def setup(self, server_dsn: str, dbname: str) -> None:
+        from orchwf.client import register_workflow
+        from orchwf.db.migrations import migrate
+
+        from ..apps import orchwf_app
+
+        self.dsn = fresh_database(server_dsn, dbname)
+        migrate(self.dsn)
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            for d in orchwf_app.DEFINITIONS:
+                register_workflow(conn, d)
+        self.conn = psycopg.connect(self.dsn, autocommit=True)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    # -- enqueue --------------------------------------------------------------------------
+
+    def enqueue_batch(self, n: int, batch: int = 1000, workflow: str = "bench_noop") -> float:
+        from orchwf.client import enqueue_many
+
+        assert self.conn is not None
+        t0 = time.perf_counter()
+        left = n
+        while left > 0:
+            k = min(batch, left)
+            with self.conn.transaction():
+                enqueue_many(self.conn, workflow, [{} for _ in range(k)])
+            left -= k
+        return time.perf_counter() - t0
+
+    def enqueue_one(self, workflow: str = "bench_noop") -> tuple[Any, float]:
+        """Enqueue one instance in its own transaction; return (id, commit wall time)."""
+        from orchwf.client import enqueue
+
+        assert self.conn is not None
+        with self.conn.transaction():
+            iid = enqueue(self.conn, workflow, {})
+        return iid, time.time()
+
+    def enqueue_timed_batch(self, k: int, workflow: str = "bench_noop") -> tuple[list[Any], float]:
+        from orchwf.client import enqueue_many
+
+        assert self.conn is not None
+        with self.conn.transaction():
+            ids = enqueue_many(self.conn, workflow, [{} for _ in range(k)])
+        return ids, time.time()
+
+    # -- workers --------------------------------------------------------------------------
+
+    def start_workers(self, logdir: Path) -> Proc:
+        args = [sys.executable, "-m", "orchwf", "worker", "--app", APP, "--dsn", self.dsn,
+                "--workers", str(self.workers), "--concurrency", str(self.concurrency),
+                "--metrics-port", "0", "--log-level", "WARNING"]
+        proc = Proc("orchwf", spawn(args, logdir / "orchwf-worker.log"), logdir / "orchwf-worker.log")
+        try:
+            wait_until(lambda: len(children(proc.popen.pid)) >= self.workers or proc.popen.poll() is not None,
+                       30, what="orchwf workers to fork")
+            wait_until(lambda: self._registered_workers() >= self.workers or proc.popen.poll() is not None,
+                       30, what="orchwf workers to connect")
+        except TimeoutError:
+            proc.stop()
+            raise
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"orchwf worker exited: {proc.tail()}")
+        return proc
+
+    def _registered_workers(self) -> int:
+        assert self.conn is not None
+        return self.conn.execute("SELECT count(*) FROM orchwf_workers WHERE role = 'worker'").fetchone()[0]  # type: ignore[index]
+
+    def process_roles(self, proc: Proc) -> dict[str, list[int]]:
+        return {"supervisor": [proc.popen.pid], "worker": children(proc.popen.pid)}
+
+    # -- observation ----------------------------------------------------------------------
+
+    def remaining(self) -> int:
+        assert self.conn is not None
+        return self.conn.execute(  # type: ignore[index]
+            "SELECT count(*) FROM orchwf_workflow_instances WHERE status IN ('pending', 'running')"
+        ).fetchone()[0]
+
+    def failed(self) -> int:
+        assert self.conn is not None
+        return self.conn.execute(  # type: ignore[index]
+            "SELECT count(*) FROM orchwf_workflow_instances WHERE status NOT IN ('pending', 'running', 'completed')"
+        ).fetchone()[0]
+
+    def drain_window(self, proc: Proc | None = None) -> tuple[float, float]:
+        """(first step start, last step completion) as wall-clock seconds."""
+        assert self.conn is not None
+        row = self.conn.execute(
+            "SELECT extract(epoch FROM min(started_at)), extract(epoch FROM max(completed_at))"
+            " FROM orchwf_step_instances"
+        ).fetchone()
+        assert row is not None
+        return float(row[0]), float(row[1])
+
+    def start_times(self, ids: list[Any], proc: Proc | None = None) -> dict[str, float]:
+        """Instance id -> wall time its (single) step started (recorded by the step)."""
+        assert self.conn is not None
+        rows = self.conn.execute(
+            "SELECT workflow_inst_id::text, (output->>('t_' || step_id))::float8"
+            " FROM orchwf_step_instances WHERE workflow_inst_id = ANY(%s::uuid[]) AND status = 'completed'",
+            ([str(i) for i in ids],),
+        ).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def dag_delays(self) -> dict[str, Any]:
+        """Per DAG instance: child start minus parent completed_at (the commit of the
+        finish transaction that released it; for the join, its last parent)."""
+        assert self.conn is not None
+        rows = self.conn.execute(
+            """
+            WITH s AS (
+                SELECT workflow_inst_id AS w, step_id,
+                       (output->>('t_' || step_id))::float8 AS t_start,
+                       extract(epoch FROM completed_at)::float8 AS t_done
+                FROM orchwf_step_instances WHERE status = 'completed')
+            SELECT (c.t_start - p.t_done) * 1000.0
+            FROM s c JOIN s p ON p.w = c.w AND p.step_id = 'start'
+            WHERE c.step_id LIKE 'f%'
+            UNION ALL
+            SELECT (j.t_start - max(f.t_done)) * 1000.0
+            FROM s j JOIN s f ON f.w = j.w AND f.step_id LIKE 'f%'
+            WHERE j.step_id = 'join'
+            GROUP BY j.w, j.t_start
+            """
+        ).fetchall()
+        return {"delays_ms": [float(r[0]) for r in rows]}
+
+    def describe(self) -> None:
+        log(f"orchwf: {self.settings['worker']}")

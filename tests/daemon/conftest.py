@@ -1,0 +1,141 @@
+"""Fixtures that run the real daemon (``orchwf worker``) as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+import orchwf
+from orchwf import Client
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+
+import daemonapp  # noqa: E402
+
+SIDE_TABLES = """
+CREATE TABLE IF NOT EXISTS orchwf_test_exec (
+    id bigserial PRIMARY KEY, instance_id uuid, step_id text, attempt int, pid int, note text,
+    at timestamptz DEFAULT clock_timestamp());
+CREATE TABLE IF NOT EXISTS orchwf_test_effects (instance_id uuid, value int);
+"""
+
+
+@pytest.fixture
+def app_db(db_dsn: str) -> str:
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute(SIDE_TABLES)
+    return db_dsn
+
+
+@pytest.fixture
+def client(app_db: str) -> Iterator[Client]:
+    c = Client(app_db)
+    for value in vars(daemonapp).values():
+        if isinstance(value, orchwf.WorkflowDefinition):
+            c.register_workflow(value)
+    yield c
+    c.close()
+
+
+class Daemon:
+    def __init__(self, dsn: str, args: list[str]) -> None:
+        env = dict(os.environ, PYTHONPATH=str(HERE), ORCHWF_TEST_APP_DSN=dsn)
+        env.pop("NOTIFY_SOCKET", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "orchwf", "worker", "--app", "daemonapp", "--dsn", dsn,
+             "--metrics-port", "0", *args],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.dsn = dsn
+
+    def worker_pids(self, expected: int | None = None, timeout: float = 15) -> list[int]:
+        """PIDs of the live worker processes (children of the supervisor)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = _children(self.proc.pid)
+            if (expected is None and pids) or (expected is not None and len(pids) == expected):
+                return pids
+            if time.monotonic() > deadline:
+                raise AssertionError(f"expected {expected} workers, found {pids}")
+            time.sleep(0.05)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+            raise
+
+    def output(self) -> str:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.read().decode(errors="replace") if self.proc.poll() is not None else ""
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(entry))
+    return sorted(out)
+
+
+@pytest.fixture
+def start_daemon(app_db: str, client: Client) -> Iterator[Callable[..., Daemon]]:
+    daemons: list[Daemon] = []
+
+    def start(*args: str, dsn: str | None = None) -> Daemon:
+        d = Daemon(dsn or app_db, list(args))
+        daemons.append(d)
+        return d
+
+    yield start
+    for d in daemons:
+        if d.proc.poll() is None:
+            try:
+                d.stop(signal.SIGTERM, timeout=20)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(d.proc.pid, signal.SIGKILL)  # no orphan survives a test
+        except ProcessLookupError:
+            pass
+
+
+def executions(dsn: str, instance_id: str | None = None) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        if instance_id is None:
+            return conn.execute("SELECT instance_id::text, step_id, attempt, pid, note FROM orchwf_test_exec ORDER BY id").fetchall()
+        return conn.execute(
+            "SELECT instance_id::text, step_id, attempt, pid, note FROM orchwf_test_exec WHERE instance_id = %s ORDER BY id",
+            (instance_id,),
+        ).fetchall()
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 20, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

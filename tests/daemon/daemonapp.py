@@ -1,0 +1,143 @@
+"""Workflows for the daemon tests. Every execution is logged in a side table
+(orchwf_test_exec) on its own connection, so double execution is visible."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psycopg
+
+from orchwf import NonRetryableError, RetryPolicyBuilder, StepBuilder, WorkflowBuilder
+
+DSN = os.environ.get("ORCHWF_TEST_APP_DSN", "")
+
+
+def log_execution(ctx, note: str = "") -> None:
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO orchwf_test_exec (instance_id, step_id, attempt, pid, note) VALUES (%s, %s, %s, %s, %s)",
+            (ctx.workflow_instance_id, ctx.step_id, ctx.attempt, os.getpid(), note),
+        )
+
+
+def record(ctx, data):
+    log_execution(ctx)
+    if data.get("sleep"):
+        time.sleep(float(data["sleep"]))
+    return {f"{ctx.step_id}_done": True, f"{ctx.step_id}_pid": os.getpid()}
+
+
+def sleepy_until_file(ctx, data):
+    """Runs until a file appears (so a test can kill the worker mid-step)."""
+    log_execution(ctx)
+    path = data["gate"]
+    while not os.path.exists(path):
+        time.sleep(0.02)
+    return {"gated": True}
+
+
+def flaky(ctx, data):
+    log_execution(ctx)
+    if ctx.attempt < int(data.get("succeed_on", 3)):
+        raise RuntimeError(f"transient failure on attempt {ctx.attempt}")
+    return {"flaky_attempt": ctx.attempt}
+
+
+def always_fails(ctx, data):
+    log_execution(ctx)
+    raise RuntimeError("boom")
+
+
+def fatal(ctx, data):
+    log_execution(ctx)
+    raise NonRetryableError("do not retry me")
+
+
+def ignores_timeout(ctx, data):
+    log_execution(ctx)
+    time.sleep(float(data.get("hang", 5)))
+    return {"late": True}
+
+
+def compensate(ctx, data):
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO orchwf_test_exec (instance_id, step_id, attempt, pid, note) VALUES (%s, %s, 0, %s, 'compensated')",
+            (ctx.workflow_instance_id, ctx.step_id, os.getpid()),
+        )
+
+
+def transactional_write(ctx, data):
+    ctx.conn.execute(
+        "INSERT INTO orchwf_test_effects (instance_id, value) VALUES (%s, %s)",
+        (ctx.workflow_instance_id, data.get("value", 1)),
+    )
+    if data.get("fail"):
+        raise RuntimeError("fail after the write")
+    return {"written": True}
+
+
+def join(ctx, data):
+    log_execution(ctx)
+    return {"total": sum(data[f"fan{i}"]["fan"] for i in range(4))}
+
+
+def fan(i):
+    def run(ctx, data):
+        log_execution(ctx)
+        return {"fan": i * 10}
+    run.__name__ = f"fan{i}"
+    return run
+
+
+fast_retry = RetryPolicyBuilder().with_max_attempts(3).with_initial_interval(0.05).with_multiplier(2).build()
+# The chain's steps write to the database themselves: let them outlast a database restart.
+patient = RetryPolicyBuilder().with_max_attempts(8).with_initial_interval(0.25).with_max_interval(2).build()
+
+single = WorkflowBuilder("single", "One step").add_step(StepBuilder("only", "Only", record).build()).build()
+
+chain = (
+    WorkflowBuilder("chain", "Three steps")
+    .add_step(StepBuilder("a", "A", record).with_retry_policy(patient).build())
+    .add_step(StepBuilder("b", "B", record).with_dependencies("a").with_retry_policy(patient).build())
+    .add_step(StepBuilder("c", "C", record).with_dependencies("b").with_retry_policy(patient).build())
+    .build()
+)
+
+_dag = WorkflowBuilder("fanin", "Fan-out and fan-in").add_step(StepBuilder("start", "Start", record).build())
+for _i in range(4):
+    _dag.add_step(StepBuilder(f"fan{_i}", f"Fan {_i}", fan(_i)).with_dependencies("start").build())
+_dag.add_step(StepBuilder("join", "Join", join).with_dependencies(*[f"fan{i}" for i in range(4)]).build())
+fanin = _dag.build()
+
+gated = WorkflowBuilder("gated", "Waits for a file").add_step(
+    StepBuilder("wait", "Wait", sleepy_until_file).with_retry_policy(fast_retry).build()).build()
+
+retrying = WorkflowBuilder("retrying", "Succeeds on the third attempt").add_step(
+    StepBuilder("flaky", "Flaky", flaky).with_retry_policy(fast_retry).build()).build()
+
+failing = (
+    WorkflowBuilder("failing", "Fails after a compensable step")
+    .add_step(StepBuilder("book", "Book", record).with_compensator(compensate).build())
+    .add_step(StepBuilder("optional", "Optional", always_fails).with_required(False).build())
+    .add_step(StepBuilder("pay", "Pay", always_fails).with_dependencies("book").with_retry_policy(fast_retry).build())
+    .add_step(StepBuilder("ship", "Ship", record).with_dependencies("pay").build())
+    .build()
+)
+
+optional = (
+    WorkflowBuilder("optional", "An optional step fails, its dependent still runs")
+    .add_step(StepBuilder("maybe", "Maybe", always_fails).with_required(False).build())
+    .add_step(StepBuilder("after", "After", record).with_dependencies("maybe").build())
+    .build()
+)
+
+nonretryable = WorkflowBuilder("nonretryable", "Fails at once").add_step(
+    StepBuilder("fatal", "Fatal", fatal).with_retry_policy(fast_retry).build()).build()
+
+timeout = WorkflowBuilder("timeout", "Ignores its timeout").add_step(
+    StepBuilder("hang", "Hang", ignores_timeout).with_timeout(0.3).build()).build()
+
+transactional = WorkflowBuilder("transactional", "Writes in the result's transaction").add_step(
+    StepBuilder("write", "Write", transactional_write).with_transaction(True).build()).build()
