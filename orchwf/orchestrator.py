@@ -10,6 +10,7 @@ compensation, cancellation, and resume of failed or cancelled instances.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import threading
@@ -623,8 +624,8 @@ class Orchestrator:
                 step_output=dict(step.output),
             )
             try:
-                call_executor(sdef.compensator, ctx, dict(step.input))
-            except Exception as exc:  # noqa: BLE001 - recorded, and the others still run
+                call_executor(sdef.compensator, ctx, copy.deepcopy(step.input))
+            except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - recorded, and the others still run
                 self._event(run.inst.id, "step.compensation_failed", {"step_id": step_id, "error": str(exc) or type(exc).__name__}, step.id)
                 continue
             self._event(run.inst.id, "step.compensated", {"step_id": step_id}, step.id)

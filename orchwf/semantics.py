@@ -93,8 +93,15 @@ def run_attempt(
         error: BaseException | None = None
         try:
             value = call_executor(executor, ctx, data, timeout)
-        except BaseException as exc:  # noqa: BLE001 - reported to the waiting thread
+        except Exception as exc:  # noqa: BLE001 - reported to the waiting thread
             error = exc
+        except BaseException as exc:  # noqa: BLE001 - CancelledError, SystemExit, ...
+            # raised on this step's own thread, so not meant for the process or the
+            # caller: an ordinary failure of the attempt (it must not escape the
+            # orchestrator and leave the instance running forever)
+            detail = f": {exc}" if str(exc) else ""
+            error = RuntimeError(f"step {ctx.step_id} raised {type(exc).__name__}{detail}")
+            error.__cause__ = exc
         if cancel is not None and cancel.done():
             # finished after the workflow was cancelled: a late result, discarded
             # (whether the waiting thread noticed the cancel first is a race; this is not)

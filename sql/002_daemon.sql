@@ -2,8 +2,8 @@
 --
 -- Every state change of the daemon is one of these functions, so each is one
 -- transaction and one round trip, and non-Python producers can enqueue from psql.
--- Lock order, everywhere: workflow instance rows (by id), then step rows, then ready
--- rows. Keeping one order is what keeps concurrent finishes, cancels and rescues free
+-- Lock order, everywhere: workflow instance rows (by id, FOR NO KEY UPDATE), then step
+-- rows, then ready rows. Keeping one order is what keeps concurrent finishes, cancels and rescues free
 -- of deadlocks.
 --
 -- Error codes raised here (mapped to Python exceptions by orchwf):
@@ -342,7 +342,9 @@ BEGIN
     -- Instances first, in id order (the global lock order).
     SELECT array_agg(DISTINCT s.workflow_inst_id) INTO v_insts
     FROM orchwf_step_instances s WHERE s.id = ANY (p_ids);
-    PERFORM 1 FROM orchwf_workflow_instances i WHERE i.id = ANY (v_insts) ORDER BY i.id FOR UPDATE;
+    -- NO KEY UPDATE, not UPDATE: event and ready inserts take KEY SHARE locks on these rows
+    -- through their foreign keys, and must not queue behind (or deadlock with) a finish.
+    PERFORM 1 FROM orchwf_workflow_instances i WHERE i.id = ANY (v_insts) ORDER BY i.id FOR NO KEY UPDATE;
 
     WITH r AS (
         SELECT * FROM unnest(p_ids, p_tokens, p_outcomes, p_outputs, p_errors, p_durations, p_delays, p_inputs)
@@ -614,7 +616,7 @@ AS $$
 DECLARE
     v_status text;
 BEGIN
-    SELECT status INTO v_status FROM orchwf_workflow_instances WHERE id = p_inst FOR UPDATE;
+    SELECT status INTO v_status FROM orchwf_workflow_instances WHERE id = p_inst FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'workflow not found: %', p_inst USING ERRCODE = 'OW404';
     END IF;
@@ -644,7 +646,7 @@ DECLARE
     v_status text;
     v_mode text;
 BEGIN
-    SELECT status, run_mode INTO v_status, v_mode FROM orchwf_workflow_instances WHERE id = p_inst FOR UPDATE;
+    SELECT status, run_mode INTO v_status, v_mode FROM orchwf_workflow_instances WHERE id = p_inst FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'workflow not found: %', p_inst USING ERRCODE = 'OW404';
     END IF;

@@ -29,11 +29,12 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from . import db_commands, migrate_commands, worker_commands
+    from . import db_commands, demo_command, migrate_commands, worker_commands
 
     cli.add_command(migrate_commands.migrate)
     cli.add_command(db_commands.db)
     cli.add_command(worker_commands.worker)
+    cli.add_command(demo_command.demo)
 
 
 _register()

@@ -158,3 +158,24 @@ def test_compensation_in_reverse_completion_order_of_async_steps(orch):
     result = orch.start_workflow("w", {})
     assert not result.success
     assert order == ["y", "x", "z"]
+
+
+def test_a_compensator_raising_cancelled_error_does_not_stop_the_others(orch):
+    import asyncio
+
+    undone = []
+
+    async def cancelled_comp(ctx, data):
+        undone.append(ctx.step_id)
+        raise asyncio.CancelledError()
+
+    register(
+        orch, "w",
+        step("a", lambda c, d: {}, compensator=lambda c, d: undone.append("a")),
+        step("b", lambda c, d: {}, ["a"], compensator=cancelled_comp),
+        step("boom", lambda c, d: 1 / 0, ["b"]),
+    )
+    result = orch.start_workflow("w", {})
+    assert undone == ["b", "a"]
+    assert compensations(orch, result.workflow_inst.id) == [("step.compensation_failed", "b"), ("step.compensated", "a")]
+    assert orch.get_workflow_status(result.workflow_inst.id).status == "failed"

@@ -352,3 +352,45 @@ def test_many_independent_workflows_in_parallel_threads(orch, n):
         t.join(GUARD)
     assert [r.output for r in results] == [{"i": i, "j": 2 * i} for i in range(len(results))]
     assert orch.list_workflows()[1] == len(results)
+
+
+@pytest.mark.parametrize(
+    "raiser, text",
+    [
+        (lambda: (_ for _ in ()).throw(SystemExit(3)), "step s raised SystemExit: 3"),
+        (lambda: (_ for _ in ()).throw(KeyboardInterrupt()), "step s raised KeyboardInterrupt"),
+    ],
+)
+def test_base_exceptions_from_an_executor_fail_the_step_not_the_caller(orch, raiser, text):
+    """They are raised on the step's own thread; the instance must not stay 'running'."""
+    register(orch, "w", step("s", lambda c, d: raiser()))
+    result = orch.start_workflow("w", {})
+    assert str(result.error) == f"step s failed after 1 attempts: {text}"
+    assert orch.get_workflow_status(result.workflow_inst.id).status == "failed"
+
+
+def test_cancelled_error_from_an_async_executor_fails_the_step(orch):
+    import asyncio
+
+    async def cancelled(ctx, data):
+        fut = asyncio.get_running_loop().create_future()
+        fut.cancel()
+        await fut
+
+    register(orch, "w", step("s", cancelled))
+    result = orch.start_workflow("w", {})
+    assert str(result.error) == "step s failed after 1 attempts: step s raised CancelledError"
+    assert isinstance(result.error.__cause__.__cause__, asyncio.CancelledError)
+    assert orch.get_workflow_status(result.workflow_inst.id).status == "failed"
+
+
+def test_a_one_thread_pool_runs_async_steps_in_priority_order():
+    orch = Orchestrator(InMemoryStateManager(), async_workers=1)
+    rec = Recorder()
+    prios = {"p1": 1, "p3a": 3, "p2": 2, "p3b": 3}
+    try:
+        register(orch, "w", *[step(name, rec.step(name), priority=p, is_async=True) for name, p in prios.items()])
+        assert orch.start_workflow("w", {}).success
+    finally:
+        orch.shutdown()
+    assert rec.calls == ["p3a", "p3b", "p2", "p1"]

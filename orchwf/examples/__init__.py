@@ -1,0 +1,1 @@
+"""Example apps shipped with orchwf (``orchwf demo`` runs the order pipeline)."""
