@@ -147,13 +147,13 @@ def spawn(args: list[str], logfile: Path, env: dict[str, str] | None = None) -> 
     logfile.parent.mkdir(parents=True, exist_ok=True)
     fh = open(logfile, "ab")  # noqa: SIM115 - owned by the child
     full_env = dict(os.environ)
-    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH")]))
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [full_env.get("PYTHONPATH"), str(ROOT)]))
     full_env.pop("NOTIFY_SOCKET", None)
     if env:
         full_env.update(env)
     try:
         return subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, env=full_env,
-                                start_new_session=True, cwd=str(ROOT))
+                                start_new_session=True, cwd=str(logfile.parent))
     finally:
         fh.close()
 

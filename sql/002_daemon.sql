@@ -116,6 +116,8 @@ BEGIN
         IF p_run_after IS NULL OR p_run_after <= now() THEN
             -- One notification per transaction and queue: Postgres folds identical payloads.
             PERFORM pg_notify('orchwf_ready', v_queue);
+        ELSE
+            PERFORM pg_notify('orchwf_scheduled', '');
         END IF;
     END IF;
 
@@ -387,6 +389,11 @@ BEGIN
         WHERE e.wanted
         RETURNING 1)
     SELECT coalesce(array_agg(d.id), '{}') INTO v_accepted FROM done d;
+
+    -- Retries that wait for a backoff: tell the supervisors when to promote them.
+    IF EXISTS (SELECT 1 FROM unnest(p_outcomes, p_delays) AS x(outcome, delay) WHERE x.outcome = 'retry' AND x.delay > 0) THEN
+        PERFORM pg_notify('orchwf_scheduled', '');
+    END IF;
 
     -- Attempts that go straight back to the queue.
     INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)

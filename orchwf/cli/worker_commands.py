@@ -31,7 +31,7 @@ from ..db.dsn import redact
               help="Seconds to keep finished instances before pruning them (0: never prune).")
 @click.option("--no-listen", is_flag=True, help="Poll instead of LISTEN (for PgBouncer transaction pooling).")
 @click.option("--poll-interval", type=click.FloatRange(0.01, 3600), default=None,
-              help="Fallback poll interval [default: 10s with LISTEN, 0.5s without].")
+              help="Fallback poll interval [default: 30s with LISTEN, 0.5s without].")
 @click.option("--hostname", default=None, help="Identity of this host in worker IDs [default: hostname].")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=9464, show_default=True,
               help="Prometheus metrics and health port on the supervisor (0 disables).")

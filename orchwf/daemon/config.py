@@ -17,7 +17,7 @@ class DaemonConfig:
     lease_seconds: float = 30.0
     shutdown_timeout: float = 30.0
     listen: bool = True
-    poll_interval: float = 10.0          # fallback poll when LISTEN is healthy
+    poll_interval: float = 30.0          # fallback poll when LISTEN is healthy (wake-ups come over pipes)
     poll_interval_no_listen: float = 0.5  # poll when running without LISTEN (PgBouncer)
     retention_seconds: float = 7 * 86400.0
     worker_timeout: float = 60.0          # a worker silent this long is killed

@@ -1,14 +1,34 @@
 """Prometheus metrics of the daemon.
 
 Workers and the supervisor record into prometheus-client's multiprocess mode when
-PROMETHEUS_MULTIPROC_DIR is set (the supervisor sets it before forking), so the
-numbers of all forked workers add up on the supervisor's endpoint. Labels are bounded:
-workflow and step IDs (from code), queue names and outcomes; never instance IDs.
+PROMETHEUS_MULTIPROC_DIR is set (run.py sets it before anything imports
+prometheus_client, and before fork), so the numbers of all forked workers add up on
+the supervisor's endpoint. Labels are bounded: workflow and step IDs (from code),
+queue names, table names and outcomes; never instance, worker or process IDs.
+
+Three kinds of metrics live here:
+  * counters, histograms and gauges that processes record as things happen;
+  * gauges the supervisor computes at scrape time from its own state
+    (SupervisorCollector);
+  * gauges read from the database at scrape time (DatabaseCollector): one query per
+    scrape, cached for a few seconds, never a full table scan. They describe the whole
+    database, so every supervisor on it reports the same values: aggregate them with
+    max(), not sum().
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+log = logging.getLogger("orchwf.metrics")
 
 STEPS_CLAIMED = Counter("orchwf_steps_claimed_total", "Steps claimed by workers", ["workflow", "step"])
 STEPS_COMPLETED = Counter("orchwf_steps_completed_total", "Steps completed successfully", ["workflow", "step"])
@@ -29,7 +49,19 @@ CLAIM_LATENCY = Histogram(
 CLAIM_ROWS = Histogram("orchwf_claim_rows", "Steps returned per claim query", buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200))
 SLOTS_BUSY = Gauge("orchwf_worker_slots_busy", "Busy execution slots", multiprocess_mode="livesum")
 SLOTS_IDLE = Gauge("orchwf_worker_slots_idle", "Idle execution slots", multiprocess_mode="livesum")
-DB_CONNECTED = Gauge("orchwf_worker_db_connected", "1 when the worker's connection is up", multiprocess_mode="livesum")
+DB_CONNECTED = Gauge("orchwf_worker_db_connected", "Worker processes whose database connection is up", multiprocess_mode="livesum")
+
+# Workflow outcomes, counted by the process that ends the instance (see workflow_finished).
+WORKFLOWS_COMPLETED = Counter("orchwf_workflows_completed_total", "Workflow instances completed", ["workflow"])
+WORKFLOWS_FAILED = Counter("orchwf_workflows_failed_total", "Workflow instances failed", ["workflow"])
+WORKFLOWS_CANCELLED = Counter("orchwf_workflows_cancelled_total", "Workflow instances cancelled", ["workflow"])
+_WORKFLOW_OUTCOMES = {"completed": WORKFLOWS_COMPLETED, "failed": WORKFLOWS_FAILED, "cancelled": WORKFLOWS_CANCELLED}
+
+# Supervisor-side metrics.
+WORKER_RESTARTS = Counter("orchwf_worker_restarts_total", "Workers that died unexpectedly and were replaced")
+# livemax, not liveall: liveall would add a pid label (an instance ID).
+LISTEN_UP = Gauge("orchwf_listen_connection_up", "1 when the supervisor's LISTEN connection is alive (0 also with --no-listen)",
+                  multiprocess_mode="livemax")
 
 
 def step_claimed(workflow: str, step: str) -> None:
@@ -61,6 +93,13 @@ def steps_rescued(cause: str, n: int) -> None:
         STEPS_RESCUED.labels(cause).inc(n)
 
 
+def workflow_finished(workflow: str, status: str) -> None:
+    """Count an instance that a finish call ended (status completed, failed or cancelled)."""
+    counter = _WORKFLOW_OUTCOMES.get(status)
+    if counter is not None:
+        counter.labels(workflow).inc()
+
+
 def observe_claim(seconds: float, rows: int) -> None:
     CLAIM_LATENCY.observe(seconds)
     CLAIM_ROWS.observe(rows)
@@ -74,6 +113,188 @@ def slots(busy: int, total: int) -> None:
 def db_connected(up: bool) -> None:
     DB_CONNECTED.set(1 if up else 0)
 
-# Supervisor-side metrics.
-WORKER_RESTARTS = Counter("orchwf_worker_restarts_total", "Workers that died unexpectedly and were replaced")
-LISTEN_UP = Gauge("orchwf_listen_connection_up", "1 when the supervisor's LISTEN connection is alive", multiprocess_mode="liveall")
+
+def process_exited(pid: int) -> None:
+    """Drop a dead worker's live gauges (its slots), keeping its counters in the totals."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
+
+
+# -- scrape-time collectors -----------------------------------------------------------------
+
+
+class SupervisorCollector:
+    """Gauges from the supervisor's own state, read at scrape time."""
+
+    def __init__(self, processes: Callable[[], int], desired: Callable[[], int]) -> None:
+        self.processes = processes
+        self.desired = desired
+
+    def describe(self) -> list[Metric]:
+        return []  # nothing to check at registration; collect() runs at scrape time only
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("orchwf_worker_processes", "Live worker processes of this supervisor",
+                                value=self.processes())
+        yield GaugeMetricFamily("orchwf_worker_processes_desired", "Worker processes this supervisor wants",
+                                value=self.desired())
+
+
+#: The tables whose dead tuples are exported (the ones updated or deleted on every step).
+HOT_TABLES = ("orchwf_ready_steps", "orchwf_step_instances", "orchwf_workflow_instances",
+              "orchwf_workflow_events")
+#: Ready steps are counted exactly up to this many per queue, then the gauge saturates.
+DEPTH_CAP = 50_000
+#: A worker row whose heartbeat is older than this is not counted as live.
+LIVE_WORKER_SECONDS = 60
+
+# One statement: queue depth and oldest ready step per queue (a loose index scan of
+# orchwf_rs_claim_idx in orchwf_queue_stats, sql/003_ops.sql), dead tuples and inserts
+# from the statistics views, and live worker rows (a small table).
+_DB_QUERY = """
+SELECT 'queue' AS kind, q.queue AS name, q.ready::float8 AS a,
+       extract(epoch FROM now() - q.oldest_ready_at)::float8 AS b
+FROM {schema}.orchwf_queue_stats(%(cap)s) q
+UNION ALL
+SELECT 'table', s.relname::text, s.n_dead_tup::float8, s.n_live_tup::float8
+FROM pg_catalog.pg_stat_user_tables s
+WHERE s.schemaname = %(schema)s AND s.relname = ANY (%(tables)s)
+UNION ALL
+SELECT 'inserted', s.relname::text, s.n_tup_ins::float8, NULL
+FROM pg_catalog.pg_stat_user_tables s
+WHERE s.schemaname = %(schema)s AND s.relname = 'orchwf_workflow_instances'
+UNION ALL
+SELECT 'workers', w.role, count(*)::float8, NULL
+FROM {schema}.orchwf_workers w
+WHERE w.heartbeat_at > now() - %(live)s * interval '1 second'
+GROUP BY w.role
+"""
+
+
+class DatabaseCollector:
+    """Gauges read from the database: one query per scrape, cached for ``ttl`` seconds.
+
+    It runs on a connection the caller owns (the supervisor's), and only when that
+    connection is up; a failed query is logged and the database gauges are left out,
+    with ``orchwf_db_stats_up`` 0.
+    """
+
+    def __init__(self, schema: str, connection: Callable[[], Any], ttl: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        from psycopg import sql
+
+        self.query = sql.SQL(_DB_QUERY).format(schema=sql.Identifier(schema))
+        self.schema = schema
+        self.connection = connection
+        self.ttl = ttl
+        self.clock = clock
+        self.rows: list[tuple[str, str, float | None, float | None]] | None = None
+        self.fetched_at = float("-inf")
+        self.next_warning = 0.0
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def _fetch(self) -> list[tuple[str, str, float | None, float | None]] | None:
+        now = self.clock()
+        if now - self.fetched_at < self.ttl:
+            return self.rows
+        self.fetched_at = now
+        conn = self.connection()
+        if conn is None or conn.closed:
+            self.rows = None
+            return None
+        import psycopg
+
+        try:
+            params = {"cap": DEPTH_CAP, "schema": self.schema, "tables": list(HOT_TABLES),
+                      "live": LIVE_WORKER_SECONDS}
+            self.rows = [tuple(r) for r in conn.execute(self.query, params).fetchall()]
+        except psycopg.Error as exc:
+            if now >= self.next_warning:
+                from ..db.dsn import redact
+
+                log.warning("metrics: database statistics unavailable (%s)", redact(str(exc)).strip())
+                self.next_warning = now + 300
+            self.rows = None
+        return self.rows
+
+    def collect(self) -> Iterator[Metric]:
+        rows = self._fetch()
+        up = GaugeMetricFamily("orchwf_db_stats_up", "1 when the last database statistics query succeeded",
+                               value=0 if rows is None else 1)
+        yield up
+        if rows is None:
+            return
+        depth = GaugeMetricFamily(
+            "orchwf_ready_steps", f"Steps ready to be claimed, per queue (exact up to {DEPTH_CAP}, then it saturates)",
+            labels=["queue"])
+        oldest = GaugeMetricFamily(
+            "orchwf_oldest_ready_step_age_seconds", "Age of the oldest ready step, per queue (0: queue empty)",
+            labels=["queue"])
+        dead = GaugeMetricFamily("orchwf_table_dead_tuples", "Dead tuples of orchwf's hot tables (pg_stat_user_tables)",
+                                 labels=["table"])
+        live = GaugeMetricFamily("orchwf_table_live_tuples", "Live tuples of orchwf's hot tables (pg_stat_user_tables)",
+                                 labels=["table"])
+        enqueued = CounterMetricFamily(
+            "orchwf_workflows_enqueued",
+            "Workflow instances inserted, database-wide, since the statistics were reset "
+            "(pg_stat_user_tables.n_tup_ins; includes inserts that rolled back)")
+        workers = GaugeMetricFamily(
+            "orchwf_live_workers", "Registered orchwf processes with a fresh heartbeat, database-wide",
+            labels=["role"])
+        seen_roles = set()
+        for kind, name, a, b in rows:
+            if kind == "queue":
+                depth.add_metric([name], a or 0.0)
+                oldest.add_metric([name], max(0.0, b or 0.0))
+            elif kind == "table":
+                dead.add_metric([name], a or 0.0)
+                live.add_metric([name], b or 0.0)
+            elif kind == "inserted":
+                enqueued.add_metric([], a or 0.0)
+            elif kind == "workers":
+                workers.add_metric([name], a or 0.0)
+                seen_roles.add(name)
+        for role in ("supervisor", "worker"):
+            if role not in seen_roles:
+                workers.add_metric([role], 0.0)
+        yield from (depth, oldest, dead, live, enqueued, workers)
+
+
+# -- exposition -----------------------------------------------------------------------------
+
+
+def daemon_registry(collectors: Iterable[Any]) -> CollectorRegistry:
+    """A registry with every process's metrics (multiprocess mode) plus ``collectors``."""
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.MultiProcessCollector(registry)
+    else:  # a single process (tests): this process's metrics
+        from prometheus_client import REGISTRY
+
+        registry.register(_Forward(REGISTRY))
+    for collector in collectors:
+        registry.register(collector)
+    return registry
+
+
+class _Forward:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.registry.collect())
+
+
+def render(registry: CollectorRegistry, accept: str = "") -> tuple[bytes, str]:
+    """The exposition for an HTTP Accept header: (body, content type)."""
+    encoder, content_type = choose_encoder(accept)
+    return encoder(registry), content_type

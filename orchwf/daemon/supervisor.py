@@ -80,6 +80,8 @@ class Supervisor:
         self.next_db_attempt = 0.0
         self.db_delay = 0.5
         self.registered = False
+        self.ops: Any = None  # the /metrics, /healthz, /readyz server (daemon/http.py), set by run.py
+        self.db_ok_at = float("-inf")  # last successful maintenance round trip (for /readyz)
         self.dead_workers: list[str] = []  # workers whose claims still need releasing
         self._sig_r, self._sig_w = os.pipe()
         os.set_blocking(self._sig_r, False)
@@ -174,9 +176,16 @@ class Supervisor:
         now = time.monotonic()
         timeout = max(0.0, min(self.next_maintenance - now, 1.0))
         try:
-            ready, _, _ = select.select(fds, [], [], timeout)
+            wfds: list[int] = []
+            if self.ops is not None:
+                fds += self.ops.read_fds()
+                wfds = self.ops.write_fds()
+            ready, writable, _ = select.select(fds, wfds, [], timeout)
         except (InterruptedError, ValueError, OSError):
             return
+        if self.ops is not None:
+            self.ops.service(ready, writable)
+            ready = [fd for fd in ready if not self.ops.owns(fd)]
         by_fd = {c.beat_r: c for c in self.children.values()}
         for fd in ready:
             if fd == self._sig_r:
@@ -227,6 +236,8 @@ class Supervisor:
                 for child in self.children.values():
                     os.close(child.wake_w)
                     os.close(child.beat_r)
+                if self.ops is not None:
+                    self.ops.close_in_child()
                 worker_id = f"{self.config.hostname}:{os.getpid()}:{start_ms}"
                 worker = Worker(self.config, self.definitions, index, worker_id, self.supervisor_id,
                                 wake_r, beat_w, parent_pid)
@@ -257,6 +268,7 @@ class Supervisor:
                 continue
             os.close(child.wake_w)
             os.close(child.beat_r)
+            metrics.process_exited(pid)
             code = os.waitstatus_to_exitcode(status)
             lived = time.monotonic() - child.started
             if code != 0 and not self.stopping and not child.retiring:
@@ -340,6 +352,7 @@ class Supervisor:
                 self.listen_conn = psycopg.connect(self.config.dsn, autocommit=True, connect_timeout=5,
                                                    application_name="orchwf-listener")
                 self.listen_conn.execute("LISTEN orchwf_ready")
+                self.listen_conn.execute("LISTEN orchwf_scheduled")
                 self.listen_ok = True
                 metrics.LISTEN_UP.set(1)
                 self._wake_workers()  # notifications may have been missed while down
@@ -371,8 +384,11 @@ class Supervisor:
         assert self.listen_conn is not None
         got = False
         try:
-            for _ in self.listen_conn.notifies(timeout=0):
-                got = True
+            for note in self.listen_conn.notifies(timeout=0):
+                if note.channel == "orchwf_scheduled":
+                    self.next_maintenance = 0.0  # learn the new earliest due time now
+                else:
+                    got = True
         except psycopg.Error as exc:
             self._db_failed(exc)
             return
@@ -424,17 +440,24 @@ class Supervisor:
             self.dead_workers.pop(0)
 
     def _maintain(self, now: float) -> None:
+        """One round trip: promote due retries, rescue expired leases, mark this host's
+        workers alive, and learn when the next scheduled step is due."""
         assert self.conn is not None
-        promoted = self.conn.execute(
-            sql.SQL("SELECT {}()").format(self._table("orchwf_promote_scheduled"))).fetchone()
-        rescued = self.conn.execute(
-            sql.SQL("SELECT * FROM {}()").format(self._table("orchwf_rescue_steps"))).fetchall()
-        self.conn.execute(
-            sql.SQL("UPDATE {} SET heartbeat_at = now() WHERE supervisor_id = %s").format(self._table("orchwf_workers")),
+        row = self.conn.execute(
+            sql.SQL(
+                "WITH alive AS (UPDATE {workers} SET heartbeat_at = now() WHERE supervisor_id = %s RETURNING 1)"
+                " SELECT {promote}(), (SELECT count(*) FROM {rescue}()),"
+                " (SELECT extract(epoch FROM min(run_after) - now()) FROM {steps} WHERE run_after IS NOT NULL)"
+            ).format(
+                workers=self._table("orchwf_workers"), promote=self._table("orchwf_promote_scheduled"),
+                rescue=self._table("orchwf_rescue_steps"), steps=self._table("orchwf_step_instances"),
+            ),
             (self.supervisor_id,),
-        )
-        metrics.steps_rescued("lease_expired", len(rescued))
-        if (promoted and promoted[0]) or rescued:
+        ).fetchone()
+        assert row is not None
+        promoted, rescued, next_due = int(row[0] or 0), int(row[1] or 0), row[2]
+        metrics.steps_rescued("lease_expired", rescued)
+        if promoted or rescued:
             self._wake_workers()
         if now >= self.next_prune and self.config.retention_seconds > 0:
             self.conn.execute(
@@ -445,15 +468,28 @@ class Supervisor:
                 sql.SQL("DELETE FROM {} WHERE heartbeat_at < now() - interval '1 hour'").format(
                     self._table("orchwf_workers")))
             self.next_prune = now + 300
-        # Idle cost: one round of these per maintenance interval (jittered).
-        interval = 1.0 if (promoted and promoted[0]) or rescued else 2.0
-        self.next_maintenance = now + interval * random.uniform(0.9, 1.1)
+        # Idle cost: one query per interval (jittered); sooner when a retry is due sooner.
+        interval = (1.0 if promoted or rescued else 2.0) * random.uniform(0.9, 1.1)
+        if next_due is not None:
+            interval = min(interval, max(0.01, float(next_due)))
+        self.next_maintenance = now + interval
+        self.db_ok_at = now
 
     # -- presentation ---------------------------------------------------------------------
 
     def _title(self) -> None:
         state = "stopping" if self.stopping else f"{len(self.children)} workers"
         set_title(f"orchwf-worker: supervisor [{state}]")
+
+    def readiness(self) -> tuple[bool, str]:
+        """For /readyz: the database answered recently and LISTEN is up (or disabled)."""
+        if self.stopping:
+            return False, "draining"
+        if self.conn is None or self.conn.closed or time.monotonic() - self.db_ok_at > 15.0:
+            return False, "database unreachable"
+        if self.config.listen and (not self.listen_ok or self.listen_conn is None or self.listen_conn.closed):
+            return False, "LISTEN connection down"
+        return True, "ok"
 
     def _notify(self, *lines: str) -> None:
         if self.notifier is not None:

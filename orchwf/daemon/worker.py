@@ -10,7 +10,9 @@ that was reported as done.
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import inspect
 import logging
 import os
 import queue
@@ -126,7 +128,8 @@ class Worker:
         os.set_blocking(self._notify_r, False)
         os.set_blocking(self._notify_w, False)
         self.pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="orchwf-exec")
-        self._tx_pool: Any = None
+        self._async_loop: asyncio.AbstractEventLoop | None = None
+        self._loop_lock = threading.Lock()
         from . import metrics
 
         self.metrics = metrics
@@ -504,13 +507,35 @@ class Worker:
             if sdef.transactional:
                 return self._run_transactional(claim, sdef, ctx, data, t0)
             assert sdef.executor is not None
-            if sdef.timeout:
+            if inspect.iscoroutinefunction(sdef.executor):
+                output = self._run_async(sdef, ctx, data)
+            elif sdef.timeout:
                 output = run_attempt(sdef.executor, ctx, data, sdef.timeout)
             else:
                 output = normalize_output(call_executor(sdef.executor, ctx, data), sdef.id)
         except Exception as exc:  # noqa: BLE001 - any executor error fails the attempt
             return self._failure(claim, sdef, exc, t0)
         return Result(claim, "completed", output=output, duration_ms=int((time.monotonic() - t0) * 1000))
+
+    def _run_async(self, sdef: StepDefinition, ctx: StepContext, data: dict[str, Any]) -> dict[str, Any]:
+        """``async def`` steps share one event loop per worker; a timeout cancels the task."""
+        with self._loop_lock:
+            if self._async_loop is None:
+                self._async_loop = asyncio.new_event_loop()
+                threading.Thread(target=self._async_loop.run_forever, name="orchwf-asyncio", daemon=True).start()
+        assert sdef.executor is not None
+        coroutine = sdef.executor(ctx, data)
+
+        async def bounded() -> Any:
+            if not sdef.timeout:
+                return await coroutine  # type: ignore[misc]
+            try:
+                return await asyncio.wait_for(coroutine, sdef.timeout)  # type: ignore[arg-type]
+            except asyncio.TimeoutError:
+                ctx.cancelled.set()
+                raise StepTimeoutError(f"step {sdef.id} timed out after {sdef.timeout:g}s") from None
+
+        return normalize_output(asyncio.run_coroutine_threadsafe(bounded(), self._async_loop).result(), sdef.id)
 
     def _failure(self, claim: Claim, sdef: StepDefinition, exc: BaseException, t0: float) -> Result:
         duration = int((time.monotonic() - t0) * 1000)

@@ -50,10 +50,13 @@ class Daemon:
     def __init__(self, dsn: str, args: list[str]) -> None:
         env = dict(os.environ, PYTHONPATH=str(HERE), ORCHWF_TEST_APP_DSN=dsn)
         env.pop("NOTIFY_SOCKET", None)
+        import tempfile
+
+        self.log_file = tempfile.NamedTemporaryFile(prefix="orchwf-daemon-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "orchwf", "worker", "--app", "daemonapp", "--dsn", dsn,
              "--metrics-port", "0", *args],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.dsn = dsn
 
@@ -79,8 +82,9 @@ class Daemon:
             raise
 
     def output(self) -> str:
-        assert self.proc.stdout is not None
-        return self.proc.stdout.read().decode(errors="replace") if self.proc.poll() is not None else ""
+        """What the daemon logged so far (printed by pytest when a test fails)."""
+        with open(self.log_file.name, errors="replace") as f:
+            return f.read()
 
 
 def _children(pid: int) -> list[int]:
@@ -109,6 +113,7 @@ def start_daemon(app_db: str, client: Client) -> Iterator[Callable[..., Daemon]]
 
     yield start
     for d in daemons:
+        print(f"--- daemon log ({d.log_file.name}) ---\n{d.output()[-5000:]}")
         if d.proc.poll() is None:
             try:
                 d.stop(signal.SIGTERM, timeout=20)

@@ -141,3 +141,26 @@ timeout = WorkflowBuilder("timeout", "Ignores its timeout").add_step(
 
 transactional = WorkflowBuilder("transactional", "Writes in the result's transaction").add_step(
     StepBuilder("write", "Write", transactional_write).with_transaction(True).build()).build()
+
+
+async def async_step(ctx, data):
+    import asyncio
+
+    await asyncio.sleep(float(data.get("async_sleep", 0.01)))
+    return {"async": True, "loop": id(asyncio.get_running_loop())}
+
+
+async def async_hang(ctx, data):
+    import asyncio
+
+    await asyncio.sleep(10)
+    return {"never": True}
+
+
+async_flow = (
+    WorkflowBuilder("async_flow", "async def steps")
+    .add_step(StepBuilder("one", "One", async_step).build())
+    .add_step(StepBuilder("two", "Two", async_step).build())
+    .add_step(StepBuilder("hang", "Hang", async_hang).with_timeout(0.2).with_required(False).build())
+    .build()
+)

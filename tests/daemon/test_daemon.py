@@ -253,3 +253,33 @@ def test_cancel_discards_a_running_steps_result(client: Client, start_daemon, ap
     assert inst.status == WorkflowStatus.CANCELLED
     assert inst.step("wait").status.value == "cancelled" and inst.step("wait").output == {}
     assert "step.completed" not in events_of(client, iid)
+
+
+def test_async_steps_share_an_event_loop_and_time_out(client: Client, start_daemon) -> None:
+    start_daemon("--workers", "1", "--concurrency", "4")
+    iid = client.enqueue("async_flow", {})
+    inst = client.wait(iid, timeout=30)
+    assert inst.status == WorkflowStatus.COMPLETED
+    one, two, hang = inst.step("one"), inst.step("two"), inst.step("hang")
+    assert one.output["loop"] == two.output["loop"]  # one loop per worker process
+    assert hang.status.value == "skipped" and "timed out" in (hang.error or "")
+
+
+def test_orchwf_worker_console_script_runs_the_same_daemon(client: Client, app_db: str) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("orchwf-worker") or ""
+    if not exe:
+        pytest.skip("orchwf-worker is not on PATH (package not installed)")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(__file__), ORCHWF_TEST_APP_DSN=app_db)
+    proc = subprocess.Popen([exe, "--app", "daemonapp:single", "--dsn", app_db, "--workers", "1",
+                             "--metrics-port", "0"], env=env, start_new_session=True)
+    try:
+        iid = client.enqueue("single", {})
+        assert client.wait(iid, timeout=30).status == WorkflowStatus.COMPLETED
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert sys.executable  # keeps the import used

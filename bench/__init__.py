@@ -1,0 +1,1 @@
+"""Benchmarks: orchwf beside pgqueuer and procrastinate (``python -m bench all``)."""
