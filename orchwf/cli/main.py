@@ -20,6 +20,18 @@ class OrchwfGroup(click.Group):
         except OrchwfError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2 if type(exc).__name__ == "UsageError" else 1)
+        except Exception as exc:
+            import psycopg
+
+            if not isinstance(exc, psycopg.Error):
+                raise
+            # A database error no command translated: one line, passwords redacted.
+            from ..db.dsn import redact
+
+            text = exc.diag.message_primary if exc.diag and exc.diag.message_primary else str(exc)
+            kind = "cannot reach the database" if isinstance(exc, psycopg.OperationalError) else "database error"
+            click.echo(f"error: {kind}: {' '.join(redact(text or type(exc).__name__).split())}", err=True)
+            sys.exit(1)
 
 
 @click.group(cls=OrchwfGroup)
@@ -29,12 +41,14 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from . import db_commands, demo_command, migrate_commands, worker_commands
+    from . import db_commands, demo_command, migrate_commands, ops_commands, worker_commands
 
     cli.add_command(migrate_commands.migrate)
     cli.add_command(db_commands.db)
     cli.add_command(worker_commands.worker)
     cli.add_command(demo_command.demo)
+    for command in ops_commands.COMMANDS:
+        cli.add_command(command)
 
 
 _register()

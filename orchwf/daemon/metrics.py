@@ -181,12 +181,13 @@ class DatabaseCollector:
     with ``orchwf_db_stats_up`` 0.
     """
 
-    def __init__(self, schema: str, connection: Callable[[], Any], ttl: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, schema: str, connection: Callable[[], Any], queues: Iterable[str] = (),
+                 ttl: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         from psycopg import sql
 
         self.query = sql.SQL(_DB_QUERY).format(schema=sql.Identifier(schema))
         self.schema = schema
+        self.queues = tuple(queues)  # reported as 0 when empty, so their series do not vanish
         self.connection = connection
         self.ttl = ttl
         self.clock = clock
@@ -246,10 +247,12 @@ class DatabaseCollector:
             "orchwf_live_workers", "Registered orchwf processes with a fresh heartbeat, database-wide",
             labels=["role"])
         seen_roles = set()
+        seen_queues = set()
         for kind, name, a, b in rows:
             if kind == "queue":
                 depth.add_metric([name], a or 0.0)
                 oldest.add_metric([name], max(0.0, b or 0.0))
+                seen_queues.add(name)
             elif kind == "table":
                 dead.add_metric([name], a or 0.0)
                 live.add_metric([name], b or 0.0)
@@ -258,6 +261,10 @@ class DatabaseCollector:
             elif kind == "workers":
                 workers.add_metric([name], a or 0.0)
                 seen_roles.add(name)
+        for queue in self.queues:
+            if queue not in seen_queues:
+                depth.add_metric([queue], 0.0)
+                oldest.add_metric([queue], 0.0)
         for role in ("supervisor", "worker"):
             if role not in seen_roles:
                 workers.add_metric([role], 0.0)

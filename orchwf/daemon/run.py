@@ -44,7 +44,7 @@ def run_daemon(config: DaemonConfig, definitions: list[WorkflowDefinition]) -> i
     if config.metrics_port:
         registry = metrics.daemon_registry([
             metrics.SupervisorCollector(lambda: len(supervisor.children), lambda: supervisor.num_workers),
-            metrics.DatabaseCollector(config.schema, lambda: supervisor.conn),
+            metrics.DatabaseCollector(config.schema, lambda: supervisor.conn, config.queues),
         ])
         server = OpsServer(config.metrics_host, config.metrics_port,
                            metrics=lambda accept: metrics.render(registry, accept),

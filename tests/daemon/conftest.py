@@ -135,7 +135,7 @@ def executions(dsn: str, instance_id: str | None = None) -> list[tuple]:
         ).fetchall()
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 20, what: str = "condition") -> object:
+def wait_for(predicate: Callable[[], object], timeout: float = 60, what: str = "condition") -> object:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

@@ -128,7 +128,7 @@ def test_kill_9_of_a_worker_mid_step_reruns_it_once(client: Client, start_daemon
     victim = first[0][3]
     os.kill(victim, signal.SIGKILL)
     # the supervisor gives the claim back at once and another worker picks it up
-    wait_for(lambda: len(executions(app_db, iid)) >= 2, timeout=20, what="re-execution")
+    wait_for(lambda: len(executions(app_db, iid)) >= 2, timeout=60, what="re-execution")
     gate.touch()
     inst = client.wait(iid, timeout=30)
     assert inst.status == WorkflowStatus.COMPLETED
@@ -151,7 +151,7 @@ def test_lost_lease_result_is_discarded(client: Client, start_daemon, app_db: st
         conn.execute("UPDATE orchwf_step_instances SET lease_expires_at = now() - interval '1 second' WHERE status = 'running'")
         rescued = conn.execute("SELECT * FROM orchwf_rescue_steps()").fetchall()
     assert len(rescued) == 1
-    wait_for(lambda: len(executions(app_db, iid)) >= 2, timeout=20, what="rescued copy")
+    wait_for(lambda: len(executions(app_db, iid)) >= 2, timeout=60, what="rescued copy")
     gate.touch()
     inst = client.wait(iid, timeout=30)
     assert inst.status == WorkflowStatus.COMPLETED

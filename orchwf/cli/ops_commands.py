@@ -1,0 +1,591 @@
+"""Operator commands: list, show, cancel, resume, retry-step, enqueue, stats, workers, prune.
+
+For a shell at 3 a.m. and for scripts: every command takes ``--dsn`` and ``--schema``
+after its name (``ORCHWF_DSN`` / ``ORCHWF_SCHEMA``; default: the embedded database),
+prints a human table by default and JSON with ``--json``. Exit codes: 0 success, 1 the
+operation failed (one ``error: ...`` line, printed by the top-level group), 2 usage.
+
+Every change goes through the SQL API (sql/002_daemon.sql, sql/003_ops.sql), so these
+commands do exactly what a producer or psql would do. Queries stay cheap on a big
+history: they use the instance and claim indexes, never a full table scan, except
+``list`` with filters that no index covers.
+
+This module must not import prometheus_client (``orchwf worker`` loads every command
+module before it sets PROMETHEUS_MULTIPROC_DIR).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+STATUSES = ("pending", "running", "completed", "failed", "cancelled", "retrying")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+STATS_DEPTH_CAP = 1_000_000
+LIVE_SECONDS = 60  # a worker row with an older heartbeat is shown as stale
+
+
+# -- options and connections ----------------------------------------------------------------
+
+
+def _check_schema(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from ..db.migrations import validate_schema
+    from ..errors import ValidationError
+
+    try:
+        return validate_schema(value)
+    except ValidationError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def db_options(fn: F) -> F:
+    """--dsn and --schema, the same on every database command."""
+    fn = click.option("--schema", envvar="ORCHWF_SCHEMA", default="public", show_default=True,
+                      callback=_check_schema, help="Postgres schema of orchwf's tables [env ORCHWF_SCHEMA].")(fn)
+    fn = click.option("--dsn", envvar="ORCHWF_DSN", metavar="CONNINFO",
+                      help="PostgreSQL conninfo or URL [env ORCHWF_DSN; default: the embedded database].")(fn)
+    return fn
+
+
+def json_option(fn: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")(fn)
+
+
+@contextmanager
+def connection(dsn: str | None) -> Iterator[Any]:
+    """An autocommit connection; SQL API errors become orchwf errors (one line, exit 1)."""
+    from ..db.dsn import resolve_dsn
+    from ..db.errors import translate_errors
+    from ..db.migrations import connect
+
+    conn = connect(resolve_dsn(dsn), autocommit=True, connect_timeout=10, application_name="orchwf-cli")
+    try:
+        with translate_errors():
+            yield conn
+    finally:
+        conn.close()
+
+
+def _ident(schema: str, name: str) -> Any:
+    from psycopg import sql
+
+    return sql.Identifier(schema, name)
+
+
+def _instance_id(value: str) -> str:
+    """An instance ID, or WorkflowNotFoundError (exit 1) for anything that is not a UUID."""
+    from ..errors import WorkflowNotFoundError
+    from ..stores.base import is_uuid
+
+    if not is_uuid(value):
+        raise WorkflowNotFoundError(value)
+    return value
+
+
+def parse_duration(text: str) -> float:
+    """'7d', '12h', '1h30m', '90s', '2w' or plain seconds -> seconds."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return float(text)
+    if not text or _DURATION.sub("", text):
+        raise ValueError(f"not a duration: {text!r} (use e.g. 90s, 30m, 12h, 7d, 2w, 1h30m)")
+    return sum(float(n) * _UNITS[unit] for n, unit in _DURATION.findall(text))
+
+
+def _duration_option(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+# -- output -----------------------------------------------------------------------------------
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=_json_default, ensure_ascii=False))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).isoformat()
+    return str(value)
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Columns padded to their widest cell; the last column is not padded."""
+    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for row in cells:
+        line = "  ".join(c.ljust(w) for c, w in zip(row[:-1], widths[:-1], strict=True))
+        click.echo((line + "  " + row[-1]).rstrip() if len(row) > 1 else row[0])
+
+
+def ts(value: datetime | None) -> str:
+    if value is None:
+        return "-"
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def clock(value: datetime | None) -> str:
+    if value is None:
+        return "-"
+    return value.astimezone(timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+
+
+def age(seconds: float | None) -> str:
+    """3.2s, 5m12s, 2h03m, 3d04h."""
+    if seconds is None:
+        return "-"
+    s = max(0.0, float(seconds))
+    if s < 60:
+        return f"{s:.1f}s"
+    s_int = int(s)
+    if s_int < 3600:
+        return f"{s_int // 60}m{s_int % 60:02d}s"
+    if s_int < 86400:
+        return f"{s_int // 3600}h{s_int % 3600 // 60:02d}m"
+    return f"{s_int // 86400}d{s_int % 86400 // 3600:02d}h"
+
+
+def short(text: Any, width: int = 60) -> str:
+    value = text if isinstance(text, str) else json.dumps(text, default=str, ensure_ascii=False)
+    value = " ".join(value.split())
+    return value if len(value) <= width else value[: width - 1] + "…"
+
+
+def _instance_summary(inst: Any) -> dict[str, Any]:
+    return {
+        "id": inst.id, "workflow_id": inst.workflow_id, "status": str(inst.status), "queue": inst.queue,
+        "priority": inst.priority, "run_mode": inst.run_mode, "created_at": inst.created_at,
+        "started_at": inst.started_at, "completed_at": inst.completed_at, "error": inst.error,
+        "retry_count": inst.retry_count, "trace_id": inst.trace_id, "correlation_id": inst.correlation_id,
+        "business_id": inst.business_id, "idempotency_key": inst.idempotency_key,
+    }
+
+
+def _took(start: datetime | None, end: datetime | None) -> str:
+    if start is None or end is None:
+        return "-"
+    return age((end - start).total_seconds())
+
+
+# -- list, show ------------------------------------------------------------------------------
+
+
+@click.command("list")
+@db_options
+@click.option("--workflow", "workflow_id", help="Only instances of this workflow ID.")
+@click.option("--status", type=click.Choice(STATUSES), help="Only instances in this status.")
+@click.option("--trace-id", help="Only instances with this trace ID.")
+@click.option("--correlation-id", help="Only instances with this correlation ID.")
+@click.option("--business-id", help="Only instances with this business ID.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(0, None), default=0, show_default=True)
+@json_option
+def list_cmd(dsn: str | None, schema: str, workflow_id: str | None, status: str | None, trace_id: str | None,
+             correlation_id: str | None, business_id: str | None, limit: int, offset: int, as_json: bool) -> None:
+    """List workflow instances, newest first."""
+    from ..stores.postgres import DBStateManager
+
+    filters = {k: v for k, v in (("workflow_id", workflow_id), ("status", status), ("trace_id", trace_id),
+                                 ("correlation_id", correlation_id), ("business_id", business_id)) if v is not None}
+    with connection(dsn) as conn:
+        instances, total = DBStateManager(conn, schema).list_workflows(filters, limit, offset)
+    if as_json:
+        emit_json({"total": total, "limit": limit, "offset": offset,
+                   "workflows": [_instance_summary(i) for i in instances]})
+        return
+    if not instances:
+        click.echo("no workflow instances" + (" match" if filters else ""))
+        return
+    table(["ID", "WORKFLOW", "STATUS", "QUEUE", "CREATED", "TOOK", "ERROR"],
+          [[i.id, i.workflow_id, i.status, i.queue, ts(i.created_at), _took(i.started_at, i.completed_at),
+            short(i.error, 50) if i.error else ""] for i in instances])
+    click.echo(f"-- {offset + 1}-{offset + len(instances)} of {total}")
+
+
+_STEP_EXTRA = """
+SELECT id::text, crashes, max_attempts, required, lease_owner, lease_expires_at, run_after,
+       extract(epoch FROM lease_expires_at - now()), extract(epoch FROM run_after - now())
+FROM {} WHERE workflow_inst_id = %s
+"""
+
+
+@click.command("show")
+@db_options
+@click.argument("instance_id")
+@json_option
+def show_cmd(dsn: str | None, schema: str, instance_id: str, as_json: bool) -> None:
+    """Show one instance: its steps, attempts, errors and events as a tree."""
+    from psycopg import sql
+
+    from ..stores.postgres import DBStateManager
+
+    instance_id = _instance_id(instance_id)
+    with connection(dsn) as conn:
+        store = DBStateManager(conn, schema)
+        inst = store.get_workflow(instance_id)
+        events = store.get_workflow_events(instance_id)
+        extra = {row[0]: row[1:] for row in conn.execute(
+            sql.SQL(_STEP_EXTRA).format(_ident(schema, "orchwf_step_instances")), (instance_id,)).fetchall()}
+    steps = []
+    for s in inst.steps:
+        crashes, max_attempts, required, owner, expires, run_after, expires_in, due_in = extra.get(
+            s.id, (0, None, True, None, None, None, None, None))
+        steps.append({
+            "id": s.id, "step_id": s.step_id, "status": str(s.status), "attempts": s.attempts,
+            "max_attempts": max_attempts, "retry_count": s.retry_count, "crashes": crashes, "required": required,
+            "started_at": s.started_at, "completed_at": s.completed_at, "duration_ms": s.duration_ms,
+            "error": s.error, "lease_owner": owner, "lease_expires_at": expires, "run_after": run_after,
+            "input": s.input, "output": s.output,
+            "_expires_in": expires_in, "_due_in": due_in,
+            "events": [_event_json(e) for e in events if e.step_inst_id == s.id],
+        })
+    doc = _instance_summary(inst) | {
+        "input": inst.input, "output": inst.output, "metadata": inst.metadata,
+        "steps": [{k: v for k, v in s.items() if not k.startswith("_")} for s in steps],
+        "events": [_event_json(e) for e in events if e.step_inst_id is None],
+    }
+    if as_json:
+        emit_json(doc)
+        return
+    _print_tree(inst, steps, doc["events"])
+
+
+def _event_json(event: Any) -> dict[str, Any]:
+    return {"type": event.event_type, "at": event.timestamp, "data": event.event_data}
+
+
+def _event_line(event: dict[str, Any]) -> str:
+    data = " ".join(f"{k}={short(v, 80)}" for k, v in event["data"].items() if k != "step_id")
+    return f"{clock(event['at'])}  {event['type']}" + (f"  {data}" if data else "")
+
+
+def _print_tree(inst: Any, steps: list[dict[str, Any]], events: list[dict[str, Any]]) -> None:
+    click.echo(f"workflow {inst.id}  {inst.workflow_id}  {str(inst.status).upper()}")
+    fields = [
+        ("queue", f"{inst.queue} · priority {inst.priority} · mode {inst.run_mode} · resumed {inst.retry_count}x"),
+        ("created", ts(inst.created_at)), ("started", ts(inst.started_at)),
+        ("finished", f"{ts(inst.completed_at)}  (took {_took(inst.started_at, inst.completed_at)})"
+         if inst.completed_at else "-"),
+        ("trace", inst.trace_id or "-"),
+    ]
+    if inst.correlation_id:
+        fields.append(("correlation", inst.correlation_id))
+    if inst.business_id:
+        fields.append(("business", inst.business_id))
+    if inst.idempotency_key:
+        fields.append(("idempotency", inst.idempotency_key))
+    if inst.error:
+        fields.append(("error", inst.error))
+    fields.append(("input", short(inst.input, 100)))
+    if inst.output:
+        fields.append(("output", short(inst.output, 100)))
+    for name, value in fields:
+        click.echo(f"  {name:<11} {value}")
+    click.echo("  steps")
+    width = max((len(s["step_id"]) for s in steps), default=0)
+    for n, s in enumerate(steps):
+        last = n == len(steps) - 1
+        branch, stem = ("└── ", "    ") if last else ("├── ", "│   ")
+        budget = f"{s['attempts']}/{s['max_attempts']}" if s["max_attempts"] else str(s["attempts"])
+        facts = [f"attempts {budget}"]
+        if s["crashes"]:
+            facts.append(f"crashes {s['crashes']}")
+        if s["completed_at"] or s["duration_ms"]:
+            facts.append(f"{s['duration_ms']}ms")
+        if not s["required"]:
+            facts.append("optional")
+        click.echo(f"  {branch}{s['step_id']:<{width}}  {s['status']:<9}  " + " · ".join(facts))
+        details = []
+        if s["error"]:
+            details.append(f"error: {short(s['error'], 200)}")
+        if s["lease_owner"]:
+            details.append(f"running on {s['lease_owner']}, lease expires in {age(s['_expires_in'])}")
+        if s["run_after"]:
+            details.append(f"next attempt at {ts(s['run_after'])} (in {age(s['_due_in'])})")
+        details += [_event_line(e) for e in s["events"]]
+        for line in details:
+            click.echo(f"  {stem}    {line}")
+    click.echo("  events")
+    for event in events:
+        click.echo(f"      {_event_line(event)}")
+
+
+# -- cancel, resume, retry-step, enqueue -----------------------------------------------------
+
+
+def _call(dsn: str | None, schema: str, function: str, *args: Any) -> str:
+    from psycopg import sql
+
+    placeholders = sql.SQL(", ").join([sql.Placeholder()] * len(args))
+    with connection(dsn) as conn:
+        row = conn.execute(sql.SQL("SELECT {}({})").format(_ident(schema, function), placeholders), args).fetchone()
+    return str(row[0]) if row else ""
+
+
+def _report(as_json: bool, instance_id: str, status: str, action: str, **extra: Any) -> None:
+    if as_json:
+        emit_json({"id": instance_id, "status": status, **extra})
+    else:
+        click.echo(f"{action} {instance_id}: now {status}")
+
+
+@click.command("cancel")
+@db_options
+@click.argument("instance_id")
+@json_option
+def cancel_cmd(dsn: str | None, schema: str, instance_id: str, as_json: bool) -> None:
+    """Cancel a pending or running instance (its compensators run, if any)."""
+    status = _call(dsn, schema, "orchwf_cancel_workflow", _instance_id(instance_id))
+    _report(as_json, instance_id, status, "cancelled")
+
+
+@click.command("resume")
+@db_options
+@click.argument("instance_id")
+@json_option
+def resume_cmd(dsn: str | None, schema: str, instance_id: str, as_json: bool) -> None:
+    """Re-run the failed, cancelled and pending steps of a failed or cancelled instance."""
+    status = _call(dsn, schema, "orchwf_resume_workflow", _instance_id(instance_id))
+    _report(as_json, instance_id, status, "resumed")
+
+
+@click.command("retry-step")
+@db_options
+@click.argument("instance_id")
+@click.argument("step_id")
+@json_option
+def retry_step_cmd(dsn: str | None, schema: str, instance_id: str, step_id: str, as_json: bool) -> None:
+    """Re-run one failed, skipped or cancelled step of a failed or cancelled instance.
+
+    The steps cancelled when the instance ended run again too, so it can finish; if
+    other steps failed, this refuses: resume the instance instead.
+    """
+    status = _call(dsn, schema, "orchwf_retry_step", _instance_id(instance_id), step_id)
+    _report(as_json, instance_id, status, f"retrying step {step_id} of", step_id=step_id)
+
+
+def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, Any] | None:
+    """A JSON object given inline, as @file, or as - (stdin)."""
+    if value is None:
+        return None
+    text = value
+    if value == "-":
+        text = click.get_text_stream("stdin").read()
+    elif value.startswith("@"):
+        try:
+            with open(value[1:], encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise click.BadParameter(f"cannot read {value[1:]}: {exc.strerror}") from None
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise click.BadParameter(f"must be a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+@click.command("enqueue")
+@db_options
+@click.argument("workflow_id")
+@click.option("--input", "input_", default="{}", callback=_json_object, metavar="JSON|@FILE|-",
+              show_default=True, help="The instance's input: a JSON object, @path to a file, or - for stdin.")
+@click.option("--metadata", callback=_json_object, metavar="JSON|@FILE",
+              help="Metadata (a JSON object; trace_id, correlation_id and business_id are picked up).")
+@click.option("--priority", type=click.IntRange(-(2**30), 2**30 - 1), help="Higher runs first [default: 0].")
+@click.option("--queue", help="Queue to run on [default: default].")
+@click.option("--idempotency-key", help="Enqueue at most once per key and workflow: a repeat returns the same ID.")
+@json_option
+def enqueue_cmd(dsn: str | None, schema: str, workflow_id: str, input_: dict[str, Any], metadata: dict[str, Any] | None,
+                priority: int | None, queue: str | None, idempotency_key: str | None, as_json: bool) -> None:
+    """Start an instance of WORKFLOW (registered by a running worker); print its ID."""
+    from ..client import enqueue
+
+    with connection(dsn) as conn:
+        instance_id = enqueue(conn, workflow_id, input_, metadata=metadata, priority=priority,
+                              idempotency_key=idempotency_key, queue=queue, schema=schema)
+    if as_json:
+        emit_json({"id": instance_id, "workflow_id": workflow_id})
+    else:
+        click.echo(instance_id)
+
+
+# -- stats, workers, prune -------------------------------------------------------------------
+
+_STATS = """
+SELECT
+  (SELECT coalesce(jsonb_agg(jsonb_build_array(q.queue, q.ready,
+                                               extract(epoch FROM now() - q.oldest_ready_at)::float8)), '[]')
+   FROM {queue_stats}(%(cap)s) q),
+  (SELECT count(*) FROM {steps} WHERE status = 'running'),
+  (SELECT count(*) FROM {steps} WHERE run_after IS NOT NULL),
+  (SELECT count(*) FROM {instances} WHERE status = 'pending'),
+  (SELECT count(*) FROM {instances} WHERE status = 'running'),
+  (SELECT coalesce(jsonb_object_agg(f.status, f.n), '{{}}') FROM (
+      SELECT status, count(*) AS n FROM {instances}
+      WHERE status IN ('completed', 'failed', 'cancelled')
+        AND completed_at >= now() - %(window)s * interval '1 second'
+      GROUP BY status) f),
+  (SELECT coalesce(jsonb_object_agg(w.role, w.n), '{{}}') FROM (
+      SELECT role, count(*) AS n FROM {workers}
+      WHERE heartbeat_at > now() - %(live)s * interval '1 second' GROUP BY role) w)
+"""
+
+
+@click.command("stats")
+@db_options
+@click.option("--window", "window", default="5m", show_default=True, callback=_duration_option,
+              help="Period for the finished counts and rates (e.g. 5m, 1h).")
+@json_option
+def stats_cmd(dsn: str | None, schema: str, window: float, as_json: bool) -> None:
+    """Queue depth, oldest ready step, active instances, finish rates and live workers."""
+    from psycopg import sql
+
+    if window <= 0:
+        raise click.BadParameter("must be more than 0", param_hint="--window")
+    query = sql.SQL(_STATS).format(
+        queue_stats=_ident(schema, "orchwf_queue_stats"), steps=_ident(schema, "orchwf_step_instances"),
+        instances=_ident(schema, "orchwf_workflow_instances"), workers=_ident(schema, "orchwf_workers"))
+    with connection(dsn) as conn:
+        row = conn.execute(query, {"cap": STATS_DEPTH_CAP, "window": window, "live": LIVE_SECONDS}).fetchone()
+    assert row is not None
+    queues, running_steps, scheduled, pending, running, finished, workers = row
+    finished = {k: int(finished.get(k, 0)) for k in ("completed", "failed", "cancelled")}
+    doc = {
+        "queues": [{"queue": q, "ready": int(n), "ready_capped": int(n) >= STATS_DEPTH_CAP,
+                    "oldest_ready_age_seconds": max(0.0, a or 0.0)} for q, n, a in queues],
+        "steps": {"running": running_steps, "scheduled": scheduled},
+        "instances": {"pending": pending, "running": running},
+        "window_seconds": window,
+        "finished": finished,
+        "per_minute": {k: round(v * 60 / window, 3) for k, v in finished.items()},
+        "live_processes": {"supervisor": int(workers.get("supervisor", 0)), "worker": int(workers.get("worker", 0))},
+    }
+    if as_json:
+        emit_json(doc)
+        return
+    if doc["queues"]:
+        table(["QUEUE", "READY", "OLDEST READY"],
+              [[q["queue"], ("≥" if q["ready_capped"] else "") + str(q["ready"]), age(q["oldest_ready_age_seconds"])]
+               for q in doc["queues"]])
+    else:
+        click.echo("no steps ready in any queue")
+    span = age(window)
+    click.echo(f"steps      running {running_steps} · waiting for a retry or a start time {scheduled}")
+    click.echo(f"instances  pending {pending} · running {running}")
+    click.echo(f"last {span:<5}  " + " · ".join(
+        f"{k} {finished[k]} ({doc['per_minute'][k]:g}/min)" for k in ("completed", "failed", "cancelled")))
+    click.echo(f"live       worker processes {doc['live_processes']['worker']} · "
+               f"supervisors {doc['live_processes']['supervisor']}")
+
+
+_WORKERS = """
+SELECT w.worker_id, w.role, w.host, w.pid, w.supervisor_id, w.queues, w.workflows, w.concurrency,
+       w.started_at, w.heartbeat_at, extract(epoch FROM now() - w.heartbeat_at)::float8
+FROM {workers} w
+ORDER BY w.host, w.supervisor_id, w.role DESC, w.started_at
+"""
+_CLAIMS = """
+SELECT s.lease_owner, s.workflow_inst_id::text, i.workflow_id, s.step_id, s.attempts,
+       extract(epoch FROM now() - s.updated_at)::float8, extract(epoch FROM s.lease_expires_at - now())::float8
+FROM {steps} s JOIN {instances} i ON i.id = s.workflow_inst_id
+WHERE s.status = 'running'
+ORDER BY s.lease_owner, s.lease_expires_at
+LIMIT %s
+"""
+
+
+@click.command("workers")
+@db_options
+@click.option("--claims", "max_claims", type=click.IntRange(0, 100000), default=1000, show_default=True,
+              help="Show at most this many running steps.")
+@json_option
+def workers_cmd(dsn: str | None, schema: str, max_claims: int, as_json: bool) -> None:
+    """Registered supervisors and workers, and the steps each one runs now."""
+    from psycopg import sql
+
+    tables = {"workers": _ident(schema, "orchwf_workers"), "steps": _ident(schema, "orchwf_step_instances"),
+              "instances": _ident(schema, "orchwf_workflow_instances")}
+    with connection(dsn) as conn:
+        rows = conn.execute(sql.SQL(_WORKERS).format(**tables)).fetchall()
+        claims = conn.execute(sql.SQL(_CLAIMS).format(**tables), (max_claims,)).fetchall()
+    by_owner: dict[str, list[dict[str, Any]]] = {}
+    for owner, inst, workflow, step, attempt, _since, expires_in in claims:
+        by_owner.setdefault(owner, []).append({
+            "workflow_inst_id": inst, "workflow_id": workflow, "step_id": step, "attempt": attempt,
+            "lease_expires_in_seconds": expires_in})
+    known = {r[0] for r in rows}
+    workers = [{
+        "worker_id": r[0], "role": r[1], "host": r[2], "pid": r[3], "supervisor_id": r[4], "queues": r[5],
+        "workflows": r[6], "concurrency": r[7], "started_at": r[8], "heartbeat_at": r[9],
+        "heartbeat_age_seconds": r[10], "live": r[10] < LIVE_SECONDS, "running": by_owner.get(r[0], []),
+    } for r in rows]
+    orphans = [dict(c, lease_owner=owner) for owner, cs in by_owner.items() if owner not in known for c in cs]
+    if as_json:
+        emit_json({"workers": workers, "unregistered_claims": orphans})
+        return
+    if not workers:
+        click.echo("no registered workers")
+    else:
+        table(["WORKER", "ROLE", "STATE", "QUEUES", "SLOTS", "RUNNING", "HEARTBEAT", "STARTED"],
+              [[w["worker_id"], w["role"], "live" if w["live"] else "stale", ",".join(w["queues"]),
+                w["concurrency"] if w["role"] == "worker" else "-",
+                len(w["running"]) if w["role"] == "worker" else "-", age(w["heartbeat_age_seconds"]) + " ago",
+                ts(w["started_at"])]
+               for w in workers])
+    for w in workers:
+        for c in w["running"]:
+            click.echo(f"  {w['worker_id']}: {c['workflow_id']}/{c['step_id']} of {c['workflow_inst_id']} "
+                       f"(attempt {c['attempt']}, lease expires in {age(c['lease_expires_in_seconds'])})")
+    if orphans:
+        click.echo(f"{len(orphans)} running steps held by unregistered workers (rescued when their leases expire):")
+        for c in orphans:
+            click.echo(f"  {c['lease_owner']}: {c['workflow_id']}/{c['step_id']} of {c['workflow_inst_id']} "
+                       f"(lease expires in {age(c['lease_expires_in_seconds'])})")
+
+
+@click.command("prune")
+@db_options
+@click.option("--older-than", "older_than", required=True, callback=_duration_option, metavar="DURATION",
+              help="Delete finished instances (with their steps and events) finished longer ago, e.g. 7d, 12h.")
+@click.option("--batch", type=click.IntRange(1, 100000), default=5000, show_default=True,
+              help="Instances deleted per transaction.")
+@json_option
+def prune_cmd(dsn: str | None, schema: str, older_than: float, batch: int, as_json: bool) -> None:
+    """Delete completed, failed and cancelled instances older than a duration."""
+    from psycopg import sql
+
+    query = sql.SQL("SELECT {}(%s * interval '1 second', %s)").format(_ident(schema, "orchwf_prune"))
+    total = 0
+    with connection(dsn) as conn:
+        while True:
+            row = conn.execute(query, (older_than, batch)).fetchone()
+            n = int(row[0]) if row else 0
+            total += n
+            if n < batch:
+                break
+    if as_json:
+        emit_json({"pruned": total, "older_than_seconds": older_than})
+    else:
+        click.echo(f"pruned {total} finished instances older than {age(older_than)}")
+
+
+COMMANDS = [list_cmd, show_cmd, cancel_cmd, resume_cmd, retry_step_cmd, enqueue_cmd, stats_cmd, workers_cmd,
+            prune_cmd]
+
+__all__ = ["COMMANDS", "parse_duration"]
