@@ -371,8 +371,14 @@ class Orchestrator:
             run.claimed = True
         try:
             self._execute(run)
-        except Exception:  # noqa: BLE001 - a background run has no caller to raise to
+        except Exception as exc:  # noqa: BLE001 - a background run has no caller to raise to
             log.exception("workflow %s crashed in the background", run.inst.id)
+            # Record the crash if the store lets us, so wait() and listings do not see a
+            # workflow that runs forever.
+            try:
+                self.state_manager.update_workflow_error(run.inst.id, f"orchestrator error: {exc}")
+            except Exception:  # noqa: BLE001 - the store itself is what failed
+                log.exception("could not record the failure of workflow %s", run.inst.id)
 
     def _execute(self, run: _Run) -> WorkflowResult:
         inst = run.inst

@@ -103,7 +103,7 @@ BEGIN
     FROM orchwf_step_instances
     WHERE workflow_inst_id = p_inst AND status = 'failed' AND step_id <> p_step AND step_id <> '$compensate';
     IF v_others IS NOT NULL THEN
-        RAISE EXCEPTION 'steps % of workflow % failed too; resume the workflow to re-run them all', v_others, p_inst
+        RAISE EXCEPTION 'other steps of workflow % failed too (%); resume the workflow to re-run them all', p_inst, v_others
             USING ERRCODE = 'OW409';
     END IF;
 

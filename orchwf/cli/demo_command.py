@@ -65,9 +65,10 @@ def demo(count: int, workers: int, concurrency: int, dsn: str | None, timeout: f
                         raise click.ClickException(f"the worker exited with code {proc.returncode}")
                     if time.monotonic() - started > timeout:
                         raise click.ClickException(f"not done after {timeout:.0f}s ({done}/{count})")
-                    now_done = conn.execute(
+                    row = conn.execute(
                         "SELECT count(*) FROM orchwf_workflow_instances WHERE workflow_id = 'order_pipeline'"
-                        " AND status IN ('completed', 'failed', 'cancelled')").fetchone()[0]
+                        " AND status IN ('completed', 'failed', 'cancelled')").fetchone()
+                    now_done = int(row[0]) if row else done
                     bar.update(now_done - done)
                     done = now_done
                     time.sleep(0.2)
@@ -85,7 +86,7 @@ def demo(count: int, workers: int, concurrency: int, dsn: str | None, timeout: f
 
 def _summary(dsn: str, count: int, elapsed: float) -> None:
     with psycopg.connect(dsn) as conn:
-        statuses = dict(conn.execute(
+        statuses: dict[str, int] = dict(conn.execute(
             "SELECT status, count(*) FROM orchwf_workflow_instances WHERE workflow_id = 'order_pipeline' GROUP BY 1"
         ).fetchall())
         steps = conn.execute(
@@ -100,10 +101,11 @@ def _summary(dsn: str, count: int, elapsed: float) -> None:
             "   WHERE d.workflow_inst_id = s.workflow_inst_id AND d.step_id = ANY (s.dependencies)) p ON true"
             " WHERE i.workflow_id = 'order_pipeline' AND s.status = 'completed' AND s.step_id <> '$compensate'"
         ).fetchall()]
-        compensated = conn.execute(
+        compensated_row = conn.execute(
             "SELECT count(*) FROM orchwf_workflow_events e JOIN orchwf_workflow_instances i ON i.id = e.workflow_inst_id"
-            " WHERE i.workflow_id = 'order_pipeline' AND e.event_type = 'step.compensated'").fetchone()[0]
-    finished_steps, retries = steps
+            " WHERE i.workflow_id = 'order_pipeline' AND e.event_type = 'step.compensated'").fetchone()
+    compensated = compensated_row[0] if compensated_row else 0
+    finished_steps, retries = steps if steps else (0, 0)
     click.echo("")
     click.echo(f"finished {count} workflows in {elapsed:.1f}s: {count / elapsed:,.0f} workflows/s, "
                f"{finished_steps / elapsed:,.0f} steps/s")

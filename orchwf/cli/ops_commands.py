@@ -304,7 +304,7 @@ def _print_tree(inst: Any, steps: list[dict[str, Any]], events: list[dict[str, A
         facts = [f"attempts {budget}"]
         if s["crashes"]:
             facts.append(f"crashes {s['crashes']}")
-        if s["completed_at"] or s["duration_ms"]:
+        if s["status"] in ("completed", "failed", "skipped"):
             facts.append(f"{s['duration_ms']}ms")
         if not s["required"]:
             facts.append("optional")

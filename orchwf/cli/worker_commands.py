@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import click
@@ -52,6 +51,7 @@ def worker(app: str, dsn: str | None, schema: str, workers: int | None, concurre
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     definitions = load_definitions(app)
     resolved = resolve_dsn(dsn)
+    _check_migrated(resolved, schema)
     options: dict[str, object] = dict(
         dsn=resolved, schema=schema, concurrency=concurrency, queues=tuple(queues),
         lease_seconds=lease_seconds, shutdown_timeout=shutdown_timeout, listen=not no_listen,
@@ -70,5 +70,16 @@ def worker(app: str, dsn: str | None, schema: str, workers: int | None, concurre
     sys.exit(run_daemon(config, definitions))
 
 
-if os.environ.get("ORCHWF_CLI_DEBUG"):  # pragma: no cover
-    logging.basicConfig(level=logging.DEBUG)
+def _check_migrated(dsn: str, schema: str) -> None:
+    """Fail at once, with the fix in the message, instead of retrying forever.
+
+    The connection is closed before the supervisor forks: no socket crosses fork().
+    """
+    from ..db.migrations import status
+    from ..errors import OrchwfError
+
+    pending = [m.version for m in status(dsn, schema, read_only=True) if not m.applied]
+    if pending:
+        raise OrchwfError(
+            f"the database is not migrated (pending: {', '.join(pending)}); run `orchwf migrate up`"
+        )

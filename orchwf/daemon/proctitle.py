@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+_set: Callable[[str], None] | None
 try:
     from setproctitle import setproctitle as _set
 except ImportError:  # pragma: no cover - setproctitle is a dependency
