@@ -233,3 +233,60 @@ def steady_ticks(rate: float, count: int) -> Iterator[int]:
         if delay > 0:
             time.sleep(delay)
         yield i
+
+
+# --------------------------------------------------------------------------- autovacuum
+
+
+class AutovacuumEmulation:
+    """For a server running with ``autovacuum = off`` (this machine's CI configuration):
+    VACUUM (ANALYZE) each of ``tables`` whenever its dead rows pass the threshold that
+    autovacuum would use (the table's reloptions, else the server's defaults), checked
+    every ``naptime`` seconds, throttled by the table's autovacuum cost delay like the
+    real thing. A soak without any vacuum measures the configuration, not the design."""
+
+    def __init__(self, dsn: str, tables: Sequence[str], naptime: float) -> None:
+        import threading
+
+        self.dsn, self.tables, self.naptime = dsn, list(tables), naptime
+        self.stop_event = threading.Event()
+        self.runs: list[dict[str, Any]] = []
+        self.thread = threading.Thread(target=self._run, name="autovacuum-emulation", daemon=True)
+
+    def __enter__(self) -> AutovacuumEmulation:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        self.thread.join(60)
+
+    def _run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            defaults = {name: float(conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()[0].rstrip("ms"))  # type: ignore[index]
+                        for name in ("autovacuum_vacuum_threshold", "autovacuum_vacuum_scale_factor",
+                                     "autovacuum_vacuum_cost_delay")}
+            while not self.stop_event.wait(self.naptime):
+                rows = conn.execute(
+                    "SELECT c.relname, s.n_live_tup, s.n_dead_tup, coalesce(c.reloptions, '{}')"
+                    " FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid WHERE c.relname = ANY(%s)",
+                    (self.tables,)).fetchall()
+                for name, live, dead, reloptions in rows:
+                    opts = dict(o.split("=", 1) for o in reloptions)
+                    threshold = (float(opts.get("autovacuum_vacuum_threshold", defaults["autovacuum_vacuum_threshold"]))
+                                 + float(opts.get("autovacuum_vacuum_scale_factor", defaults["autovacuum_vacuum_scale_factor"])) * live)
+                    if dead <= threshold or self.stop_event.is_set():
+                        continue
+                    delay = float(opts.get("autovacuum_vacuum_cost_delay", defaults["autovacuum_vacuum_cost_delay"]))
+                    conn.execute(sql.SQL("SET vacuum_cost_delay = {}").format(sql.Literal(f"{delay}ms")))
+                    t0 = time.monotonic()
+                    conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(name)))
+                    self.runs.append({"table": name, "at": time.time(), "dead_before": dead,
+                                      "seconds": time.monotonic() - t0})
+
+
+def autovacuum_setting(dsn: str) -> tuple[bool, float]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        on = conn.execute("SHOW autovacuum").fetchone()[0] == "on"  # type: ignore[index]
+        nap = conn.execute("SELECT setting::float8 FROM pg_settings WHERE name = 'autovacuum_naptime'").fetchone()[0]  # type: ignore[index]
+    return on, float(nap)

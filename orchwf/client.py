@@ -6,6 +6,7 @@ psql and any other language enqueue exactly the same way.
 
 from __future__ import annotations
 
+import json
 import select
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -63,19 +64,44 @@ def _check_options(
 ) -> None:
     if not isinstance(workflow_id, str) or not workflow_id:
         raise ValidationError(f"workflow_id must be a non-empty string, got {workflow_id!r}")
-    if len(workflow_id) > MAX_KEY_LENGTH or "\x00" in workflow_id:
-        raise WorkflowNotFoundError(workflow_id)
+    if len(workflow_id) > MAX_KEY_LENGTH or "\x00" in workflow_id or not _encodable(workflow_id):
+        # cannot exist; shown escaped, so printing the error cannot fail on a lone surrogate
+        raise WorkflowNotFoundError(workflow_id.encode("utf-8", "backslashreplace").decode("utf-8"))
     if priority is not None:
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise ValidationError(f"priority must be an int, got {priority!r}")
         if not -INT32 // 2 <= priority < INT32 // 2:
             raise ValidationError(f"priority {priority} is out of range (±{INT32 // 2})")
     if queue is not None:
-        if not isinstance(queue, str) or not 1 <= len(queue) <= MAX_KEY_LENGTH or "\x00" in queue:
+        if (not isinstance(queue, str) or not 1 <= len(queue) <= MAX_KEY_LENGTH or "\x00" in queue
+                or not _encodable(queue)):
             raise ValidationError(f"queue must be a string of 1 to {MAX_KEY_LENGTH} characters, got {queue!r}")
     if run_after is not None:
         if not isinstance(run_after, datetime) or run_after.tzinfo is None:
             raise ValidationError("run_after must be a timezone-aware datetime")
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
+def _check_metadata_ids(meta: Mapping[str, Any]) -> None:
+    """trace_id, correlation_id and business_id become indexed columns: keep them short
+    (a value beyond a B-tree entry's ~2.7 kB would fail the INSERT with a raw database error)."""
+    for name in ("trace_id", "correlation_id", "business_id"):
+        value = meta.get(name)
+        if value is None:
+            continue
+        try:
+            text = value if isinstance(value, str) else json.dumps(value)
+        except ValueError as exc:  # e.g. an int of more than 4300 digits
+            raise ValidationError(f"metadata[{name!r}]: {exc}") from None
+        if len(text) > MAX_KEY_LENGTH:
+            raise ValidationError(f"metadata[{name!r}] must be at most {MAX_KEY_LENGTH} characters, got {len(text)}")
 
 
 def _check_key(key: str | None) -> str | None:
@@ -109,6 +135,7 @@ def enqueue_many(
     _check_options(workflow_id, priority, queue, run_after)
     docs = [Jsonb(check_json_object(x, f"inputs[{i}]") if x is not None else {}) for i, x in enumerate(inputs)]
     meta = check_json_object(metadata, "metadata")
+    _check_metadata_ids(meta)
     keys = None
     if idempotency_keys is not None:
         keys = [_check_key(k) for k in idempotency_keys]
@@ -116,9 +143,14 @@ def enqueue_many(
             raise ValidationError(f"got {len(keys)} idempotency keys for {len(docs)} inputs")
     if not docs:
         return []
-    query = sql.SQL("SELECT {}(%s, %s::jsonb[], %s, %s, %s, %s, %s)").format(_fn(schema, "orchwf_enqueue_many"))
+    # Binary parameters: a batch of JSON documents costs less to send and to parse.
+    query = sql.SQL("SELECT {}(%b, %b::jsonb[], %b, %b::integer, %b::text[], %b::text, %b::timestamptz)").format(
+        _fn(schema, "orchwf_enqueue_many"))
     with translate_errors():
-        row = conn.execute(query, (workflow_id, docs, Jsonb(meta), priority, keys, queue, run_after)).fetchone()
+        try:
+            row = conn.execute(query, (workflow_id, docs, Jsonb(meta), priority, keys, queue, run_after)).fetchone()
+        except ValueError as exc:  # json cannot write it (an int of more than 4300 digits): nothing was sent
+            raise ValidationError(f"input or metadata cannot be written as JSON: {exc}") from None
     assert row is not None
     return [str(x) for x in row[0]]
 

@@ -8,8 +8,27 @@
 --   orchwf_workflow_instances    one row per run                       (warm: updated a few times)
 --   orchwf_step_instances        one row per step per run              (hot: updated on every transition)
 --   orchwf_ready_steps           the claim queue: only runnable steps  (hottest: insert + delete)
+--   orchwf_running_steps         the claimed steps, for lease rescue    (hottest: insert + delete)
 --   orchwf_workflow_events       append-only history
 --   orchwf_workers               live worker processes (for operators and lease release)
+
+-- Time-ordered UUIDs (the UUIDv7 layout: 48 bits of Unix milliseconds, then random bits)
+-- for the IDs the daemon's SQL generates. New rows land at the right edge of their
+-- B-tree indexes instead of on a random leaf, so inserts touch a few hot pages however
+-- large history grows (random UUIDs turn every insert into a random page access once
+-- the indexes outgrow shared_buffers).
+CREATE FUNCTION orchwf_uuid7() RETURNS uuid
+LANGUAGE sql
+VOLATILE PARALLEL SAFE
+AS $$
+    SELECT encode(
+        set_bit(set_bit(
+            overlay(uuid_send(gen_random_uuid())
+                    PLACING substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+                    FROM 1 FOR 6),
+            52, 1), 53, 1),
+        'hex')::uuid
+$$;
 
 CREATE TABLE orchwf_workflow_definitions (
     workflow_id   text PRIMARY KEY CHECK (length(workflow_id) BETWEEN 1 AND 255),
@@ -107,9 +126,13 @@ CREATE TABLE orchwf_step_instances (
     -- (Running steps of in-process runs have no lease, so running does not require one.)
     CONSTRAINT orchwf_si_lease_consistent CHECK (status = 'running' OR lease_token IS NULL)
 ) WITH (
-    -- Each row is updated 2-4 times (claimed, heartbeats, finished): fillfactor 70 keeps
-    -- those updates HOT (same page, no index writes). Vacuum early and without throttling:
-    -- the default 20% scale factor lets dead tuples pile up to millions on a busy queue.
+    -- Each row is updated 2-4 times (claimed, heartbeats, finished). No index covers a
+    -- column those updates change (status, lease_*, started_at, completed_at, output...),
+    -- so they are HOT: the new row version goes on the same page and no index is written.
+    -- That needs free room on the page: steps are inserted (and claimed) in bulk, so a
+    -- page must hold a new version of most of its rows; fillfactor 70 leaves 30%.
+    -- Vacuum early and without throttling: the default 20% scale factor lets dead tuples
+    -- pile up to millions on a busy queue.
     fillfactor = 70,
     autovacuum_vacuum_scale_factor = 0.02,
     autovacuum_analyze_scale_factor = 0.05,
@@ -118,18 +141,19 @@ CREATE TABLE orchwf_step_instances (
 
 -- The FK index, and the lookup of a step by (instance, step id) when releasing dependents.
 CREATE UNIQUE INDEX orchwf_si_workflow_step_idx ON orchwf_step_instances (workflow_inst_id, step_id);
--- Supervisor: release the claims of a dead worker at once.
-CREATE INDEX orchwf_si_lease_owner_idx ON orchwf_step_instances (lease_owner) WHERE lease_owner IS NOT NULL;
--- Rescuer: leases that expired or deadlines that passed.
-CREATE INDEX orchwf_si_lease_expiry_idx ON orchwf_step_instances (lease_expires_at) WHERE status = 'running';
--- Stager: steps whose backoff or scheduled start is due.
+-- No index on lease_owner or lease_expires_at (or with status in a predicate): it would
+-- make every claim and finish a non-HOT update that writes every index of this table.
+-- orchwf_running_steps lists the claimed steps instead.
+-- Stager: steps whose backoff or scheduled start is due (run_after changes only on retries).
 CREATE INDEX orchwf_si_run_after_idx ON orchwf_step_instances (run_after) WHERE run_after IS NOT NULL;
 
 -- The claim queue. Only steps that can run now (or at ready_at) live here, so the claim
 -- scans a small table whatever the size of history. Rows are inserted when a step becomes
 -- runnable and deleted by the claim that takes them.
+-- No foreign key: a per-row FK check on every insert costs more than the insert. Rows of
+-- a deleted instance are removed by orchwf_workflow_instances' delete trigger.
 CREATE TABLE orchwf_ready_steps (
-    step_inst_id     uuid PRIMARY KEY REFERENCES orchwf_step_instances (id) ON DELETE CASCADE,
+    step_inst_id     uuid PRIMARY KEY,
     workflow_inst_id uuid NOT NULL,
     workflow_id      text NOT NULL,
     queue            text NOT NULL,
@@ -147,11 +171,33 @@ CREATE TABLE orchwf_ready_steps (
 -- The claim: per queue, highest priority first, then oldest.
 CREATE INDEX orchwf_rs_claim_idx ON orchwf_ready_steps (queue, priority DESC, ready_at, step_inst_id);
 
+-- The claimed (running) steps of the daemon: a row is inserted by the claim and deleted
+-- by the finish, in the same transactions that change the step's status. The lease
+-- itself (owner, token, expiry, deadline) lives on the step row, which stays the truth;
+-- this small table lets the supervisor and the rescuer find running steps without an
+-- index on the step table (see above). A row whose token no longer matches its step
+-- is ignored, and removed by the rescuer.
+CREATE TABLE orchwf_running_steps (
+    step_inst_id     uuid PRIMARY KEY,
+    workflow_inst_id uuid NOT NULL,
+    lease_owner      text NOT NULL,
+    lease_token      bigint NOT NULL
+) WITH (
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_vacuum_cost_delay = 0
+);
+
+-- Append-only. No foreign keys: the daemon inserts 2 events per step and each FK check
+-- is a per-row query plus a row lock on the parent; events of a deleted instance are
+-- removed by orchwf_workflow_instances' delete trigger. (Events of a deleted step, such
+-- as an earlier compensation run, stay: they are history.)
 CREATE TABLE orchwf_workflow_events (
-    id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    id               uuid PRIMARY KEY DEFAULT orchwf_uuid7(),
     seq              bigint GENERATED ALWAYS AS IDENTITY,   -- ties in emission order
-    workflow_inst_id uuid NOT NULL REFERENCES orchwf_workflow_instances (id) ON DELETE CASCADE,
-    step_inst_id     uuid REFERENCES orchwf_step_instances (id) ON DELETE CASCADE,
+    workflow_inst_id uuid NOT NULL,
+    step_inst_id     uuid,
     event_type       text NOT NULL,
     event_data       jsonb NOT NULL DEFAULT '{}',
     "timestamp"      timestamptz NOT NULL DEFAULT now(),
@@ -163,7 +209,22 @@ CREATE TABLE orchwf_workflow_events (
 
 -- get_workflow_events: one instance's events, oldest first.
 CREATE INDEX orchwf_we_workflow_idx ON orchwf_workflow_events (workflow_inst_id, "timestamp", seq);
-CREATE INDEX orchwf_we_step_idx ON orchwf_workflow_events (step_inst_id) WHERE step_inst_id IS NOT NULL;
+
+-- Deleting instances (prune, operators) deletes their steps through the foreign key, and
+-- their events, ready rows and running rows here: once per statement, not per row.
+CREATE FUNCTION orchwf_instances_deleted() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    DELETE FROM orchwf_workflow_events e USING gone g WHERE e.workflow_inst_id = g.id;
+    DELETE FROM orchwf_ready_steps r USING gone g WHERE r.workflow_inst_id = g.id;
+    DELETE FROM orchwf_running_steps r USING gone g WHERE r.workflow_inst_id = g.id;
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER orchwf_instances_deleted AFTER DELETE ON orchwf_workflow_instances
+    REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION orchwf_instances_deleted();
 
 CREATE TABLE orchwf_workers (
     worker_id     text PRIMARY KEY,                -- host:pid:start, unique per start

@@ -1,8 +1,11 @@
 DROP FUNCTION IF EXISTS orchwf_resume_workflow(uuid);
 DROP FUNCTION IF EXISTS orchwf_cancel_workflow(uuid);
 DROP FUNCTION IF EXISTS orchwf_prune(interval, integer);
+DROP FUNCTION IF EXISTS orchwf_maintain(text, boolean);
 DROP FUNCTION IF EXISTS orchwf_promote_scheduled(integer);
+DROP FUNCTION IF EXISTS orchwf_release_orphans(text, uuid[]);
 DROP FUNCTION IF EXISTS orchwf_rescue_steps(text, integer);
+DROP FUNCTION IF EXISTS orchwf_finish_and_claim(uuid[], bigint[], text[], jsonb[], text[], bigint[], double precision[], jsonb[], text, text[], text[], integer, double precision);
 DROP FUNCTION IF EXISTS orchwf_finish_steps(uuid[], bigint[], text[], jsonb[], text[], bigint[], double precision[], jsonb[]);
 DROP FUNCTION IF EXISTS orchwf_end_instance(uuid, text, text);
 DROP FUNCTION IF EXISTS orchwf_heartbeat(text, uuid[], bigint[], double precision);

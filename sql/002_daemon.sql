@@ -3,8 +3,12 @@
 -- Every state change of the daemon is one of these functions, so each is one
 -- transaction and one round trip, and non-Python producers can enqueue from psql.
 -- Lock order, everywhere: workflow instance rows (by id, FOR NO KEY UPDATE), then step
--- rows, then ready rows. Keeping one order is what keeps concurrent finishes, cancels and rescues free
--- of deadlocks.
+-- rows, then ready and running rows. Keeping one order is what keeps concurrent
+-- finishes, cancels and rescues free of deadlocks. The claim is the one exception and
+-- cannot wait in a cycle: it takes ready rows first but with SKIP LOCKED, then steps
+-- that nothing else locks while they are ready, and it locks no instance row.
+-- orchwf_finish_and_claim runs a finish, then a claim, in one transaction: the order
+-- above, then the claim's.
 --
 -- Error codes raised here (mapped to Python exceptions by orchwf):
 --   OW404  unknown workflow or instance        -> WorkflowNotFoundError
@@ -64,15 +68,15 @@ BEGIN
         RAISE EXCEPTION 'got % idempotency keys for % inputs', cardinality(v_keys), v_n USING ERRCODE = 'OW400';
     END IF;
 
-    SELECT array_agg(gen_random_uuid()) INTO v_ids FROM generate_series(1, v_n);
+    SELECT array_agg(orchwf_uuid7()) INTO v_ids FROM generate_series(1, v_n);
 
     WITH ins AS (
         INSERT INTO orchwf_workflow_instances AS i (
             id, workflow_id, status, input, metadata, trace_id, correlation_id, business_id,
             priority, queue, idempotency_key, run_mode, definition_hash, steps_remaining)
         SELECT x.id, p_workflow_id, 'pending', x.input, v_meta,
-               coalesce(nullif(v_meta->>'trace_id', ''), gen_random_uuid()::text),
-               coalesce(nullif(v_meta->>'correlation_id', ''), gen_random_uuid()::text),
+               coalesce(nullif(v_meta->>'trace_id', ''), orchwf_uuid7()::text),
+               coalesce(nullif(v_meta->>'correlation_id', ''), orchwf_uuid7()::text),
                coalesce(v_meta->>'business_id', ''),
                v_priority, v_queue, x.key, 'daemon', v_hash, jsonb_array_length(v_def->'steps')
         FROM unnest(v_ids, p_inputs, v_keys) AS x(id, input, key)
@@ -98,7 +102,7 @@ BEGIN
                 id, step_id, workflow_inst_id, status, execution_order, priority, dependencies,
                 dependents, pending_deps, run_after, max_attempts, timeout_seconds, required,
                 crash_counts_as_attempt, has_compensator)
-            SELECT gen_random_uuid(), d.step_id, i.id, 'pending', d.ord, d.priority, d.deps,
+            SELECT orchwf_uuid7(), d.step_id, i.id, 'pending', d.ord, d.priority, d.deps,
                    d.dependents, cardinality(d.deps),
                    CASE WHEN cardinality(d.deps) = 0 AND p_run_after > now() THEN p_run_after END,
                    d.max_attempts, d.timeout, d.required, d.crash_counts, d.has_compensator
@@ -121,6 +125,9 @@ BEGIN
         END IF;
     END IF;
 
+    IF p_idempotency_keys IS NULL THEN
+        RETURN v_ids;  -- no keys, no conflicts: every instance was inserted, in input order
+    END IF;
     -- A new statement sees instances committed by a concurrent producer with the same key.
     SELECT array_agg(coalesce(ins.id, old.id) ORDER BY x.ord) INTO v_result
     FROM unnest(v_ids, v_keys) WITH ORDINALITY AS x(id, key, ord)
@@ -173,6 +180,10 @@ CREATE FUNCTION orchwf_claim_steps(
 )
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
+-- Key lookups only. The ready and running lists are emptied and refilled thousands of
+-- times between two autovacuum runs, so their statistics lag: a stale estimate must not
+-- turn a lookup by key into a sequential scan over dead rows.
+SET enable_seqscan = off
 AS $$
 BEGIN
     RETURN QUERY
@@ -209,6 +220,12 @@ BEGIN
         WHERE s.id = g.step_inst_id AND s.status IN ('pending', 'retrying')
         RETURNING s.id, s.workflow_inst_id, g.workflow_id, s.step_id, s.lease_token, s.attempts,
                   s.retry_count, s.input),
+    leased AS (
+        INSERT INTO orchwf_running_steps (step_inst_id, workflow_inst_id, lease_owner, lease_token)
+        SELECT c.id, c.workflow_inst_id, p_worker, c.lease_token FROM claimed c
+        ON CONFLICT ON CONSTRAINT orchwf_running_steps_pkey DO UPDATE
+            SET lease_owner = EXCLUDED.lease_owner, lease_token = EXCLUDED.lease_token
+        RETURNING 1),
     events AS (
         INSERT INTO orchwf_workflow_events (workflow_inst_id, step_inst_id, event_type, event_data)
         SELECT c.workflow_inst_id, c.id,
@@ -241,15 +258,20 @@ SET search_path FROM CURRENT
 AS $$
 BEGIN
     UPDATE orchwf_workers SET heartbeat_at = now() WHERE worker_id = p_worker;
+    -- SKIP LOCKED: a step row locked by a finish, cancel or rescue is not waited for (that
+    -- would invert the lock order); it is either being finished or will be renewed next tick.
+    UPDATE orchwf_step_instances s
+    SET lease_expires_at = now() + p_lease_seconds * interval '1 second'
+    WHERE s.id IN (
+        SELECT l.id FROM orchwf_step_instances l
+        JOIN unnest(p_ids, p_tokens) AS h(id, token) ON l.id = h.id AND l.lease_token = h.token
+        WHERE l.status = 'running'
+        FOR NO KEY UPDATE OF l SKIP LOCKED);
+    -- Lost: the token no longer matches (rescued, cancelled or finished elsewhere).
     RETURN QUERY
-    WITH held AS (SELECT * FROM unnest(p_ids, p_tokens) AS h(id, token)),
-    renewed AS (
-        UPDATE orchwf_step_instances s
-        SET lease_expires_at = now() + p_lease_seconds * interval '1 second'
-        FROM held h
-        WHERE s.id = h.id AND s.lease_token = h.token AND s.status = 'running'
-        RETURNING s.id)
-    SELECT h.id FROM held h WHERE h.id NOT IN (SELECT r.id FROM renewed r);
+    SELECT h.id FROM unnest(p_ids, p_tokens) AS h(id, token)
+    WHERE NOT EXISTS (SELECT 1 FROM orchwf_step_instances s
+                      WHERE s.id = h.id AND s.lease_token = h.token AND s.status = 'running');
 END;
 $$;
 
@@ -269,6 +291,7 @@ DECLARE
 BEGIN
     DELETE FROM orchwf_ready_steps WHERE workflow_inst_id = p_inst;
     -- Running steps lose their lease here: whatever their workers return is discarded.
+    DELETE FROM orchwf_running_steps WHERE workflow_inst_id = p_inst;
     UPDATE orchwf_step_instances
     SET status = 'cancelled', completed_at = now(), updated_at = now(), run_after = NULL,
         lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, deadline_at = NULL
@@ -282,7 +305,7 @@ BEGIN
         -- ends the instance with p_final when it finishes.
         INSERT INTO orchwf_step_instances AS s (
             id, step_id, workflow_inst_id, status, input, execution_order, max_attempts, required)
-        VALUES (gen_random_uuid(), '$compensate', p_inst, 'pending',
+        VALUES (orchwf_uuid7(), '$compensate', p_inst, 'pending',
                 jsonb_build_object('final_status', p_final, 'error', p_error), 1000000, 1, true)
         ON CONFLICT (workflow_inst_id, step_id) DO UPDATE
             SET status = 'pending', input = EXCLUDED.input, attempts = 0, retry_count = 0,
@@ -328,6 +351,10 @@ CREATE FUNCTION orchwf_finish_steps(
 ) RETURNS TABLE (step_inst_id uuid, accepted boolean)
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
+-- Key lookups only. The ready and running lists are emptied and refilled thousands of
+-- times between two autovacuum runs, so their statistics lag: a stale estimate must not
+-- turn a lookup by key into a sequential scan over dead rows.
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_accepted uuid[];
@@ -335,6 +362,11 @@ DECLARE
     v_row      record;
     v_released integer := 0;
     v_n        integer;
+    v_requeue  boolean;  -- an accepted attempt goes back to the queue
+    v_parents  boolean;  -- an accepted step completed (or was skipped) and has dependents
+    v_failed   boolean;  -- a required step failed for good
+    v_comp     boolean;  -- a compensation step finished
+    v_later    boolean;  -- a failed attempt waits for a backoff
 BEGIN
     IF EXISTS (SELECT 1 FROM unnest(p_outcomes) o
                WHERE o NOT IN ('completed', 'failed', 'skipped', 'retry', 'requeue', 'release')) THEN
@@ -344,7 +376,7 @@ BEGIN
     -- Instances first, in id order (the global lock order).
     SELECT array_agg(DISTINCT s.workflow_inst_id) INTO v_insts
     FROM orchwf_step_instances s WHERE s.id = ANY (p_ids);
-    -- NO KEY UPDATE, not UPDATE: event and ready inserts take KEY SHARE locks on these rows
+    -- NO KEY UPDATE, not UPDATE: ready inserts take KEY SHARE locks on these rows
     -- through their foreign keys, and must not queue behind (or deadlock with) a finish.
     PERFORM 1 FROM orchwf_workflow_instances i WHERE i.id = ANY (v_insts) ORDER BY i.id FOR NO KEY UPDATE;
 
@@ -361,8 +393,6 @@ BEGIN
             completed_at = CASE WHEN r.outcome IN ('completed', 'failed', 'skipped') THEN now() END,
             duration_ms = coalesce(r.duration, s.duration_ms),
             retry_count = s.retry_count + (r.outcome = 'retry')::integer,
-            crashes = s.crashes + (r.outcome = 'requeue')::integer,
-            attempts = s.attempts - (r.outcome = 'release')::integer,
             last_retry_at = CASE WHEN r.outcome IN ('retry', 'requeue') THEN now() ELSE s.last_retry_at END,
             run_after = CASE WHEN r.outcome = 'retry' AND r.delay > 0
                              THEN now() + r.delay * interval '1 second' END,
@@ -370,8 +400,8 @@ BEGIN
             updated_at = now()
         FROM r
         WHERE s.id = r.id AND s.lease_token = r.token AND s.status = 'running'
-        RETURNING s.id, s.workflow_inst_id, s.step_id, r.outcome, r.error, r.duration, r.delay,
-                  s.retry_count, s.attempts),
+        RETURNING s.id, s.workflow_inst_id, s.step_id, s.status, r.outcome, r.error, r.duration, r.delay,
+                  s.retry_count, s.attempts, cardinality(s.dependents) > 0 AS has_dependents),
     events AS (
         INSERT INTO orchwf_workflow_events (workflow_inst_id, step_inst_id, event_type, event_data)
         SELECT d.workflow_inst_id, d.id, e.type, e.data
@@ -387,115 +417,151 @@ BEGIN
             ('step.released', d.outcome = 'release', '{}'::jsonb)
         ) AS e(type, wanted, data)
         WHERE e.wanted
+        RETURNING 1),
+    unlisted AS (
+        -- "= ANY (p_ids)": an index scan whatever the planner guesses for r; the running
+        -- list churns, and a sequential scan would wade through its dead rows.
+        DELETE FROM orchwf_running_steps x USING r
+        WHERE x.step_inst_id = ANY (p_ids) AND x.step_inst_id = r.id AND x.lease_token = r.token
         RETURNING 1)
-    SELECT coalesce(array_agg(d.id), '{}') INTO v_accepted FROM done d;
+    SELECT coalesce(array_agg(d.id), '{}'),
+           coalesce(bool_or(d.outcome IN ('retry', 'requeue', 'release')), false),
+           coalesce(bool_or(d.status IN ('completed', 'skipped') AND d.has_dependents), false),
+           coalesce(bool_or(d.status = 'failed' AND d.step_id <> '$compensate'), false),
+           coalesce(bool_or(d.step_id = '$compensate' AND d.status IN ('completed', 'failed', 'skipped')), false),
+           coalesce(bool_or(d.outcome = 'retry' AND d.delay > 0), false)
+    INTO v_accepted, v_requeue, v_parents, v_failed, v_comp, v_later
+    FROM done d;
+
+    -- The statements below only run when the batch needs them: each costs a plan
+    -- execution even when it matches nothing.
 
     -- Retries that wait for a backoff: tell the supervisors when to promote them.
-    IF EXISTS (SELECT 1 FROM unnest(p_outcomes, p_delays) AS x(outcome, delay) WHERE x.outcome = 'retry' AND x.delay > 0) THEN
+    IF v_later THEN
         PERFORM pg_notify('orchwf_scheduled', '');
     END IF;
 
     -- Attempts that go straight back to the queue.
-    INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
-    SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority
-    FROM orchwf_step_instances s JOIN orchwf_workflow_instances i ON i.id = s.workflow_inst_id
-    WHERE s.id = ANY (v_accepted) AND s.status IN ('retrying', 'pending') AND s.run_after IS NULL
-      AND i.status IN ('pending', 'running')
-    ON CONFLICT DO NOTHING;
-    GET DIAGNOSTICS v_n = ROW_COUNT;
-    v_released := v_released + v_n;
+    IF v_requeue THEN
+        INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
+        SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority
+        FROM orchwf_step_instances s JOIN orchwf_workflow_instances i ON i.id = s.workflow_inst_id
+        WHERE s.id = ANY (v_accepted) AND s.status IN ('retrying', 'pending') AND s.run_after IS NULL
+          AND i.status IN ('pending', 'running')
+        ON CONFLICT DO NOTHING;
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        v_released := v_released + v_n;
+    END IF;
 
     -- Release dependents: completed and skipped (optional, failed) steps satisfy them.
-    WITH dec AS (
-        SELECT s.workflow_inst_id, c.child, count(*)::integer AS n
-        FROM orchwf_step_instances s, unnest(s.dependents) AS c(child)
-        WHERE s.id = ANY (v_accepted) AND s.status IN ('completed', 'skipped')
-        GROUP BY 1, 2),
-    released AS (
-        UPDATE orchwf_step_instances s
-        SET pending_deps = s.pending_deps - dec.n, updated_at = now()
-        FROM dec
-        WHERE s.workflow_inst_id = dec.workflow_inst_id AND s.step_id = dec.child AND s.status = 'pending'
-        RETURNING s.id, s.workflow_inst_id, s.priority, s.pending_deps)
-    INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
-    SELECT r.id, i.id, i.workflow_id, i.queue, r.priority + i.priority
-    FROM released r JOIN orchwf_workflow_instances i ON i.id = r.workflow_inst_id
-    WHERE r.pending_deps = 0 AND i.status IN ('pending', 'running')
-    ON CONFLICT DO NOTHING;
-    GET DIAGNOSTICS v_n = ROW_COUNT;
-    v_released := v_released + v_n;
+    IF v_parents THEN
+        WITH dec AS (
+            SELECT s.workflow_inst_id, c.child, count(*)::integer AS n
+            FROM orchwf_step_instances s, unnest(s.dependents) AS c(child)
+            WHERE s.id = ANY (v_accepted) AND s.status IN ('completed', 'skipped')
+            GROUP BY 1, 2),
+        released AS (
+            UPDATE orchwf_step_instances s
+            SET pending_deps = s.pending_deps - dec.n, updated_at = now()
+            FROM dec
+            WHERE s.workflow_inst_id = dec.workflow_inst_id AND s.step_id = dec.child AND s.status = 'pending'
+            RETURNING s.id, s.workflow_inst_id, s.priority, s.pending_deps)
+        INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
+        SELECT r.id, i.id, i.workflow_id, i.queue, r.priority + i.priority
+        FROM released r JOIN orchwf_workflow_instances i ON i.id = r.workflow_inst_id
+        WHERE r.pending_deps = 0 AND i.status IN ('pending', 'running')
+        ON CONFLICT DO NOTHING;
+        GET DIAGNOSTICS v_n = ROW_COUNT;
+        v_released := v_released + v_n;
+    END IF;
 
-    -- Count finished steps against their instances.
-    UPDATE orchwf_workflow_instances i
-    SET steps_remaining = i.steps_remaining - f.n,
-        status = CASE WHEN i.status = 'pending' THEN 'running' ELSE i.status END,
-        updated_at = now()
-    FROM (SELECT s.workflow_inst_id, count(*)::integer AS n
-          FROM orchwf_step_instances s
-          WHERE s.id = ANY (v_accepted) AND s.status IN ('completed', 'skipped', 'failed')
-            AND s.step_id <> '$compensate'
-          GROUP BY 1) f
-    WHERE i.id = f.workflow_inst_id;
-
-    -- A required step that failed for good ends its instance.
-    FOR v_row IN
-        SELECT s.workflow_inst_id AS inst, min(s.step_id) AS step_id, min(s.error) AS error,
-               min(s.attempts) AS attempts
-        FROM orchwf_step_instances s JOIN orchwf_workflow_instances i ON i.id = s.workflow_inst_id
-        WHERE s.id = ANY (v_accepted) AND s.status = 'failed' AND s.step_id <> '$compensate'
-          AND i.status IN ('pending', 'running') AND NOT EXISTS (
-              SELECT 1 FROM orchwf_step_instances c
-              WHERE c.workflow_inst_id = s.workflow_inst_id AND c.step_id = '$compensate'
-                AND c.status IN ('pending', 'running', 'retrying'))
-        GROUP BY s.workflow_inst_id
-        ORDER BY s.workflow_inst_id
-    LOOP
-        PERFORM orchwf_end_instance(
-            v_row.inst, 'failed',
-            format('step %s failed after %s attempts: %s', v_row.step_id, v_row.attempts, v_row.error));
-    END LOOP;
-
-    -- A finished compensation step ends its instance with the status it was created for.
-    FOR v_row IN
-        SELECT s.workflow_inst_id AS inst, s.input->>'final_status' AS final, s.input->>'error' AS error
+    -- Count finished steps against their instances and, in the same UPDATE (one new row
+    -- version per instance, not two), complete the instances with nothing left to run:
+    -- output is the flat merge of step outputs in completion order; context adds each
+    -- output under its step ID. An instance with a required step that failed for good is
+    -- not completed here: the failure handling below ends it.
+    WITH f AS (
+        SELECT s.workflow_inst_id AS inst, count(*)::integer AS n, bool_or(s.status = 'failed') AS failed
         FROM orchwf_step_instances s
-        WHERE s.id = ANY (v_accepted) AND s.step_id = '$compensate'
-          AND s.status IN ('completed', 'failed', 'skipped')
-        ORDER BY s.workflow_inst_id
-    LOOP
-        UPDATE orchwf_workflow_instances
-        SET status = v_row.final, completed_at = now(), updated_at = now(), steps_remaining = 0
-        WHERE id = v_row.inst;
-        INSERT INTO orchwf_workflow_events (workflow_inst_id, event_type, event_data)
-        VALUES (v_row.inst, 'workflow.' || v_row.final,
-                CASE WHEN v_row.final = 'failed' THEN jsonb_build_object('error', v_row.error)
-                     ELSE '{}'::jsonb END);
-        PERFORM pg_notify('orchwf_done', '');
-    END LOOP;
-
-    -- Instances with nothing left to run are complete: output is the flat merge of step
-    -- outputs in completion order; context adds each output under its step ID.
-    WITH finished AS (
+        WHERE s.id = ANY (v_accepted) AND s.status IN ('completed', 'skipped', 'failed')
+          AND s.step_id <> '$compensate'
+        GROUP BY 1),
+    c AS (
+        SELECT f.inst, f.n, x.completing, m.output, m.context
+        FROM f
+        JOIN orchwf_workflow_instances i ON i.id = f.inst
+        CROSS JOIN LATERAL (SELECT i.steps_remaining - f.n <= 0 AND NOT f.failed
+                                   AND i.status IN ('pending', 'running') AS completing) x
+        -- One pass over the completed steps of a completing instance gives both documents
+        -- (a later key wins, as in a sequential merge).
+        LEFT JOIN LATERAL (
+            SELECT coalesce(jsonb_object_agg(o.k, o.v ORDER BY s.completed_at, s.execution_order, o.ord)
+                                FILTER (WHERE o.ord = 1), '{}') AS output,
+                   coalesce(jsonb_object_agg(o.k, o.v ORDER BY s.completed_at, s.execution_order, o.ord), '{}') AS context
+            FROM orchwf_step_instances s
+            CROSS JOIN LATERAL (SELECT s.step_id AS k, s.output AS v, 0 AS ord
+                                UNION ALL SELECT e.key, e.value, 1 FROM jsonb_each(s.output) e) o
+            WHERE x.completing AND s.workflow_inst_id = f.inst AND s.status = 'completed') m ON true),
+    counted AS (
         UPDATE orchwf_workflow_instances i
-        SET status = 'completed', completed_at = now(), updated_at = now(), current_step_id = NULL,
-            output = coalesce((
-                SELECT jsonb_object_agg(e.key, e.value ORDER BY s.completed_at, s.execution_order)
-                FROM orchwf_step_instances s, jsonb_each(s.output) e
-                WHERE s.workflow_inst_id = i.id AND s.status = 'completed'), '{}'),
-            context = coalesce((
-                SELECT jsonb_object_agg(x.k, x.v ORDER BY s.completed_at, s.execution_order, x.o)
-                FROM orchwf_step_instances s,
-                     LATERAL (SELECT s.step_id AS k, s.output AS v, 0 AS o
-                              UNION ALL SELECT e.key, e.value, 1 FROM jsonb_each(s.output) e) x
-                WHERE s.workflow_inst_id = i.id AND s.status = 'completed'), '{}')
-        WHERE i.id = ANY (v_insts) AND i.steps_remaining <= 0 AND i.status IN ('pending', 'running')
-        RETURNING i.id, i.started_at)
+        SET steps_remaining = i.steps_remaining - c.n,
+            status = CASE WHEN c.completing THEN 'completed'
+                          WHEN i.status = 'pending' THEN 'running' ELSE i.status END,
+            completed_at = CASE WHEN c.completing THEN now() ELSE i.completed_at END,
+            current_step_id = CASE WHEN c.completing THEN NULL ELSE i.current_step_id END,
+            output = CASE WHEN c.completing THEN c.output ELSE i.output END,
+            context = CASE WHEN c.completing THEN c.context ELSE i.context END,
+            updated_at = now()
+        FROM c
+        WHERE i.id = c.inst
+        RETURNING i.id, i.started_at, c.completing)
     INSERT INTO orchwf_workflow_events (workflow_inst_id, event_type, event_data)
     SELECT f.id, 'workflow.completed',
            jsonb_build_object('duration_ms', (extract(epoch FROM now() - f.started_at) * 1000)::bigint)
-    FROM finished f;
+    FROM counted f
+    WHERE f.completing;
     IF FOUND THEN
         PERFORM pg_notify('orchwf_done', '');
+    END IF;
+
+    -- A required step that failed for good ends its instance.
+    IF v_failed THEN
+        FOR v_row IN
+            SELECT s.workflow_inst_id AS inst, min(s.step_id) AS step_id, min(s.error) AS error,
+                   min(s.attempts) AS attempts
+            FROM orchwf_step_instances s JOIN orchwf_workflow_instances i ON i.id = s.workflow_inst_id
+            WHERE s.id = ANY (v_accepted) AND s.status = 'failed' AND s.step_id <> '$compensate'
+              AND i.status IN ('pending', 'running') AND NOT EXISTS (
+                  SELECT 1 FROM orchwf_step_instances c
+                  WHERE c.workflow_inst_id = s.workflow_inst_id AND c.step_id = '$compensate'
+                    AND c.status IN ('pending', 'running', 'retrying'))
+            GROUP BY s.workflow_inst_id
+            ORDER BY s.workflow_inst_id
+        LOOP
+            PERFORM orchwf_end_instance(
+                v_row.inst, 'failed',
+                format('step %s failed after %s attempts: %s', v_row.step_id, v_row.attempts, v_row.error));
+        END LOOP;
+    END IF;
+
+    -- A finished compensation step ends its instance with the status it was created for.
+    IF v_comp THEN
+        FOR v_row IN
+            SELECT s.workflow_inst_id AS inst, s.input->>'final_status' AS final, s.input->>'error' AS error
+            FROM orchwf_step_instances s
+            WHERE s.id = ANY (v_accepted) AND s.step_id = '$compensate'
+              AND s.status IN ('completed', 'failed', 'skipped')
+            ORDER BY s.workflow_inst_id
+        LOOP
+            UPDATE orchwf_workflow_instances
+            SET status = v_row.final, completed_at = now(), updated_at = now(), steps_remaining = 0
+            WHERE id = v_row.inst;
+            INSERT INTO orchwf_workflow_events (workflow_inst_id, event_type, event_data)
+            VALUES (v_row.inst, 'workflow.' || v_row.final,
+                    CASE WHEN v_row.final = 'failed' THEN jsonb_build_object('error', v_row.error)
+                         ELSE '{}'::jsonb END);
+            PERFORM pg_notify('orchwf_done', '');
+        END LOOP;
     END IF;
 
     IF v_released > 0 THEN
@@ -505,6 +571,58 @@ BEGIN
 
     RETURN QUERY
     SELECT x.id, x.id = ANY (v_accepted) FROM unnest(p_ids) AS x(id);
+END;
+$$;
+
+-- A worker's group commit and its next claim in ONE transaction and round trip: the
+-- results are committed exactly as orchwf_finish_steps commits them, then steps are
+-- claimed as orchwf_claim_steps claims them (dependents released by the finish can be
+-- claimed at once). Rows with accepted NOT NULL answer the results, in p_ids order;
+-- the other rows are the claimed steps. The claimed steps take the slots of the results
+-- committed here, so a slot is still freed only when its result is durable.
+CREATE FUNCTION orchwf_finish_and_claim(
+    p_ids           uuid[],
+    p_tokens        bigint[],
+    p_outcomes      text[],
+    p_outputs       jsonb[],
+    p_errors        text[],
+    p_durations     bigint[],
+    p_delays        double precision[],
+    p_inputs        jsonb[],
+    p_worker        text,
+    p_queues        text[],
+    p_workflows     text[],
+    p_limit         integer,
+    p_lease_seconds double precision
+) RETURNS TABLE (
+    step_inst_id     uuid,
+    accepted         boolean,
+    workflow_inst_id uuid,
+    workflow_id      text,
+    step_id          text,
+    lease_token      bigint,
+    attempt          integer,
+    retry_count      integer,
+    workflow_input   jsonb,
+    metadata         jsonb,
+    trace_id         text,
+    completed        jsonb,
+    step_input       jsonb
+)
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    RETURN QUERY
+    SELECT f.step_inst_id, f.accepted, NULL::uuid, NULL::text, NULL::text, NULL::bigint, NULL::integer,
+           NULL::integer, NULL::jsonb, NULL::jsonb, NULL::text, NULL::jsonb, NULL::jsonb
+    FROM orchwf_finish_steps(p_ids, p_tokens, p_outcomes, p_outputs, p_errors, p_durations, p_delays, p_inputs) f;
+    IF p_limit > 0 THEN
+        RETURN QUERY
+        SELECT c.step_inst_id, NULL::boolean, c.workflow_inst_id, c.workflow_id, c.step_id, c.lease_token,
+               c.attempt, c.retry_count, c.workflow_input, c.metadata, c.trace_id, c.completed, c.step_input
+        FROM orchwf_claim_steps(p_worker, p_queues, p_workflows, p_limit, p_lease_seconds) c;
+    END IF;
 END;
 $$;
 
@@ -521,38 +639,86 @@ LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $$
 DECLARE
-    v_ids uuid[]; v_tokens bigint[]; v_outcomes text[]; v_errors text[]; v_n integer;
+    v_insts uuid[]; v_ids uuid[]; v_tokens bigint[]; v_outcomes text[]; v_errors text[]; v_n integer;
 BEGIN
-    SELECT array_agg(s.id), array_agg(s.lease_token),
+    -- Candidates, without locks; then the instances in lock order; then re-check under them
+    -- (a heartbeat may have renewed the lease, or a finish taken the step, meanwhile).
+    SELECT array_agg(DISTINCT s.workflow_inst_id) INTO v_insts
+    FROM (SELECT c.workflow_inst_id FROM orchwf_step_instances c
+          WHERE c.status = 'running'
+            AND ((p_owner IS NOT NULL AND c.lease_owner = p_owner)
+                 OR (p_owner IS NULL AND c.lease_expires_at < now()))
+          LIMIT p_limit) s;
+    IF v_insts IS NULL THEN
+        RETURN;
+    END IF;
+    PERFORM 1 FROM orchwf_workflow_instances i WHERE i.id = ANY (v_insts) ORDER BY i.id FOR NO KEY UPDATE;
+
+    -- A crash has its own budget, max(3, max_attempts), and does not use up the retry
+    -- budget unless the step opted in (crash_counts_as_attempt).
+    WITH lost AS (
+        SELECT s.id, s.lease_token, s.lease_owner, s.lease_expires_at, s.crashes, s.retry_count,
+               s.max_attempts, s.required, s.crash_counts_as_attempt
+        FROM orchwf_step_instances s
+        WHERE s.workflow_inst_id = ANY (v_insts) AND s.status = 'running'
+          AND ((p_owner IS NOT NULL AND s.lease_owner = p_owner)
+               OR (p_owner IS NULL AND s.lease_expires_at < now()))
+        ORDER BY s.id
+        FOR NO KEY UPDATE OF s),
+    counted AS (
+        UPDATE orchwf_step_instances s SET crashes = s.crashes + 1
+        FROM lost WHERE s.id = lost.id
+        RETURNING s.id)
+    SELECT array_agg(l.id), array_agg(l.lease_token),
            array_agg(CASE
-               WHEN s.crashes + 1 >= s.max_attempts
-                    OR (s.crash_counts_as_attempt AND s.retry_count + 1 >= s.max_attempts)
-               THEN CASE WHEN s.required THEN 'failed' ELSE 'skipped' END
-               WHEN s.crash_counts_as_attempt THEN 'retry'
+               WHEN l.crash_counts_as_attempt AND l.retry_count + 1 >= l.max_attempts
+                    THEN CASE WHEN l.required THEN 'failed' ELSE 'skipped' END
+               WHEN NOT l.crash_counts_as_attempt AND l.crashes + 1 >= greatest(3, l.max_attempts)
+                    THEN CASE WHEN l.required THEN 'failed' ELSE 'skipped' END
+               WHEN l.crash_counts_as_attempt THEN 'retry'
                ELSE 'requeue' END),
            array_agg(CASE WHEN p_owner IS NOT NULL
-                          THEN format('worker %s died while running the step (crash %s of at most %s)', p_owner, s.crashes + 1, s.max_attempts)
-                          ELSE format('lease expired at %s (worker %s presumed dead; crash %s of at most %s)', s.lease_expires_at, s.lease_owner, s.crashes + 1, s.max_attempts) END)
+                          THEN format('worker %s died while running the step (crash %s of at most %s)',
+                                      p_owner, l.crashes + 1, greatest(3, l.max_attempts))
+                          ELSE format('lease expired at %s (worker %s presumed dead; crash %s of at most %s)',
+                                      l.lease_expires_at, l.lease_owner, l.crashes + 1, greatest(3, l.max_attempts)) END)
     INTO v_ids, v_tokens, v_outcomes, v_errors
-    FROM (SELECT * FROM orchwf_step_instances s
-          WHERE s.status = 'running'
-            AND ((p_owner IS NOT NULL AND s.lease_owner = p_owner)
-                 OR (p_owner IS NULL AND s.lease_expires_at < now()))
-          LIMIT p_limit) s;
+    FROM lost l;
     v_n := coalesce(cardinality(v_ids), 0);
     IF v_n = 0 THEN
         RETURN;
     END IF;
-    -- Count the crash for final failures too.
-    UPDATE orchwf_step_instances s SET crashes = s.crashes + 1
-    FROM unnest(v_ids, v_tokens, v_outcomes) AS x(id, token, outcome)
-    WHERE s.id = x.id AND s.lease_token = x.token AND x.outcome <> 'requeue';
     RETURN QUERY
     SELECT f.step_inst_id, x.outcome, x.err
     FROM orchwf_finish_steps(v_ids, v_tokens, v_outcomes, array_fill(NULL::jsonb, ARRAY[v_n]), v_errors,
                              array_fill(NULL::bigint, ARRAY[v_n]), array_fill(0::double precision, ARRAY[v_n])) f
     JOIN unnest(v_ids, v_outcomes, v_errors) AS x(id, outcome, err) ON x.id = f.step_inst_id
     WHERE f.accepted;
+END;
+$$;
+
+-- After a reconnect, a worker gives back the claims it holds in the database but does
+-- not know about (a claim whose reply was lost with the connection).
+CREATE FUNCTION orchwf_release_orphans(p_worker text, p_keep uuid[])
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_ids uuid[]; v_tokens bigint[]; v_n integer;
+BEGIN
+    SELECT array_agg(s.id), array_agg(s.lease_token) INTO v_ids, v_tokens
+    FROM orchwf_step_instances s
+    WHERE s.lease_owner = p_worker AND s.status = 'running' AND s.id <> ALL (coalesce(p_keep, '{}'));
+    v_n := coalesce(cardinality(v_ids), 0);
+    IF v_n = 0 THEN
+        RETURN 0;
+    END IF;
+    PERFORM 1 FROM orchwf_finish_steps(
+        v_ids, v_tokens, array_fill('release'::text, ARRAY[v_n]), array_fill(NULL::jsonb, ARRAY[v_n]),
+        array_fill('claim lost with the connection'::text, ARRAY[v_n]), array_fill(NULL::bigint, ARRAY[v_n]),
+        array_fill(0::double precision, ARRAY[v_n]));
+    RETURN v_n;
 END;
 $$;
 
@@ -563,23 +729,31 @@ LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $$
 DECLARE
+    v_insts uuid[];
     v_n integer;
 BEGIN
-    WITH due AS (
-        SELECT s.id FROM orchwf_step_instances s
-        WHERE s.run_after IS NOT NULL AND s.run_after <= now()
-        ORDER BY s.run_after
-        LIMIT p_limit
-        FOR UPDATE SKIP LOCKED),
-    promoted AS (
+    -- Due steps without locks, then their live instances in lock order (skipping any
+    -- that a finish or cancel holds: they are promoted on the next round).
+    SELECT array_agg(i.id ORDER BY i.id) INTO v_insts
+    FROM (SELECT i.id FROM orchwf_workflow_instances i
+          WHERE i.id IN (SELECT s.workflow_inst_id FROM orchwf_step_instances s
+                         WHERE s.run_after IS NOT NULL AND s.run_after <= now()
+                         ORDER BY s.run_after LIMIT p_limit)
+            AND i.status IN ('pending', 'running')
+          ORDER BY i.id
+          FOR NO KEY UPDATE SKIP LOCKED) i;
+    IF v_insts IS NULL THEN
+        RETURN 0;
+    END IF;
+    WITH promoted AS (
         UPDATE orchwf_step_instances s SET run_after = NULL, updated_at = now()
-        FROM due WHERE s.id = due.id AND s.status IN ('pending', 'retrying')
+        WHERE s.workflow_inst_id = ANY (v_insts) AND s.run_after IS NOT NULL AND s.run_after <= now()
+          AND s.status IN ('pending', 'retrying')
         RETURNING s.id, s.workflow_inst_id, s.priority),
     ins AS (
         INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
         SELECT p.id, i.id, i.workflow_id, i.queue, p.priority + i.priority
         FROM promoted p JOIN orchwf_workflow_instances i ON i.id = p.workflow_inst_id
-        WHERE i.status IN ('pending', 'running')
         ON CONFLICT DO NOTHING
         RETURNING queue)
     SELECT count(*) INTO v_n FROM ins;
@@ -587,6 +761,28 @@ BEGIN
         PERFORM pg_notify('orchwf_ready', 'scheduled');
     END IF;
     RETURN v_n;
+END;
+$$;
+
+-- A supervisor's periodic work in one statement: mark its workers alive, rescue expired
+-- leases (first: it waits for instance locks, in order, holding none), promote due
+-- retries (SKIP LOCKED: it never waits for an instance), and report when the next
+-- scheduled step is due (seconds from now, NULL when none).
+CREATE FUNCTION orchwf_maintain(p_supervisor text, p_rescue boolean DEFAULT true)
+RETURNS TABLE (promoted integer, rescued integer, next_due double precision)
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    UPDATE orchwf_workers SET heartbeat_at = now() WHERE supervisor_id = p_supervisor;
+    rescued := 0;
+    IF p_rescue THEN
+        SELECT count(*) INTO rescued FROM orchwf_rescue_steps();
+    END IF;
+    promoted := orchwf_promote_scheduled();
+    SELECT extract(epoch FROM min(s.run_after) - now()) INTO next_due
+    FROM orchwf_step_instances s WHERE s.run_after IS NOT NULL;
+    RETURN NEXT;
 END;
 $$;
 
@@ -664,7 +860,15 @@ BEGIN
         RAISE EXCEPTION 'workflow % is %; only failed or cancelled instances can be resumed', p_inst, v_status USING ERRCODE = 'OW409';
     END IF;
 
+    DELETE FROM orchwf_ready_steps WHERE workflow_inst_id = p_inst;
     DELETE FROM orchwf_step_instances WHERE workflow_inst_id = p_inst AND step_id = '$compensate';
+    -- A completed step whose effect a compensator undid runs again.
+    UPDATE orchwf_step_instances s
+    SET status = 'pending', output = '{}', completed_at = NULL, updated_at = now()
+    WHERE s.workflow_inst_id = p_inst AND s.status = 'completed' AND EXISTS (
+        SELECT 1 FROM orchwf_workflow_events e
+        WHERE e.workflow_inst_id = p_inst AND e.step_inst_id = s.id
+          AND e.event_type = 'step.compensated' AND e."timestamp" >= s.completed_at);
     UPDATE orchwf_step_instances s
     SET status = 'pending', error = NULL, completed_at = NULL, run_after = NULL, retry_count = 0,
         attempts = 0, crashes = 0, updated_at = now()
@@ -683,7 +887,8 @@ BEGIN
     INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
     SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority
     FROM orchwf_step_instances s JOIN orchwf_workflow_instances i ON i.id = s.workflow_inst_id
-    WHERE s.workflow_inst_id = p_inst AND s.status = 'pending' AND s.pending_deps = 0;
+    WHERE s.workflow_inst_id = p_inst AND s.status = 'pending' AND s.pending_deps = 0
+    ON CONFLICT DO NOTHING;
     INSERT INTO orchwf_workflow_events (workflow_inst_id, event_type, event_data)
     VALUES (p_inst, 'workflow.resumed', '{}');
     PERFORM pg_notify('orchwf_ready', (SELECT queue FROM orchwf_workflow_instances WHERE id = p_inst));

@@ -14,12 +14,15 @@
 -- first), so this is a loose index scan: one index probe per (queue, priority) group
 -- to list the groups, one more for the oldest entry of each, then the minimum per
 -- queue. Cost grows with the number of groups (capped at p_max_groups), not with
--- the number of ready steps.
+-- the number of ready steps; the depth count reads at most p_depth_cap index entries
+-- per queue. enable_seqscan is off inside the function: when one queue holds most of
+-- a small table, the planner would otherwise read the whole table instead.
 CREATE FUNCTION orchwf_queue_stats(p_depth_cap integer DEFAULT 100000, p_max_groups integer DEFAULT 1000)
 RETURNS TABLE (queue text, ready bigint, oldest_ready_at timestamptz)
 LANGUAGE sql
 STABLE
 SET search_path FROM CURRENT
+SET enable_seqscan = off
 AS $$
     WITH RECURSIVE grp(queue, priority, n) AS (
         (SELECT r.queue, r.priority, 1
@@ -43,8 +46,11 @@ AS $$
             LIMIT 1) nx
         WHERE g.n < p_max_groups)
     SELECT g.queue,
+           -- ORDER BY the claim index: counting walks that index, never the whole table
            (SELECT count(*) FROM (SELECT 1 FROM orchwf_ready_steps r
-                                  WHERE r.queue = g.queue LIMIT p_depth_cap) c),
+                                  WHERE r.queue = g.queue
+                                  ORDER BY r.queue, r.priority DESC, r.ready_at, r.step_inst_id
+                                  LIMIT p_depth_cap) c),
            min(o.ready_at)
     FROM grp g
     CROSS JOIN LATERAL (

@@ -27,6 +27,11 @@ class System:
         """Enqueue ``n`` jobs in batches; return the seconds it took."""
         raise NotImplementedError
 
+    def load(self, n: int, batch: int = 1000) -> float:
+        """Enqueue ``n`` jobs in ONE transaction (with ANALYZE), so that running workers
+        see them all at once; return the seconds it took."""
+        raise NotImplementedError
+
     def enqueue_one(self) -> tuple[Any, float]:
         """Enqueue one job in its own transaction; return (id, wall time after commit)."""
         raise NotImplementedError

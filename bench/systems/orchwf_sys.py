@@ -20,10 +20,11 @@ HOT_TABLES = ["orchwf_workflow_instances", "orchwf_step_instances", "orchwf_read
 class OrchwfSystem(System):
     name = "orchwf"
 
-    def __init__(self, concurrency: int = 50, workers: int = WORKERS) -> None:
+    def __init__(self, concurrency: int = 50, workers: int = WORKERS, setup_sql: str = "") -> None:
         super().__init__()
         self.concurrency = concurrency
         self.workers = workers
+        self.setup_sql = setup_sql  # run after the migrations (ablations for the profile)
         self.settings = {
             "worker": f"orchwf worker --workers {workers} --concurrency {concurrency} --metrics-port 0",
             "client": "orchwf.client.enqueue_many / enqueue (psycopg 3)",
@@ -42,6 +43,9 @@ class OrchwfSystem(System):
         self.dsn = fresh_database(server_dsn, dbname)
         migrate(self.dsn)
         with psycopg.connect(self.dsn, autocommit=True) as conn:
+            if self.setup_sql:
+                conn.execute(self.setup_sql)
+                self.settings["ablation"] = self.setup_sql
             for d in orchwf_app.DEFINITIONS:
                 register_workflow(conn, d)
         self.conn = psycopg.connect(self.dsn, autocommit=True)
@@ -64,6 +68,18 @@ class OrchwfSystem(System):
             with self.conn.transaction():
                 enqueue_many(self.conn, workflow, [{} for _ in range(k)])
             left -= k
+        return time.perf_counter() - t0
+
+    def load(self, n: int, batch: int = 1000, workflow: str = "bench_noop") -> float:
+        """Enqueue ``n`` instances in ONE transaction (ANALYZE included): workers see them all at once."""
+        from orchwf.client import enqueue_many
+
+        assert self.conn is not None
+        t0 = time.perf_counter()
+        with self.conn.transaction():
+            for i in range(0, n, batch):
+                enqueue_many(self.conn, workflow, [{} for _ in range(min(batch, n - i))])
+            self.conn.execute("ANALYZE")
         return time.perf_counter() - t0
 
     def enqueue_one(self, workflow: str = "bench_noop") -> tuple[Any, float]:
@@ -143,28 +159,30 @@ class OrchwfSystem(System):
         ).fetchall()
         return {r[0]: r[1] for r in rows}
 
-    def dag_delays(self) -> dict[str, Any]:
-        """Per DAG instance: child start minus parent completed_at (the commit of the
-        finish transaction that released it; for the join, its last parent)."""
+    def dag_delays(self, ids: list[Any] | None = None) -> dict[str, Any]:
+        """Per DAG instance (of ``ids``, else all): child start minus parent completed_at
+        (the timestamp of the finish transaction that released it; for the join, of its
+        last parent). One pass over the steps, grouped by instance."""
         assert self.conn is not None
         rows = self.conn.execute(
             """
-            WITH s AS (
-                SELECT workflow_inst_id AS w, step_id,
-                       (output->>('t_' || step_id))::float8 AS t_start,
-                       extract(epoch FROM completed_at)::float8 AS t_done
-                FROM orchwf_step_instances WHERE status = 'completed')
-            SELECT (c.t_start - p.t_done) * 1000.0
-            FROM s c JOIN s p ON p.w = c.w AND p.step_id = 'start'
-            WHERE c.step_id LIKE 'f%'
-            UNION ALL
-            SELECT (j.t_start - max(f.t_done)) * 1000.0
-            FROM s j JOIN s f ON f.w = j.w AND f.step_id LIKE 'f%'
-            WHERE j.step_id = 'join'
-            GROUP BY j.w, j.t_start
-            """
+            SELECT max(extract(epoch FROM completed_at)::float8) FILTER (WHERE step_id = 'start'),
+                   max(extract(epoch FROM completed_at)::float8) FILTER (WHERE step_id LIKE 'f%%'),
+                   array_agg((output->>('t_' || step_id))::float8) FILTER (WHERE step_id LIKE 'f%%'),
+                   max((output->>'t_join')::float8) FILTER (WHERE step_id = 'join')
+            FROM orchwf_step_instances
+            WHERE status = 'completed' AND (%(ids)s::uuid[] IS NULL OR workflow_inst_id = ANY (%(ids)s::uuid[]))
+            GROUP BY workflow_inst_id
+            """,
+            {"ids": None if ids is None else [str(i) for i in ids]},
         ).fetchall()
-        return {"delays_ms": [float(r[0]) for r in rows]}
+        delays: list[float] = []
+        for start_done, last_fan_done, fan_starts, join_start in rows:
+            if start_done is not None:
+                delays.extend((t - start_done) * 1000.0 for t in fan_starts or [] if t is not None)
+            if last_fan_done is not None and join_start is not None:
+                delays.append((join_start - last_fan_done) * 1000.0)
+        return {"delays_ms": delays}
 
     def describe(self) -> None:
         log(f"orchwf: {self.settings['worker']}")

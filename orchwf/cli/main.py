@@ -29,7 +29,9 @@ class OrchwfGroup(click.Group):
             from ..db.dsn import redact
 
             text = exc.diag.message_primary if exc.diag and exc.diag.message_primary else str(exc)
-            kind = "cannot reach the database" if isinstance(exc, psycopg.OperationalError) else "database error"
+            state = exc.sqlstate or ""
+            lost = state.startswith("08") or (not state and isinstance(exc, psycopg.OperationalError))
+            kind = "cannot reach the database" if lost else "database error"
             click.echo(f"error: {kind}: {' '.join(redact(text or type(exc).__name__).split())}", err=True)
             sys.exit(1)
 
@@ -41,12 +43,20 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from . import db_commands, demo_command, migrate_commands, ops_commands, worker_commands
+    from . import (
+        dashboard_command,
+        db_commands,
+        demo_command,
+        migrate_commands,
+        ops_commands,
+        worker_commands,
+    )
 
     cli.add_command(migrate_commands.migrate)
     cli.add_command(db_commands.db)
     cli.add_command(worker_commands.worker)
     cli.add_command(demo_command.demo)
+    cli.add_command(dashboard_command.dashboard)
     for command in ops_commands.COMMANDS:
         cli.add_command(command)
 

@@ -432,7 +432,8 @@ SELECT
   (SELECT coalesce(jsonb_agg(jsonb_build_array(q.queue, q.ready,
                                                extract(epoch FROM now() - q.oldest_ready_at)::float8)), '[]')
    FROM {queue_stats}(%(cap)s) q),
-  (SELECT count(*) FROM {steps} WHERE status = 'running'),
+  (SELECT count(*) FROM {running} r
+   JOIN {steps} s ON s.id = r.step_inst_id AND s.lease_token = r.lease_token AND s.status = 'running'),
   (SELECT count(*) FROM {steps} WHERE run_after IS NOT NULL),
   (SELECT count(*) FROM {instances} WHERE status = 'pending'),
   (SELECT count(*) FROM {instances} WHERE status = 'running'),
@@ -460,13 +461,14 @@ def stats_cmd(dsn: str | None, schema: str, window: float, as_json: bool) -> Non
         raise click.BadParameter("must be more than 0", param_hint="--window")
     query = sql.SQL(_STATS).format(
         queue_stats=_ident(schema, "orchwf_queue_stats"), steps=_ident(schema, "orchwf_step_instances"),
+        running=_ident(schema, "orchwf_running_steps"),
         instances=_ident(schema, "orchwf_workflow_instances"), workers=_ident(schema, "orchwf_workers"))
     with connection(dsn) as conn:
         row = conn.execute(query, {"cap": STATS_DEPTH_CAP, "window": window, "live": LIVE_SECONDS}).fetchone()
     assert row is not None
     queues, running_steps, scheduled, pending, running, finished, workers = row
     finished = {k: int(finished.get(k, 0)) for k in ("completed", "failed", "cancelled")}
-    doc = {
+    doc: dict[str, Any] = {
         "queues": [{"queue": q, "ready": int(n), "ready_capped": int(n) >= STATS_DEPTH_CAP,
                     "oldest_ready_age_seconds": max(0.0, a or 0.0)} for q, n, a in queues],
         "steps": {"running": running_steps, "scheduled": scheduled},
@@ -500,12 +502,15 @@ SELECT w.worker_id, w.role, w.host, w.pid, w.supervisor_id, w.queues, w.workflow
 FROM {workers} w
 ORDER BY w.host, w.supervisor_id, w.role DESC, w.started_at
 """
+# Running steps are listed in orchwf_running_steps (the step table has no index for
+# them); a row whose token no longer matches its step is stale and skipped.
 _CLAIMS = """
-SELECT s.lease_owner, s.workflow_inst_id::text, i.workflow_id, s.step_id, s.attempts,
+SELECT r.lease_owner, s.workflow_inst_id::text, i.workflow_id, s.step_id, s.attempts,
        extract(epoch FROM now() - s.updated_at)::float8, extract(epoch FROM s.lease_expires_at - now())::float8
-FROM {steps} s JOIN {instances} i ON i.id = s.workflow_inst_id
-WHERE s.status = 'running'
-ORDER BY s.lease_owner, s.lease_expires_at
+FROM {running} r
+JOIN {steps} s ON s.id = r.step_inst_id AND s.lease_token = r.lease_token AND s.status = 'running'
+JOIN {instances} i ON i.id = s.workflow_inst_id
+ORDER BY r.lease_owner, s.lease_expires_at
 LIMIT %s
 """
 
@@ -520,7 +525,8 @@ def workers_cmd(dsn: str | None, schema: str, max_claims: int, as_json: bool) ->
     from psycopg import sql
 
     tables = {"workers": _ident(schema, "orchwf_workers"), "steps": _ident(schema, "orchwf_step_instances"),
-              "instances": _ident(schema, "orchwf_workflow_instances")}
+              "instances": _ident(schema, "orchwf_workflow_instances"),
+              "running": _ident(schema, "orchwf_running_steps")}
     with connection(dsn) as conn:
         rows = conn.execute(sql.SQL(_WORKERS).format(**tables)).fetchall()
         claims = conn.execute(sql.SQL(_CLAIMS).format(**tables), (max_claims,)).fetchall()

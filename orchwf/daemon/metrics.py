@@ -10,10 +10,10 @@ Three kinds of metrics live here:
   * counters, histograms and gauges that processes record as things happen;
   * gauges the supervisor computes at scrape time from its own state
     (SupervisorCollector);
-  * gauges read from the database at scrape time (DatabaseCollector): one query per
-    scrape, cached for a few seconds, never a full table scan. They describe the whole
-    database, so every supervisor on it reports the same values: aggregate them with
-    max(), not sum().
+  * gauges and workflow counters read from the database at scrape time
+    (DatabaseCollector): one query per scrape, cached for a few seconds, never a full
+    table scan. They describe the whole database, so every supervisor on it reports the
+    same values: aggregate them with max(), not sum().
 """
 
 from __future__ import annotations
@@ -51,12 +51,6 @@ SLOTS_BUSY = Gauge("orchwf_worker_slots_busy", "Busy execution slots", multiproc
 SLOTS_IDLE = Gauge("orchwf_worker_slots_idle", "Idle execution slots", multiprocess_mode="livesum")
 DB_CONNECTED = Gauge("orchwf_worker_db_connected", "Worker processes whose database connection is up", multiprocess_mode="livesum")
 
-# Workflow outcomes, counted by the process that ends the instance (see workflow_finished).
-WORKFLOWS_COMPLETED = Counter("orchwf_workflows_completed_total", "Workflow instances completed", ["workflow"])
-WORKFLOWS_FAILED = Counter("orchwf_workflows_failed_total", "Workflow instances failed", ["workflow"])
-WORKFLOWS_CANCELLED = Counter("orchwf_workflows_cancelled_total", "Workflow instances cancelled", ["workflow"])
-_WORKFLOW_OUTCOMES = {"completed": WORKFLOWS_COMPLETED, "failed": WORKFLOWS_FAILED, "cancelled": WORKFLOWS_CANCELLED}
-
 # Supervisor-side metrics.
 WORKER_RESTARTS = Counter("orchwf_worker_restarts_total", "Workers that died unexpectedly and were replaced")
 # livemax, not liveall: liveall would add a pid label (an instance ID).
@@ -91,13 +85,6 @@ def step_timed_out(workflow: str, step: str) -> None:
 def steps_rescued(cause: str, n: int) -> None:
     if n:
         STEPS_RESCUED.labels(cause).inc(n)
-
-
-def workflow_finished(workflow: str, status: str) -> None:
-    """Count an instance that a finish call ended (status completed, failed or cancelled)."""
-    counter = _WORKFLOW_OUTCOMES.get(status)
-    if counter is not None:
-        counter.labels(workflow).inc()
 
 
 def observe_claim(seconds: float, rows: int) -> None:
@@ -149,36 +136,65 @@ HOT_TABLES = ("orchwf_ready_steps", "orchwf_step_instances", "orchwf_workflow_in
 DEPTH_CAP = 50_000
 #: A worker row whose heartbeat is older than this is not counted as live.
 LIVE_WORKER_SECONDS = 60
+#: Finished instances are counted once their completed_at is this old: completed_at is
+#: the start of the transaction that ended them, which commits a little later.
+FINISH_LAG_SECONDS = 60
+#: After a gap in scraping, finished instances older than this are not counted (bounds
+#: the work of one scrape).
+FINISH_MAX_GAP_SECONDS = 900
+FINAL_STATUSES = ("completed", "failed", "cancelled")
 
 # One statement: queue depth and oldest ready step per queue (a loose index scan of
-# orchwf_rs_claim_idx in orchwf_queue_stats, sql/003_ops.sql), dead tuples and inserts
-# from the statistics views, and live worker rows (a small table).
+# orchwf_rs_claim_idx in orchwf_queue_stats, sql/003_ops.sql); dead tuples and inserts
+# from the statistics views; live worker rows (a small table); and the instances that
+# finished since the last scrape (a range of orchwf_wi_finished_idx), up to a horizon
+# FINISH_LAG_SECONDS back, which the next scrape starts from.
 _DB_QUERY = """
 SELECT 'queue' AS kind, q.queue AS name, q.ready::float8 AS a,
-       extract(epoch FROM now() - q.oldest_ready_at)::float8 AS b
+       extract(epoch FROM now() - q.oldest_ready_at)::float8 AS b, NULL::timestamptz AS t
 FROM {schema}.orchwf_queue_stats(%(cap)s) q
 UNION ALL
-SELECT 'table', s.relname::text, s.n_dead_tup::float8, s.n_live_tup::float8
+SELECT 'table', s.relname::text, s.n_dead_tup::float8, s.n_live_tup::float8, NULL
 FROM pg_catalog.pg_stat_user_tables s
 WHERE s.schemaname = %(schema)s AND s.relname = ANY (%(tables)s)
 UNION ALL
-SELECT 'inserted', s.relname::text, s.n_tup_ins::float8, NULL
+SELECT 'inserted', s.relname::text, s.n_tup_ins::float8, NULL, NULL
 FROM pg_catalog.pg_stat_user_tables s
 WHERE s.schemaname = %(schema)s AND s.relname = 'orchwf_workflow_instances'
 UNION ALL
-SELECT 'workers', w.role, count(*)::float8, NULL
+SELECT 'workers', w.role, count(*)::float8, NULL, NULL
 FROM {schema}.orchwf_workers w
 WHERE w.heartbeat_at > now() - %(live)s * interval '1 second'
 GROUP BY w.role
+UNION ALL
+SELECT 'finished:' || i.status, i.workflow_id, count(*)::float8, NULL, NULL
+FROM {schema}.orchwf_workflow_instances i
+WHERE %(since)s::timestamptz IS NOT NULL
+  AND i.status IN ('completed', 'failed', 'cancelled')
+  AND i.completed_at >= greatest(%(since)s::timestamptz, now() - %(gap)s * interval '1 second')
+  AND i.completed_at < now() - %(lag)s * interval '1 second'
+GROUP BY i.status, i.workflow_id
+UNION ALL
+SELECT 'horizon', '', NULL, NULL, now() - %(lag)s * interval '1 second'
 """
+
+Row = tuple[str, str, "float | None", "float | None", Any]
 
 
 class DatabaseCollector:
-    """Gauges read from the database: one query per scrape, cached for ``ttl`` seconds.
+    """Gauges (and the workflow counters) read from the database: one query per scrape,
+    cached for ``ttl`` seconds.
 
     It runs on a connection the caller owns (the supervisor's), and only when that
-    connection is up; a failed query is logged and the database gauges are left out,
+    connection is up; a failed query is logged and the database metrics are left out,
     with ``orchwf_db_stats_up`` 0.
+
+    Workflow outcomes are counted here rather than by the workers because instances
+    also end outside them (an operator's cancel, an in-process run). Each scrape adds
+    the instances whose completed_at lies between the previous horizon and a new one
+    FINISH_LAG_SECONDS back, so the counters run a minute behind, start at 0 with the
+    supervisor, and miss an instance only if the transaction that ended it took longer
+    than the lag to commit.
     """
 
     def __init__(self, schema: str, connection: Callable[[], Any], queues: Iterable[str] = (),
@@ -187,18 +203,20 @@ class DatabaseCollector:
 
         self.query = sql.SQL(_DB_QUERY).format(schema=sql.Identifier(schema))
         self.schema = schema
-        self.queues = tuple(queues)  # reported as 0 when empty, so their series do not vanish
         self.connection = connection
+        self.queues = tuple(queues)  # reported as 0 when empty, so their series do not vanish
         self.ttl = ttl
         self.clock = clock
-        self.rows: list[tuple[str, str, float | None, float | None]] | None = None
+        self.rows: list[Row] | None = None
         self.fetched_at = float("-inf")
         self.next_warning = 0.0
+        self.horizon: Any = None  # a datetime from the database's clock, once known
+        self.finished: dict[tuple[str, str], float] = {}  # (status, workflow) -> count
 
     def describe(self) -> list[Metric]:
         return []
 
-    def _fetch(self) -> list[tuple[str, str, float | None, float | None]] | None:
+    def _fetch(self) -> list[Row] | None:
         now = self.clock()
         if now - self.fetched_at < self.ttl:
             return self.rows
@@ -211,8 +229,9 @@ class DatabaseCollector:
 
         try:
             params = {"cap": DEPTH_CAP, "schema": self.schema, "tables": list(HOT_TABLES),
-                      "live": LIVE_WORKER_SECONDS}
-            self.rows = [tuple(r) for r in conn.execute(self.query, params).fetchall()]
+                      "live": LIVE_WORKER_SECONDS, "since": self.horizon, "lag": FINISH_LAG_SECONDS,
+                      "gap": FINISH_MAX_GAP_SECONDS}
+            rows: list[Row] = [tuple(r) for r in conn.execute(self.query, params).fetchall()]  # type: ignore[misc]
         except psycopg.Error as exc:
             if now >= self.next_warning:
                 from ..db.dsn import redact
@@ -220,13 +239,20 @@ class DatabaseCollector:
                 log.warning("metrics: database statistics unavailable (%s)", redact(str(exc)).strip())
                 self.next_warning = now + 300
             self.rows = None
-        return self.rows
+            return None
+        for kind, name, a, _b, t in rows:
+            if kind.startswith("finished:"):
+                key = (kind.removeprefix("finished:"), name)
+                self.finished[key] = self.finished.get(key, 0.0) + (a or 0.0)
+            elif kind == "horizon":
+                self.horizon = t
+        self.rows = rows
+        return rows
 
     def collect(self) -> Iterator[Metric]:
         rows = self._fetch()
-        up = GaugeMetricFamily("orchwf_db_stats_up", "1 when the last database statistics query succeeded",
-                               value=0 if rows is None else 1)
-        yield up
+        yield GaugeMetricFamily("orchwf_db_stats_up", "1 when the last database statistics query succeeded",
+                                value=0 if rows is None else 1)
         if rows is None:
             return
         depth = GaugeMetricFamily(
@@ -246,9 +272,13 @@ class DatabaseCollector:
         workers = GaugeMetricFamily(
             "orchwf_live_workers", "Registered orchwf processes with a fresh heartbeat, database-wide",
             labels=["role"])
+        finished = {status: CounterMetricFamily(
+            f"orchwf_workflows_{status}",
+            f"Workflow instances {status}, database-wide, counted since this supervisor started "
+            f"({FINISH_LAG_SECONDS}s behind)", labels=["workflow"]) for status in FINAL_STATUSES}
         seen_roles = set()
         seen_queues = set()
-        for kind, name, a, b in rows:
+        for kind, name, a, b, _t in rows:
             if kind == "queue":
                 depth.add_metric([name], a or 0.0)
                 oldest.add_metric([name], max(0.0, b or 0.0))
@@ -268,7 +298,10 @@ class DatabaseCollector:
         for role in ("supervisor", "worker"):
             if role not in seen_roles:
                 workers.add_metric([role], 0.0)
-        yield from (depth, oldest, dead, live, enqueued, workers)
+        for (status, workflow), count in sorted(self.finished.items()):
+            if status in finished:
+                finished[status].add_metric([workflow], count)
+        yield from (depth, oldest, dead, live, enqueued, workers, *finished.values())
 
 
 # -- exposition -----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import random
 import select
@@ -31,9 +32,11 @@ from psycopg import sql
 
 from ..client import register_workflow
 from ..db.dsn import redact
+from ..errors import ValidationError
 from ..types import WorkflowDefinition
 from . import metrics
 from .config import DaemonConfig
+from .connect import connect
 from .proctitle import set_title
 from .worker import EXIT_RECYCLE, Worker
 
@@ -53,12 +56,21 @@ class Child:
     started: float = field(default_factory=time.monotonic)
     last_beat: float = field(default_factory=time.monotonic)
     retiring: bool = False
+    beaten: bool = False  # sent a heartbeat: it started up (its death is no crash loop)
 
 
 class Supervisor:
     def __init__(self, config: DaemonConfig, definitions: list[WorkflowDefinition], notifier: Any = None) -> None:
         if not definitions:
             raise ValueError("no workflow definitions to run")
+        for name in ("lease_seconds", "shutdown_timeout", "poll_interval", "poll_interval_no_listen",
+                     "retention_seconds", "worker_timeout"):
+            value = getattr(config, name)
+            # NaN passes every range check (all its comparisons are false), and would leave the
+            # daemon running without ever claiming, heartbeating or stopping on time
+            if not isinstance(value, (int, float)) or math.isnan(value) or value < 0 or (
+                    name == "lease_seconds" and not 0 < value < math.inf):
+                raise ValidationError(f"--{name.replace('_', '-')} must be a number >= 0, got {value!r}")
         self.config = config
         self.definitions = {d.id: d for d in definitions}
         self.notifier = notifier
@@ -78,6 +90,7 @@ class Supervisor:
         self.next_maintenance = 0.0
         self.next_prune = 0.0
         self.next_db_attempt = 0.0
+        self.rescue_after = 0.0
         self.db_delay = 0.5
         self.registered = False
         self.ops: Any = None  # the /metrics, /healthz, /readyz server (daemon/http.py), set by run.py
@@ -129,13 +142,11 @@ class Supervisor:
             if sig in (signal.SIGTERM, signal.SIGINT):
                 if self.stopping:
                     log.warning("second stop signal: stopping at once")
-                    self._kill_all(signal.SIGKILL)
+                    self._quit_now()
                 else:
                     self._begin_stop()
             elif sig == signal.SIGQUIT:
-                self.stopping = True
-                self.stop_deadline = time.monotonic()
-                self._kill_all(signal.SIGKILL)
+                self._quit_now()
             elif sig == signal.SIGHUP:
                 self._reload()
             elif sig == signal.SIGTTIN:
@@ -143,6 +154,14 @@ class Supervisor:
             elif sig == signal.SIGTTOU and self.num_workers > 1:
                 self.num_workers -= 1
                 self._retire_extra()
+
+    def _quit_now(self) -> None:
+        """Workers give their claims back at once (SIGQUIT), without counting a crash;
+        SIGKILL follows after 3 seconds for any that cannot."""
+        self.stopping = True
+        self.stop_deadline = min(self.stop_deadline or float("inf"), time.monotonic() + 3.0)
+        self._notify("STOPPING=1", "STATUS=stopping at once")
+        self._kill_all(signal.SIGQUIT)
 
     def _begin_stop(self) -> None:
         log.info("draining %d workers (shutdown timeout %.0fs)", len(self.children), self.config.shutdown_timeout)
@@ -199,6 +218,7 @@ class Supervisor:
                 try:
                     if os.read(fd, 4096):
                         child.last_beat = time.monotonic()
+                        child.beaten = True
                 except (BlockingIOError, OSError):
                     pass
             elif self.listen_conn is not None:
@@ -222,10 +242,15 @@ class Supervisor:
         wake_r, wake_w = os.pipe()
         beat_r, beat_w = os.pipe()
         parent_pid = os.getpid()
+        # Block our signals across fork: until the child installs the worker's handlers,
+        # a SIGTERM meant for it would land in its copy of the supervisor's queue, unread.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         pid = os.fork()
         if pid == 0:  # the child: never returns into the supervisor's code
             code = 1
             try:
+                for sig in HANDLED_SIGNALS:
+                    signal.signal(sig, signal.SIG_DFL)
                 signal.set_wakeup_fd(-1)
                 os.close(self._sig_r)
                 os.close(self._sig_w)
@@ -241,6 +266,8 @@ class Supervisor:
                 worker_id = f"{self.config.hostname}:{os.getpid()}:{start_ms}"
                 worker = Worker(self.config, self.definitions, index, worker_id, self.supervisor_id,
                                 wake_r, beat_w, parent_pid)
+                worker.install_signal_handlers()
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
                 code = worker.run()
             except BaseException:  # noqa: BLE001 - report, then leave without finalisers
                 log.exception("worker %d crashed", index)
@@ -248,6 +275,7 @@ class Supervisor:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         os.close(wake_r)
         os.close(beat_w)
         os.set_blocking(wake_w, False)
@@ -267,6 +295,10 @@ class Supervisor:
             if child is None:
                 continue
             os.close(child.wake_w)
+            try:  # a heartbeat it sent just before dying still counts
+                child.beaten = child.beaten or bool(os.read(child.beat_r, 4096))
+            except OSError:
+                pass
             os.close(child.beat_r)
             metrics.process_exited(pid)
             code = os.waitstatus_to_exitcode(status)
@@ -276,7 +308,10 @@ class Supervisor:
                             f"signal {-code}" if code < 0 else f"exit code {code}", lived)
                 if code != EXIT_RECYCLE:
                     metrics.WORKER_RESTARTS.inc()
-                    if lived < 5:
+                    # Back off only from a crash loop: a worker that died before its first
+                    # heartbeat. One killed while working (kill -9, OOM, a poison step) is
+                    # replaced at once, or the whole host would stall for up to 30s.
+                    if lived < 5 and not child.beaten:
                         self.spawn_failures += 1
                         delay = min(30.0, 0.5 * 2 ** min(self.spawn_failures, 6))
                         self.spawn_at = time.monotonic() + delay
@@ -333,6 +368,8 @@ class Supervisor:
             self._release_dead()
             if now >= self.next_maintenance:
                 self._maintain(now)
+            self.db_delay = 0.5  # reset once work succeeds, not on connect: a database that
+            # accepts connections but fails every query (read-only, no privilege) is backed off
         except psycopg.Error as exc:
             self._db_failed(exc)
 
@@ -345,18 +382,19 @@ class Supervisor:
             return False
         try:
             if self.conn is None or self.conn.closed:
-                self.conn = psycopg.connect(self.config.dsn, autocommit=True, connect_timeout=5,
-                                            application_name="orchwf-supervisor",
-                                            prepare_threshold=None if not self.config.listen else 5)
+                self.conn = connect(self.config.dsn, application_name="orchwf-supervisor",
+                                    prepare=self.config.listen)
+                # Workers renew their leases right after they reconnect; give them one lease
+                # period before expired leases count as dead workers (after an outage, ours
+                # may be the first connection back).
+                self.rescue_after = time.monotonic() + self.config.lease_seconds
             if self.config.listen and (self.listen_conn is None or self.listen_conn.closed):
-                self.listen_conn = psycopg.connect(self.config.dsn, autocommit=True, connect_timeout=5,
-                                                   application_name="orchwf-listener")
+                self.listen_conn = connect(self.config.dsn, application_name="orchwf-listener")
                 self.listen_conn.execute("LISTEN orchwf_ready")
                 self.listen_conn.execute("LISTEN orchwf_scheduled")
                 self.listen_ok = True
                 metrics.LISTEN_UP.set(1)
                 self._wake_workers()  # notifications may have been missed while down
-            self.db_delay = 0.5
             return True
         except psycopg.Error as exc:
             self._db_failed(exc)
@@ -427,9 +465,14 @@ class Supervisor:
             return
         while self.dead_workers:
             worker_id = self.dead_workers[0]
-            rows = self.conn.execute(
-                sql.SQL("SELECT * FROM {}(%s)").format(self._table("orchwf_rescue_steps")), (worker_id,)
-            ).fetchall()
+            rows: list[Any] = []
+            while True:  # the rescue takes up to 1,000 claims a call
+                batch = self.conn.execute(
+                    sql.SQL("SELECT * FROM {}(%s)").format(self._table("orchwf_rescue_steps")), (worker_id,)
+                ).fetchall()
+                rows.extend(batch)
+                if len(batch) < 1000:
+                    break
             self.conn.execute(
                 sql.SQL("DELETE FROM {} WHERE worker_id = %s").format(self._table("orchwf_workers")), (worker_id,)
             )
@@ -440,22 +483,14 @@ class Supervisor:
             self.dead_workers.pop(0)
 
     def _maintain(self, now: float) -> None:
-        """One round trip: promote due retries, rescue expired leases, mark this host's
-        workers alive, and learn when the next scheduled step is due."""
+        """Promote due retries, rescue expired leases, mark this host's workers alive, and
+        learn when the next scheduled step is due: one query (orchwf_maintain)."""
         assert self.conn is not None
         row = self.conn.execute(
-            sql.SQL(
-                "WITH alive AS (UPDATE {workers} SET heartbeat_at = now() WHERE supervisor_id = %s RETURNING 1)"
-                " SELECT {promote}(), (SELECT count(*) FROM {rescue}()),"
-                " (SELECT extract(epoch FROM min(run_after) - now()) FROM {steps} WHERE run_after IS NOT NULL)"
-            ).format(
-                workers=self._table("orchwf_workers"), promote=self._table("orchwf_promote_scheduled"),
-                rescue=self._table("orchwf_rescue_steps"), steps=self._table("orchwf_step_instances"),
-            ),
-            (self.supervisor_id,),
+            sql.SQL("SELECT * FROM {}(%s, %s)").format(self._table("orchwf_maintain")),
+            (self.supervisor_id, now >= self.rescue_after),
         ).fetchone()
-        assert row is not None
-        promoted, rescued, next_due = int(row[0] or 0), int(row[1] or 0), row[2]
+        promoted, rescued, next_due = (int(row[0] or 0), int(row[1] or 0), row[2]) if row else (0, 0, None)
         metrics.steps_rescued("lease_expired", rescued)
         if promoted or rescued:
             self._wake_workers()

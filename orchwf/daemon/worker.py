@@ -11,6 +11,7 @@ that was reported as done.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
 import inspect
 import logging
@@ -20,6 +21,7 @@ import select
 import signal
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -40,6 +42,7 @@ from ..semantics import (
 )
 from ..types import StepContext, StepDefinition, WorkflowDefinition, utcnow
 from .config import DaemonConfig
+from .connect import connect
 from .proctitle import set_title
 
 log = logging.getLogger("orchwf.worker")
@@ -69,6 +72,11 @@ class Claim:
     ctx: StepContext | None = None
     timed: bool = False
     input: dict[str, Any] | None = None  # what the executor was given
+    step_uuid: Any = None  # the ID as the database returned it (a UUID), for parameters
+
+    def __post_init__(self) -> None:
+        if self.step_uuid is None:
+            self.step_uuid = uuid.UUID(self.step_inst_id)
 
 
 @dataclass
@@ -85,6 +93,10 @@ class Result:
 
 class _Stale(Exception):
     """The lease was lost before a transactional step could commit."""
+
+
+class _Blip(Exception):
+    """The database failed around a step (not the step's own code)."""
 
 
 class Worker:
@@ -112,6 +124,10 @@ class Worker:
         self.unfinished: list[Result] = []  # results waiting to be committed
         self.unfinished_since = 0.0
         self.results: queue.SimpleQueue[Result] = queue.SimpleQueue()
+        self._poked = False  # a wake-up byte is on its way for results put since the last collect
+        self._claim_sql: sql.Composable | None = None
+        self._finish_sql: sql.Composable | None = None
+        self._finish_claim_sql: sql.Composable | None = None
         self.draining = False
         self.quitting = False
         self.tainted = False
@@ -136,12 +152,17 @@ class Worker:
 
     # -- process lifecycle ----------------------------------------------------------------
 
-    def run(self) -> int:
+    def install_signal_handlers(self) -> None:
+        """Called by the supervisor in the child while signals are still blocked, so a
+        signal sent right after fork reaches these handlers, not the supervisor's."""
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGQUIT, self._on_quit)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        for sig in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+            signal.signal(sig, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+    def run(self) -> int:
         self._set_title("starting")
         try:
             return self._loop()
@@ -175,7 +196,7 @@ class Worker:
                 self._release_all("worker stopped at once (SIGQUIT)")
                 return 0
             if self.unfinished and self._should_flush(now):
-                self._finish()
+                self._finish(now)  # may claim in the same transaction
             if self.draining:
                 if not self.inflight:
                     return 0
@@ -186,15 +207,25 @@ class Worker:
                 if not self.inflight:
                     return EXIT_RECYCLE
             else:
-                free = self.config.concurrency - len(self.inflight)
-                # Claim in batches: wait for a quarter of the slots to free up while others run.
-                batch_ready = free >= max(1, self.config.concurrency // 4) or len(self.inflight) == len(self.unfinished)
-                if free > 0 and batch_ready and (self.more_work or now >= self.next_poll):
+                free = self._claim_budget(now, busy=len(self.inflight) - len(self.unfinished),
+                                          free=self.config.concurrency - len(self.inflight))
+                if free > 0:
                     self._claim(free)
             self._heartbeat(now)
             self._beat(now)
             self._update_title()
             self._wait()
+
+    def _claim_budget(self, now: float, busy: int, free: int) -> int:
+        """How many steps to claim now (0: not now). Claims go in batches: wait for a
+        quarter of the slots to free up while others run, unless nothing else runs."""
+        if self.draining or self.tainted or self.quitting or free <= 0:
+            return 0
+        if not (self.more_work or now >= self.next_poll):
+            return 0
+        if free >= max(1, self.config.concurrency // 4) or busy <= 0:
+            return free
+        return 0
 
     def _should_flush(self, now: float) -> bool:
         """Group commit: flush when nothing else is running, the batch is large, or the
@@ -258,13 +289,8 @@ class Worker:
         if now < self.reconnect_at:
             return None
         try:
-            self.conn = psycopg.connect(
-                self.config.dsn,
-                autocommit=True,
-                connect_timeout=5,
-                prepare_threshold=None if not self.config.listen else 5,
-                application_name=f"orchwf-worker {self.index}",
-            )
+            self.conn = connect(self.config.dsn, application_name=f"orchwf-worker {self.index}",
+                                prepare=self.config.listen)
             self.conn.execute(
                 sql.SQL(
                     "INSERT INTO {} (worker_id, supervisor_id, host, pid, role, queues, workflows, concurrency)"
@@ -274,7 +300,16 @@ class Worker:
                 (self.worker_id, self.supervisor_id, self.config.hostname, os.getpid(),
                  list(self.config.queues), self.workflow_ids, self.config.concurrency),
             )
-            self.reconnect_delay = 0.1
+            # A claim whose reply was lost with the old connection is ours in the database
+            # but unknown here: give it back. Then renew every lease at once, before a
+            # supervisor that reconnected first takes our steps for dead.
+            self.conn.execute(
+                sql.SQL("SELECT {}(%s, %s)").format(self._table("orchwf_release_orphans")),
+                (self.worker_id, list(self.inflight)),
+            )
+            for claim in self.inflight.values():
+                claim.renewed_at = -1e9
+            self.next_heartbeat = 0.0
             self.more_work = True
             self.metrics.db_connected(True)
             return self.conn
@@ -295,34 +330,49 @@ class Worker:
         self.reconnect_at = time.monotonic() + self.reconnect_delay
         self.reconnect_delay = min(self.reconnect_delay * 2, 5.0)
 
+    # The hot queries use the binary protocol: arrays of UUIDs, integers and JSON cost
+    # half as much to send as text, and the IDs come back as UUIDs, ready to send again.
+
+    def _claim_query(self, free: int) -> tuple[sql.Composable, tuple[Any, ...]]:
+        if self._claim_sql is None:
+            self._claim_sql = sql.SQL("SELECT * FROM {}(%b, %b, %b, %b, %b)").format(
+                self._table("orchwf_claim_steps"))
+        return self._claim_sql, (self.worker_id, list(self.config.queues), self.workflow_ids, free,
+                                 self.config.lease_seconds)
+
     def _claim(self, free: int) -> None:
         conn = self._db()
         if conn is None:
             return
         t0 = time.monotonic()
         try:
-            rows = conn.execute(
-                sql.SQL("SELECT * FROM {}(%s, %s, %s, %s, %s)").format(self._table("orchwf_claim_steps")),
-                (self.worker_id, list(self.config.queues), self.workflow_ids, free, self.config.lease_seconds),
-            ).fetchall()
+            rows = conn.execute(*self._claim_query(free), binary=True).fetchall()
         except psycopg.Error as exc:
             self._db_failed(exc)
             return
+        self._claimed(rows, free, t0)
+
+    def _claimed(self, rows: list[Any], free: int, t0: float) -> None:
+        """Start the steps of a claim whose transaction has committed."""
         now = time.monotonic()
+        # Reset the backoff once a claim works, not on connect: a database that accepts
+        # connections but refuses the claim (no privilege, read-only) must not be retried 10x/s.
+        self.reconnect_delay = 0.1
         self.metrics.observe_claim(now - t0, len(rows))
         self.more_work = len(rows) == free
         self.next_poll = now + self.config.idle_poll
         for row in rows:
             claim = Claim(
-                step_inst_id=str(row[0]), workflow_inst_id=str(row[1]), workflow_id=row[2], step_id=row[3],
+                step_inst_id=str(row[0]), step_uuid=row[0], workflow_inst_id=str(row[1]), workflow_id=row[2], step_id=row[3],
                 lease_token=row[4], attempt=row[5], retry_count=row[6], workflow_input=row[7] or {},
                 metadata=row[8] or {}, trace_id=row[9] or "", completed=row[10] or [], step_input=row[11] or {},
             )
             self.inflight[claim.step_inst_id] = claim
-            self.metrics.step_claimed(claim.workflow_id, claim.step_id)
             self.pool.submit(self._execute, claim)
+        self._count_claims(rows)
 
     def _collect_results(self) -> None:
+        self._poked = False  # before draining: a result put after this line pokes again
         while True:
             try:
                 result = self.results.get_nowait()
@@ -332,8 +382,15 @@ class Worker:
                 self.unfinished_since = time.monotonic()
             self.unfinished.append(result)
 
-    def _finish(self) -> None:
-        """Commit every collected result in one fenced call (group commit)."""
+    def _finish(self, now: float | None = None) -> None:
+        """Commit every collected result in one fenced call (group commit).
+
+        When slots are wanted anyway (``now`` given), the next claim goes in the same
+        transaction and round trip, after the finish (orchwf_finish_and_claim): one commit
+        for both, no idle gap on the server, and the dependents this finish releases can
+        be claimed at once. The claimed steps take the slots of results committed in the
+        same transaction, so a slot is still freed only once its result is durable; if the
+        transaction fails, neither happened and the results are retried."""
         pending = [r for r in self.unfinished if not r.committed]
         done_already = [r for r in self.unfinished if r.committed]
         for r in done_already:
@@ -344,29 +401,117 @@ class Worker:
         conn = self._db()
         if conn is None:
             return
+        free = 0
+        if now is not None:
+            busy = len(self.inflight) - len(pending)
+            free = self._claim_budget(now, busy=busy, free=self.config.concurrency - busy)
+        t0 = time.monotonic()
+        claimed: list[Any] | None = None
         try:
-            rows = conn.execute(
-                sql.SQL("SELECT * FROM {}(%s, %s, %s, %s::jsonb[], %s, %s, %s, %s::jsonb[])").format(
-                    self._table("orchwf_finish_steps")),
-                (
-                    [r.claim.step_inst_id for r in pending],
-                    [r.claim.lease_token for r in pending],
-                    [r.outcome for r in pending],
-                    [Jsonb(r.output) if r.output is not None else None for r in pending],
-                    [r.error for r in pending],
-                    [r.duration_ms for r in pending],
-                    [r.delay for r in pending],
-                    [Jsonb(r.claim.input) if r.claim.input is not None else None for r in pending],
-                ),
-            ).fetchall()
+            if free > 0:
+                rows, claimed = self._finish_and_claim_call(conn, pending, free)
+            else:
+                rows = self._finish_call(conn, pending)
+            done = len(pending)
         except psycopg.Error as exc:
-            self._db_failed(exc)
-            return
-        accepted = {str(row[0]): bool(row[1]) for row in rows}
-        self.unfinished = []
-        for r in pending:
-            self._retire(r, accepted.get(r.claim.step_inst_id, False))
+            if isinstance(exc, psycopg.OperationalError) or conn.closed or conn.broken:
+                self._db_failed(exc)
+                return
+            claimed = None
+            done, rows = self._finish_alone(conn, pending)
+        accepted = {row[0]: bool(row[1]) for row in rows}
+        self.unfinished = pending[done:]
+        completed: list[Result] = []
+        for r in pending[:done]:
+            ok = accepted.get(r.claim.step_uuid, False)
+            if ok and r.outcome == "completed":
+                self.inflight.pop(r.claim.step_inst_id, None)
+                completed.append(r)
+            else:
+                self._retire(r, ok)
+        self._count_completed(completed)
         self.more_work = True  # finishing may have released dependents
+        if claimed is not None:
+            self._claimed(claimed, free, t0)
+
+    def _finish_args(self, pending: list[Result]) -> tuple[Any, ...]:
+        return (
+            [r.claim.step_uuid for r in pending],
+            [r.claim.lease_token for r in pending],
+            [r.outcome for r in pending],
+            [Jsonb(r.output) if r.output is not None else None for r in pending],
+            [r.error for r in pending],
+            [r.duration_ms for r in pending],
+            [r.delay for r in pending],
+            [Jsonb(r.claim.input) if r.claim.input is not None else None for r in pending],
+        )
+
+    def _finish_and_claim_call(self, conn: psycopg.Connection[Any], pending: list[Result],
+                               free: int) -> tuple[list[Any], list[Any]]:
+        """Returns (result rows, claimed rows shaped like orchwf_claim_steps')."""
+        if self._finish_claim_sql is None:
+            self._finish_claim_sql = sql.SQL(
+                "SELECT * FROM {}(%b, %b, %b, %b::jsonb[], %b, %b, %b, %b::jsonb[], %b, %b, %b, %b, %b)"
+            ).format(self._table("orchwf_finish_and_claim"))
+        out = conn.execute(self._finish_claim_sql, self._finish_args(pending) + self._claim_query(free)[1],
+                           binary=True).fetchall()
+        return [r for r in out if r[1] is not None], [(r[0], *r[2:]) for r in out if r[1] is None]
+
+    def _finish_call(self, conn: psycopg.Connection[Any], pending: list[Result]) -> list[Any]:
+        if self._finish_sql is None:
+            self._finish_sql = sql.SQL("SELECT * FROM {}(%b, %b, %b, %b::jsonb[], %b, %b, %b, %b::jsonb[])").format(
+                self._table("orchwf_finish_steps"))
+        return conn.execute(self._finish_sql, self._finish_args(pending), binary=True).fetchall()
+
+    def _finish_alone(self, conn: psycopg.Connection[Any], pending: list[Result]) -> tuple[int, list[Any]]:
+        """The database refused the batch (an error in a statement, not a lost connection):
+        commit each result on its own, so one it refuses cannot hold the others back, and
+        fail that one with the reason (retrying it would only hit the same error). Returns
+        how many of ``pending`` were dealt with, and their rows."""
+        rows: list[Any] = []
+        for i, r in enumerate(pending):
+            try:
+                rows += self._finish_call(conn, [r])
+                continue
+            except psycopg.Error as exc:
+                if isinstance(exc, psycopg.OperationalError) or conn.closed or conn.broken:
+                    self._db_failed(exc)
+                    return i, rows
+                reason = redact(str(exc)).strip().splitlines()[0]
+            log.error("worker %s: the database refused the result of step %s of %s (%s); failing the step",
+                      self.worker_id, r.claim.step_id, r.claim.workflow_inst_id, reason)
+            pending[i] = Result(r.claim, "failed", error=f"orchwf could not record the step's result: {reason}",
+                                duration_ms=r.duration_ms)
+            try:
+                rows += self._finish_call(conn, [pending[i]])
+            except psycopg.Error as exc:  # not even that: the lease expires and the rescue decides
+                log.error("worker %s: could not fail step %s either (%s)", self.worker_id, r.claim.step_id,
+                          redact(str(exc)).strip().splitlines()[0])
+                if isinstance(exc, psycopg.OperationalError) or conn.closed or conn.broken:
+                    self._db_failed(exc)
+                    return i + 1, rows
+        return len(pending), rows
+
+    def _count_claims(self, rows: list[Any]) -> None:
+        """metrics.step_claimed, one update per (workflow, step) of a batch."""
+        counts: dict[tuple[str, str], int] = {}
+        for row in rows:
+            key = (row[2], row[3])
+            counts[key] = counts.get(key, 0) + 1
+        for (workflow, step), n in counts.items():
+            self.metrics.STEPS_CLAIMED.labels(workflow, step).inc(n)
+
+    def _count_completed(self, results: list[Result]) -> None:
+        """metrics.step_finished for accepted completions, with one label lookup per
+        (workflow, step) of a batch: the lookup costs more than the update."""
+        groups: dict[tuple[str, str], list[int]] = {}
+        for r in results:
+            groups.setdefault((r.claim.workflow_id, r.claim.step_id), []).append(r.duration_ms)
+        for (workflow, step), durations in groups.items():
+            self.metrics.STEPS_COMPLETED.labels(workflow, step).inc(len(durations))
+            histogram = self.metrics.STEP_DURATION.labels(workflow, step)
+            for ms in durations:
+                histogram.observe(ms / 1000.0)
 
     def _retire(self, result: Result, accepted: bool) -> None:
         claim = result.claim
@@ -460,13 +605,17 @@ class Worker:
     # -- running steps (pool threads) -----------------------------------------------------
 
     def _execute(self, claim: Claim) -> None:
+        result = Result(claim, "release", error="orchwf internal error")
         try:
             result = self._run_step(claim)
-        except Exception as exc:  # noqa: BLE001 - a bug here must not lose the claim
+        except BaseException as exc:  # noqa: BLE001 - a bug here must not lose the claim
             log.exception("worker %s: internal error running %s", self.worker_id, claim.step_id)
-            result = Result(claim, "failed", error=f"orchwf internal error: {exc}")
-        self.results.put(result)
-        self._poke()
+            result = Result(claim, "failed", error=f"orchwf internal error: {exc!r}")
+        finally:
+            self.results.put(result)
+            if not self._poked:  # one wake-up for a burst of results, not one per result
+                self._poked = True
+                self._poke()
 
     def _run_step(self, claim: Claim) -> Result:
         definition = self.definitions[claim.workflow_id]
@@ -513,7 +662,13 @@ class Worker:
                 output = run_attempt(sdef.executor, ctx, data, sdef.timeout)
             else:
                 output = normalize_output(call_executor(sdef.executor, ctx, data), sdef.id)
-        except Exception as exc:  # noqa: BLE001 - any executor error fails the attempt
+        except _Blip as blip:
+            # The database failed around a transactional step or a compensation, not the
+            # step itself: its writes rolled back, so it goes back to the queue.
+            return Result(claim, "release", error=f"database error: {blip}")
+        except BaseException as exc:  # noqa: BLE001 - any executor error fails the attempt
+            if not isinstance(exc, Exception):  # SystemExit, KeyboardInterrupt, CancelledError
+                exc = RuntimeError(f"step raised {type(exc).__name__}: {exc}")
             return self._failure(claim, sdef, exc, t0)
         return Result(claim, "completed", output=output, duration_ms=int((time.monotonic() - t0) * 1000))
 
@@ -535,7 +690,18 @@ class Worker:
                 ctx.cancelled.set()
                 raise StepTimeoutError(f"step {sdef.id} timed out after {sdef.timeout:g}s") from None
 
-        return normalize_output(asyncio.run_coroutine_threadsafe(bounded(), self._async_loop).result(), sdef.id)
+        future = asyncio.run_coroutine_threadsafe(bounded(), self._async_loop)
+        try:
+            value = future.result(None if not sdef.timeout else sdef.timeout + 1.0)
+        except concurrent.futures.TimeoutError:
+            # The coroutine blocks the event loop: cancelling cannot reach it.
+            future.cancel()
+            ctx.cancelled.set()
+            log.warning("worker %s: async step %s blocked its event loop past the timeout; "
+                        "this process will be replaced", self.worker_id, sdef.id)
+            self.tainted = True
+            raise StepTimeoutError(f"step {sdef.id} timed out after {sdef.timeout:g}s") from None
+        return normalize_output(value, sdef.id)
 
     def _failure(self, claim: Claim, sdef: StepDefinition, exc: BaseException, t0: float) -> Result:
         duration = int((time.monotonic() - t0) * 1000)
@@ -555,38 +721,72 @@ class Worker:
         return Result(claim, "failed" if sdef.required else "skipped", error=text, duration_ms=duration)
 
     def _run_transactional(self, claim: Claim, sdef: StepDefinition, ctx: StepContext, data: dict[str, Any], t0: float) -> Result:
-        """Run the executor and commit its result in one transaction on ``ctx.conn``."""
+        """Run the executor and commit its result in one transaction on ``ctx.conn``.
+
+        Errors of the executor fail the attempt as usual (its writes roll back); errors of
+        the database around it (connect, the finish call, the commit) release the step.
+        """
         assert sdef.executor is not None
-        with psycopg.connect(self.config.dsn, autocommit=False, connect_timeout=5) as conn:
+        try:
+            conn = connect(self.config.dsn, application_name=f"orchwf-worker {self.index} tx",
+                           autocommit=False, prepare=False)
+        except psycopg.Error as exc:
+            raise _Blip(redact(str(exc)).strip()) from None
+        with conn:
             ctx.conn = conn
+            output: dict[str, Any] = {}
+            duration = 0
             try:
                 with conn.transaction():
-                    output = normalize_output(call_executor(sdef.executor, ctx, data, sdef.timeout), sdef.id)
+                    if sdef.timeout and not inspect.iscoroutinefunction(sdef.executor):
+                        try:
+                            output = run_attempt(sdef.executor, ctx, data, sdef.timeout)
+                        except StepTimeoutError:
+                            conn.cancel()  # stop the statement the abandoned thread may be running
+                            raise
+                    else:
+                        output = normalize_output(call_executor(sdef.executor, ctx, data, sdef.timeout), sdef.id)
                     duration = int((time.monotonic() - t0) * 1000)
-                    row = conn.execute(
-                        sql.SQL("SELECT accepted FROM {}(%s, %s, %s, %s::jsonb[], %s, %s, %s, %s::jsonb[])").format(
-                            self._table("orchwf_finish_steps")),
-                        ([claim.step_inst_id], [claim.lease_token], ["completed"], [Jsonb(output)],
-                         [None], [duration], [0.0], [Jsonb(data)]),
-                    ).fetchone()
+                    try:
+                        row = conn.execute(
+                            sql.SQL("SELECT accepted FROM {}(%s, %s, %s, %s::jsonb[], %s, %s, %s, %s::jsonb[])").format(
+                                self._table("orchwf_finish_steps")),
+                            ([claim.step_inst_id], [claim.lease_token], ["completed"], [Jsonb(output)],
+                             [None], [duration], [0.0], [Jsonb(data)]),
+                        ).fetchone()
+                    except psycopg.Error as exc:
+                        raise _Blip(redact(str(exc)).strip()) from None
                     if not row or not row[0]:
                         raise _Stale()
             except _Stale:
                 # The transaction rolled back with the step's own writes: nothing happened.
                 return Result(claim, "completed", output=output, duration_ms=duration, committed=True, stale=True)
+            except psycopg.OperationalError as exc:
+                raise _Blip(redact(str(exc)).strip()) from None  # the commit itself failed
             finally:
                 ctx.conn = None
         return Result(claim, "completed", output=output, duration_ms=duration, committed=True)
 
     def _compensate(self, claim: Claim, definition: WorkflowDefinition) -> Result:
         """Run the compensators of completed steps, newest first; one failure stops none."""
-        with psycopg.connect(self.config.dsn, autocommit=True, connect_timeout=5) as conn:
+        try:
+            return self._run_compensators(claim, definition)
+        except psycopg.Error as exc:
+            raise _Blip(redact(str(exc)).strip()) from None
+
+    def _run_compensators(self, claim: Claim, definition: WorkflowDefinition) -> Result:
+        with connect(self.config.dsn, application_name=f"orchwf-worker {self.index} compensate") as conn:
+            # Steps already compensated since they last completed are skipped: a crash
+            # during compensation re-runs it, and each undo runs once.
             rows = conn.execute(
                 sql.SQL(
-                    "SELECT id, step_id, input, output FROM {} WHERE workflow_inst_id = %s"
-                    " AND status = 'completed' AND has_compensator AND step_id <> %s"
-                    " ORDER BY completed_at DESC, execution_order DESC"
-                ).format(self._table("orchwf_step_instances")),
+                    "SELECT s.id, s.step_id, s.input, s.output FROM {steps} s WHERE s.workflow_inst_id = %s"
+                    " AND s.status = 'completed' AND s.has_compensator AND s.step_id <> %s"
+                    " AND NOT EXISTS (SELECT 1 FROM {events} e WHERE e.workflow_inst_id = s.workflow_inst_id"
+                    "   AND e.step_inst_id = s.id AND e.event_type IN ('step.compensated', 'step.compensation_failed')"
+                    "   AND e.timestamp >= s.completed_at)"
+                    " ORDER BY s.completed_at DESC, s.execution_order DESC"
+                ).format(steps=self._table("orchwf_step_instances"), events=self._table("orchwf_workflow_events")),
                 (claim.workflow_inst_id, COMPENSATE),
             ).fetchall()
             events = self._table("orchwf_workflow_events")
@@ -606,7 +806,7 @@ class Worker:
                 try:
                     call_executor(sdef.compensator, ctx, step_input or {})
                     event, data = "step.compensated", {"step_id": step_id}
-                except Exception as exc:  # noqa: BLE001 - recorded; the others still run
+                except BaseException as exc:  # noqa: BLE001 - recorded; the others still run
                     event, data = "step.compensation_failed", {"step_id": step_id, "error": str(exc) or type(exc).__name__}
                 conn.execute(
                     sql.SQL("INSERT INTO {} (workflow_inst_id, step_inst_id, event_type, event_data) VALUES (%s, %s, %s, %s)").format(events),

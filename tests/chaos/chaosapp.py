@@ -188,4 +188,7 @@ edge_compensation = (
     .build()
 )
 
-ALL = [dag5, stalling, poison, hog, edge_priority, edge_compensation]
+# One step with the default policy: the smallest crash budget.
+plain = WorkflowBuilder("plain", "One ordinary step").add_step(StepBuilder("only", "Only", work).build()).build()
+
+ALL = [dag5, stalling, poison, hog, edge_priority, edge_compensation, plain]

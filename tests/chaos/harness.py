@@ -48,8 +48,8 @@ PROFILES = {
     # About 3 minutes for the whole suite on a 2-core machine.
     "ci": Profile("ci", storm_workflows=300, storm_workers=4, supervisor_workflows=120,
                   restart_workflows=150, connloss_workflows=200, connloss_seconds=6.0,
-                  deploy_seconds=10.0, deploy_rate=15.0, readonly_seconds=6.0,
-                  poison_workflows=60, fleet_workflows=150, hypothesis_examples=60, timeout=240),
+                  deploy_seconds=8.0, deploy_rate=15.0, readonly_seconds=5.0,
+                  poison_workflows=60, fleet_workflows=150, hypothesis_examples=40, timeout=240),
     # The figures (2,000 workflows x 5 steps under the kill storm).
     "long": Profile("long", storm_workflows=2000, storm_workers=4, supervisor_workflows=600,
                     restart_workflows=800, connloss_workflows=1000, connloss_seconds=30.0,
@@ -114,7 +114,8 @@ class Daemon:
         full_env.pop("NOTIFY_SOCKET", None)
         full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         full_env.update(env or {})
-        self.argv = [sys.executable, "-m", "orchwf", "worker", "--app", "chaosapp", "--dsn", dsn,
+        self.argv = [sys.executable, "-m", "orchwf", "worker", "--app", "chaosapp",
+                     *(["--dsn", dsn] if dsn else []),  # no DSN: ORCHWF_DSN from env
                      "--metrics-port", str(self.metrics_port)]
         if default_args:
             self.argv += ["--log-level", "INFO"]
@@ -217,16 +218,16 @@ def diagnostics(dsn: str, daemons: Iterable[Daemon] = ()) -> str:
     parts = []
     try:
         with connect(dsn) as conn:
-            parts.append(f"instances: {status_counts(dsn)}")
-            parts.append("steps: " + str(conn.execute(
-                "SELECT status, count(*) FROM orchwf_step_instances GROUP BY 1").fetchall()))
-            parts.append("ready rows: " + str(conn.execute("SELECT count(*) FROM orchwf_ready_steps").fetchone()[0]))
-            parts.append("running: " + str(conn.execute(
+            steps = conn.execute("SELECT status, count(*) FROM orchwf_step_instances GROUP BY 1").fetchall()
+            ready = conn.execute("SELECT count(*) FROM orchwf_ready_steps").fetchone()[0]
+            running = conn.execute(
                 "SELECT step_id, lease_owner, lease_expires_at - now(), attempts, crashes FROM orchwf_step_instances"
-                " WHERE status = 'running' LIMIT 10").fetchall()))
-            parts.append("scheduled: " + str(conn.execute(
+                " WHERE status = 'running' LIMIT 10").fetchall()
+            scheduled = conn.execute(
                 "SELECT count(*), min(run_after - now()) FROM orchwf_step_instances WHERE run_after IS NOT NULL"
-            ).fetchone()))
+            ).fetchone()
+        parts += [f"instances: {status_counts(dsn)}", f"steps: {steps}", f"ready rows: {ready}",
+                  f"running: {running}", f"scheduled: {scheduled}"]
     except psycopg.Error as exc:
         parts.append(f"(database unavailable: {exc})")
     for d in daemons:

@@ -11,7 +11,9 @@
 3. Executions of each step (rows of the side table, written at start on the step's own
    connection) <= attempts + crashes (+ claims released at shutdown, which un-count an
    attempt that may have started; none in most scenarios, and reported). A completed
-   step ran at least once.
+   step ran at least once. An operator's resume resets a step's budget and may re-run
+   completed (compensated) steps, so only executions and events since the instance's
+   last resume count.
 4. No lease is held by a dead worker: no ``running`` step whose lease owner's pid is not
    alive; with ``final`` (the default), no step is ``running`` at all.
 5. No step ran twice at the same time: two executions of a step that both ended may not
@@ -74,35 +76,49 @@ def check_ledger(
     led = Ledger()
     p = led.problems
     with connect(dsn) as conn:
-        where = "" if ids is None else " WHERE i.id = ANY(%(ids)s::uuid[])"
+        # every query is a constant; the instance filter is a parameter (NULL: all instances)
         params = {"ids": ids}
         inst = conn.execute(
-            "SELECT i.id::text, i.status, i.steps_remaining FROM orchwf_workflow_instances i" + where, params
+            "SELECT i.id::text, i.status, i.steps_remaining FROM orchwf_workflow_instances i"
+            " WHERE %(ids)s::uuid[] IS NULL OR i.id = ANY(%(ids)s::uuid[])", params
         ).fetchall()
         steps = conn.execute(
             "SELECT s.id::text, s.workflow_inst_id::text, s.step_id, s.status, s.output, s.attempts, s.crashes,"
             " s.retry_count, s.lease_owner, s.run_after IS NOT NULL"
-            " FROM orchwf_step_instances s JOIN orchwf_workflow_instances i ON i.id = s.workflow_inst_id" + where,
+            " FROM orchwf_step_instances s JOIN orchwf_workflow_instances i ON i.id = s.workflow_inst_id"
+            " WHERE %(ids)s::uuid[] IS NULL OR i.id = ANY(%(ids)s::uuid[])",
             params,
         ).fetchall()
+        # (events since the instance's last resume: a resume re-runs steps, compensated ones too)
         events = conn.execute(
-            "SELECT e.step_inst_id::text, e.event_type, count(*) FROM orchwf_workflow_events e"
-            " JOIN orchwf_workflow_instances i ON i.id = e.workflow_inst_id" + where
-            + (" AND" if where else " WHERE") + " e.step_inst_id IS NOT NULL GROUP BY 1, 2",
+            "SELECT e.step_inst_id::text, e.event_type,"
+            " count(*) FILTER (WHERE r.at IS NULL OR e.\"timestamp\" >= r.at), count(*) FROM orchwf_workflow_events e"
+            " JOIN orchwf_workflow_instances i ON i.id = e.workflow_inst_id"
+            " LEFT JOIN (SELECT workflow_inst_id, max(\"timestamp\") AS at FROM orchwf_workflow_events"
+            "            WHERE event_type = 'workflow.resumed' GROUP BY 1) r ON r.workflow_inst_id = e.workflow_inst_id"
+            " WHERE (%(ids)s::uuid[] IS NULL OR i.id = ANY(%(ids)s::uuid[])) AND e.step_inst_id IS NOT NULL"
+            " GROUP BY 1, 2",
             params,
         ).fetchall()
         ready_for_ended = conn.execute(
             "SELECT count(*) FROM orchwf_ready_steps r JOIN orchwf_workflow_instances i ON i.id = r.workflow_inst_id"
             " WHERE i.status IN ('completed', 'failed', 'cancelled')"
-            + ("" if ids is None else " AND i.id = ANY(%(ids)s::uuid[])"),
+            " AND (%(ids)s::uuid[] IS NULL OR i.id = ANY(%(ids)s::uuid[]))",
             params,
         ).fetchone()[0]
+        resumed_at = dict(conn.execute(
+            "SELECT e.workflow_inst_id::text, max(e.\"timestamp\") FROM orchwf_workflow_events e"
+            " JOIN orchwf_workflow_instances i ON i.id = e.workflow_inst_id"
+            " WHERE (%(ids)s::uuid[] IS NULL OR i.id = ANY(%(ids)s::uuid[])) AND e.event_type = 'workflow.resumed'"
+            " GROUP BY 1",
+            params,
+        ).fetchall())
         db_completed_events = conn.execute(
             "SELECT count(*) FROM orchwf_workflow_events WHERE event_type = 'step.completed'").fetchone()[0]
     with connect(side_dsn or dsn) as side:
         execs = side.execute(
             "SELECT id, instance_id::text, step_id, attempt, started_at, ended_at FROM orchwf_chaos_exec"
-            + ("" if ids is None else " WHERE instance_id = ANY(%(ids)s::uuid[])") + " ORDER BY id",
+            " WHERE %(ids)s::uuid[] IS NULL OR instance_id = ANY(%(ids)s::uuid[]) ORDER BY id",
             params,
         ).fetchall()
 
@@ -117,7 +133,7 @@ def check_ledger(
     terminal_instances = {iid for iid, status, _ in inst if status in TERMINAL}
     led.steps = len(steps)
     led.step_status = dict(Counter(row[3] for row in steps))
-    for sid, iid, step_id, status, _, _, _, _, _, scheduled in steps:
+    for _sid, iid, step_id, status, _, _, _, _, _, scheduled in steps:
         if iid in terminal_instances and status not in STEP_TERMINAL:
             p.append(f"step {step_id} of ended instance {iid} is still {status}")
         if iid in terminal_instances and scheduled:
@@ -126,15 +142,23 @@ def check_ledger(
         p.append(f"{ready_for_ended} ready rows belong to ended instances")
 
     # 2. exactly one committed result and one step.completed event per completed step
-    ev: dict[str, Counter[str]] = defaultdict(Counter)
-    for step_inst_id, kind, n in events:
-        ev[step_inst_id][kind] += int(n)
+    ev: dict[str, Counter[str]] = defaultdict(Counter)    # since the last resume
+    ev_all: dict[str, Counter[str]] = defaultdict(Counter)
+    for step_inst_id, kind, since, total in events:
+        ev[step_inst_id][kind] += int(since)
+        ev_all[step_inst_id][kind] += int(total)
     by_step: dict[tuple[str, str], list[tuple[Any, ...]]] = defaultdict(list)
+    ever: Counter[tuple[str, str]] = Counter((row[1], row[2]) for row in execs)
     for row in execs:
+        # a resume gives the steps it re-runs a fresh budget (attempts and crashes reset):
+        # count the executions since the last resume against it
+        if row[1] in resumed_at and row[4] < resumed_at[row[1]]:
+            continue
         by_step[(row[1], row[2])].append(row)
     exec_ids = {row[0]: row for row in execs}
     for sid, iid, step_id, status, output, attempts, crashes, retries, owner, _ in steps:
-        completed_events = ev[sid]["step.completed"]
+        # a step a resume did not re-run completed before it
+        completed_events = ev[sid]["step.completed"] or ev_all[sid]["step.completed"]
         released = ev[sid]["step.released"]
         led.attempts += attempts
         led.crashes += crashes
@@ -143,7 +167,8 @@ def check_ledger(
         led.rescued_events += ev[sid]["step.rescued"]
         if status == "completed":
             if completed_events != 1:
-                p.append(f"completed step {step_id} of {iid} has {completed_events} step.completed events")
+                p.append(f"completed step {step_id} of {iid} has {completed_events} step.completed events:"
+                         f" {_events_of(dsn, sid)}")
             if step_id != "$compensate":
                 mine = (output or {}).get(step_id) if isinstance(output, dict) else None
                 if not isinstance(mine, dict) or "exec" not in mine:
@@ -167,7 +192,7 @@ def check_ledger(
         if n > attempts + crashes + released:
             p.append(f"step {step_id} of {iid} ran {n} times but has attempts={attempts} crashes={crashes}"
                      f" released={released}")
-        if status == "completed" and step_id != "$compensate" and n == 0:
+        if status == "completed" and step_id != "$compensate" and ever[(iid, step_id)] == 0:
             p.append(f"step {step_id} of {iid} completed without any execution")
 
         # 4. leases
@@ -183,7 +208,7 @@ def check_ledger(
     if not allow_concurrent:
         for (iid, step_id), rows in by_step.items():
             ended = sorted((r for r in rows if r[5] is not None), key=lambda r: r[4])
-            for a, b in zip(ended, ended[1:]):
+            for a, b in zip(ended, ended[1:], strict=False):
                 if b[4] < a[5]:
                     p.append(f"step {step_id} of {iid} ran twice at once: executions {a[0]} and {b[0]} overlap")
 
@@ -215,3 +240,9 @@ def _owner_pid(owner: str) -> int | None:
         return int(parts[-2])
     except (IndexError, ValueError):
         return None
+
+
+def _events_of(dsn: str, step_inst_id: str) -> list[tuple[Any, ...]]:
+    with connect(dsn) as conn:
+        return conn.execute('SELECT event_type, event_data, "timestamp" FROM orchwf_workflow_events'
+                            ' WHERE step_inst_id = %s ORDER BY "timestamp", seq', (step_inst_id,)).fetchall()

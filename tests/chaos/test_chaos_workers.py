@@ -40,9 +40,10 @@ def test_worker_kill_storm(chaos) -> None:
 
     elapsed = wait_until_done(chaos.dsn, ids, timeout=PROFILE.timeout - 40, daemons=[daemon], during=storm, poll=0.02)
     assert daemon.alive(), daemon.log_tail()
-    led = check_ledger(chaos.dsn, ids, final=False, metrics_url=daemon.metrics_url, metrics_exact=False)
+    live = check_ledger(chaos.dsn, ids, final=False, metrics_url=daemon.metrics_url, metrics_exact=False)
     daemon.stop()
-    led = check_ledger(chaos.dsn, ids, metrics_url=None)
+    led = check_ledger(chaos.dsn, ids)
+    led.metrics = live.metrics
     assert led.instance_status == {"completed": n}, led.instance_status
     record_figures("1 worker kill storm", {"workflows": n, "steps": led.steps, "workers": PROFILE.storm_workers,
                                            "kills": kills, "seconds": round(elapsed, 1), **led.figures()})
@@ -73,7 +74,7 @@ def test_supervisor_kill_9(chaos) -> None:
     # The host dies: supervisor and workers at once, mid-step.
     victims = [second.pid, *children(second.pid)]
     second.kill_group()
-    assert not any(pid_alive(p) for p in victims)
+    wait_for(lambda: not any(pid_alive(p) for p in victims), timeout=10, what="the host's processes to die")
     with _conn(chaos.dsn) as conn:
         stranded = conn.execute("SELECT count(*) FROM orchwf_step_instances WHERE status = 'running'").fetchone()[0]
 
@@ -101,14 +102,18 @@ def test_poison_step_is_failed_and_the_fleet_survives(chaos) -> None:
     daemon = chaos.start("--workers", "2", "--concurrency", "4", "--lease-seconds", "5", metrics=True)
     daemon.wait_workers(2)
     poison = chaos.enqueue("poison", 3)
-    hog = chaos.enqueue("hog", 1, {"budget_mb": 256})
     good = chaos.enqueue("dag5", n, {"sleep": 0.005})
-    elapsed = wait_until_done(chaos.dsn, poison + hog + good, timeout=120, daemons=[daemon])
+    elapsed = wait_until_done(chaos.dsn, poison + good, timeout=120, daemons=[daemon])
+    # then the memory hog (apart: an abort would also end a hog attempt running in the same process)
+    hog = chaos.enqueue("hog", 1, {"budget_mb": 256})
+    good += chaos.enqueue("dag5", n // 2, {"sleep": 0.005})
+    elapsed += wait_until_done(chaos.dsn, hog + good, timeout=120, daemons=[daemon])
     assert daemon.alive()
-    led = check_ledger(chaos.dsn, poison + hog + good, final=False, metrics_url=daemon.metrics_url,
-                       metrics_exact=False)
+    live = check_ledger(chaos.dsn, poison + hog + good, final=False, metrics_url=daemon.metrics_url,
+                        metrics_exact=False)
     daemon.stop()
-    check_ledger(chaos.dsn, poison + hog + good)
+    led = check_ledger(chaos.dsn, poison + hog + good)
+    led.metrics = live.metrics
     inst = [chaos.client.get_workflow(i) for i in poison + hog]
     assert {i.status.value for i in inst} == {"failed"}
     for i in inst[:3]:
@@ -117,7 +122,8 @@ def test_poison_step_is_failed_and_the_fleet_survives(chaos) -> None:
         assert (step.attempts, step.status.value) == (3, "failed"), (step.attempts, step.error)
         assert "died while running the step (crash 3 of at most 3)" in (step.error or ""), step.error
     hog_step = inst[3].step("hog")
-    assert hog_step.status.value == "failed" and hog_step.attempts == 3, (hog_step.attempts, hog_step.error)
+    # three MemoryErrors: two retries, then failed; the worker process lives on
+    assert (hog_step.status.value, hog_step.retry_count, hog_step.attempts) == ("failed", 2, 3), hog_step
     assert "MemoryError" in (hog_step.error or ""), hog_step.error
     counts = {i.status.value for i in (chaos.client.get_workflow(g) for g in good)}
     assert counts == {"completed"}
@@ -126,9 +132,29 @@ def test_poison_step_is_failed_and_the_fleet_survives(chaos) -> None:
                                ).fetchone()[0]
     log = daemon.log_text()
     deaths = log.count("died with signal 6")
-    assert crashes == 9 and deaths == 9, (crashes, deaths)
+    # one abort crashes every poison step its worker held at that moment
+    assert crashes == 9 and 3 <= deaths <= 9, (crashes, deaths)
     record_figures("9 poison step", {"poison_instances": 3, "memory_hog_instances": 1, "other_workflows": n,
                                      "worker_aborts": deaths, "seconds": round(elapsed, 1), **led.figures()})
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "DESIGN GAP (supervisor/SQL rescue): a poison step kills the whole worker process, and every step claimed "
+    "with it is charged a crash too; steps that keep being claimed in the same batch as the poison reach their "
+    "crash budget, max(3, max_attempts), and fail although they never crashed anything (fix idea: claim a step "
+    "whose crashes > 0 only into an otherwise idle worker, so a poison step runs alone after its first crash)"))
+def test_poison_step_does_not_fail_its_bystanders(chaos) -> None:
+    """9b. One worker, ten slots: a poison step and nine ordinary one-step workflows are
+    claimed together. The poison step must fail after its crash budget; the nine must not."""
+    poison = chaos.enqueue("poison", 1)
+    bystanders = chaos.enqueue("plain", 9)
+    daemon = chaos.start("--workers", "1", "--concurrency", "10", "--lease-seconds", "5")
+    wait_until_done(chaos.dsn, poison + bystanders, timeout=60, daemons=[daemon])
+    daemon.stop()
+    check_ledger(chaos.dsn, poison + bystanders)
+    assert chaos.client.get_workflow(poison[0]).status.value == "failed"
+    statuses = [chaos.client.get_workflow(b).status.value for b in bystanders]
+    assert statuses == ["completed"] * 9, statuses
 
 
 def _conn(dsn: str):

@@ -164,3 +164,23 @@ async_flow = (
     .add_step(StepBuilder("hang", "Hang", async_hang).with_timeout(0.2).with_required(False).build())
     .build()
 )
+
+
+def exits(ctx, data):
+    log_execution(ctx)
+    raise SystemExit(3)
+
+
+def aborts(ctx, data):
+    log_execution(ctx)
+    os.abort()
+
+
+gated_once = WorkflowBuilder("gated_once", "Waits for a file, no retry policy").add_step(
+    StepBuilder("wait", "Wait", sleepy_until_file).build()).build()
+
+exiting = WorkflowBuilder("exiting", "A step raises SystemExit").add_step(
+    StepBuilder("exit", "Exit", exits).build()).build()
+
+poison = WorkflowBuilder("poison", "Kills its worker every time").add_step(
+    StepBuilder("abort", "Abort", aborts).with_retry_policy(fast_retry).build()).build()

@@ -283,3 +283,54 @@ def test_orchwf_worker_console_script_runs_the_same_daemon(client: Client, app_d
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     assert sys.executable  # keeps the import used
+
+
+def test_a_crash_does_not_fail_a_step_without_retry_policy(client: Client, start_daemon, app_db: str, tmp_path: Path) -> None:
+    start_daemon("--workers", "2")
+    gate = tmp_path / "gate"
+    iid = client.enqueue("gated_once", {"gate": str(gate)})  # max_attempts is 1
+    first = wait_for(lambda: executions(app_db, iid), what="first execution")
+    os.kill(first[0][3], signal.SIGKILL)
+    wait_for(lambda: len(executions(app_db, iid)) >= 2, what="re-execution")
+    gate.touch()
+    inst = client.wait(iid, timeout=60)
+    assert inst.status == WorkflowStatus.COMPLETED
+    step = inst.step("wait")
+    assert step.retry_count == 0 and step.attempts == 2
+
+
+def test_a_step_raising_system_exit_fails_instead_of_hanging(client: Client, start_daemon, app_db: str) -> None:
+    start_daemon("--workers", "1")
+    iid = client.enqueue("exiting", {})
+    inst = client.wait(iid, timeout=60)
+    assert inst.status == WorkflowStatus.FAILED
+    assert "SystemExit" in (inst.step("exit").error or "")
+    assert len(executions(app_db, iid)) == 1
+
+
+def test_poison_step_is_failed_after_its_crash_budget_and_others_flow(client: Client, start_daemon, app_db: str) -> None:
+    # One step per process: a step that kills its worker also costs a crash to every step
+    # running beside it in that process (documented in docs/operations.md).
+    start_daemon("--workers", "2", "--concurrency", "1")
+    bad = client.enqueue("poison", {})
+    good = client.enqueue_many("single", [{} for _ in range(20)])
+    inst = client.wait(bad, timeout=90)
+    assert inst.status == WorkflowStatus.FAILED
+    assert "died while running the step" in (inst.step("abort").error or "")
+    assert len(executions(app_db, bad)) == 3  # crash budget: max(3, max_attempts=3)
+    for iid in good:
+        assert client.wait(iid, timeout=60).status == WorkflowStatus.COMPLETED
+
+
+def test_sigquit_gives_claims_back_without_failing_them(client: Client, start_daemon, app_db: str, tmp_path: Path) -> None:
+    daemon = start_daemon("--workers", "1")
+    gate = tmp_path / "gate"
+    iid = client.enqueue("gated_once", {"gate": str(gate)})
+    wait_for(lambda: executions(app_db, iid), what="execution")
+    daemon.proc.send_signal(signal.SIGQUIT)
+    daemon.proc.wait(20)
+    inst = client.get_workflow(iid)
+    assert inst.step("wait").status.value == "pending"  # released, not failed
+    gate.touch()
+    start_daemon("--workers", "1")
+    assert client.wait(iid, timeout=60).status == WorkflowStatus.COMPLETED

@@ -51,3 +51,21 @@ failing = (
     .add_step(StepBuilder("after", "After", _work("after")).with_dependencies("boom").build())
     .build()
 )
+
+# Steps that take a while and survive a crash of their worker (3 attempts).
+_survive = RetryPolicyBuilder().with_max_attempts(3).with_initial_interval(0.05).build()
+slow = (
+    WorkflowBuilder("ops_slow", "Ops slow")
+    .add_step(StepBuilder("nap", "Nap", _work("nap")).with_retry_policy(_survive).build())
+    .add_step(StepBuilder("done", "Done", _work("done")).with_dependencies("nap").with_retry_policy(_survive).build())
+    .build()
+)
+
+# An optional step that fails: skipped, and the instance completes without it.
+optional = (
+    WorkflowBuilder("ops_optional", "Ops optional")
+    .add_step(StepBuilder("maybe", "Maybe", _boom).with_required(False)
+              .with_retry_policy(RetryPolicyBuilder().with_max_attempts(1).build()).build())
+    .add_step(StepBuilder("after", "After", _work("after")).with_dependencies("maybe").build())
+    .build()
+)

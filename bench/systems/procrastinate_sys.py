@@ -1,0 +1,149 @@
+"""procrastinate under benchmark: its async worker in WORKERS processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from ..common import WORKERS, Proc, fresh_database, spawn, wait_until
+from .base import System
+
+HOT_TABLES = ["procrastinate_jobs", "procrastinate_events", "procrastinate_workers"]
+
+
+class ProcrastinateSystem(System):
+    name = "procrastinate"
+
+    def __init__(self, concurrency: int = 10, workers: int = WORKERS) -> None:
+        super().__init__()
+        import procrastinate
+
+        self.concurrency = concurrency
+        self.workers = workers
+        self.settings = {
+            "version": getattr(procrastinate, "__version__", "?"),
+            "worker": f"{workers} processes x run_worker_async(concurrency={concurrency}), "
+                      f"PsycopgConnector pool max_size={concurrency + 2}",
+            "client": "task.defer_async / batch_defer_async (psycopg 3)",
+            "schema": "schema_manager.apply_schema_async(), delete_jobs=never (the default)",
+        }
+        self.hot_tables = HOT_TABLES
+        self.loop = asyncio.new_event_loop()
+        self.app: Any = None
+        self.dumps: list[Path] = []
+        self._opened: Any = None
+
+    def _run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    def setup(self, server_dsn: str, dbname: str) -> None:
+        from ..apps.procrastinate_worker import make_app
+
+        self.dsn = fresh_database(server_dsn, dbname)
+        self.app = make_app(self.dsn, 4)
+        self._opened = self.app.open_async()
+        self._run(self._opened.__aenter__())
+        self._run(self.app.schema_manager.apply_schema_async())
+        self.task = self.app.tasks["noop"]
+        self.conn = psycopg.connect(self.dsn, autocommit=True)
+
+    def close(self) -> None:
+        if self._opened is not None:
+            self._run(self._opened.__aexit__(None, None, None))
+            self._opened = None
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        self.loop.close()
+
+    def enqueue_batch(self, n: int, batch: int = 1000) -> float:
+        t0 = time.perf_counter()
+        left = n
+        while left > 0:
+            k = min(batch, left)
+            self._run(self.task.batch_defer_async(*[{"i": 0}] * k))
+            left -= k
+        return time.perf_counter() - t0
+
+    def load(self, n: int, batch: int = 1000) -> float:
+        async def body() -> None:
+            async with await psycopg.AsyncConnection.connect(self.dsn) as conn:
+                async with conn.transaction():
+                    deferrer = self.task.configure(connection=conn)
+                    for i in range(0, n, batch):
+                        await deferrer.batch_defer_async(*[{"i": 0}] * min(batch, n - i))
+                    await conn.execute("ANALYZE")
+
+        t0 = time.perf_counter()
+        self._run(body())
+        return time.perf_counter() - t0
+
+    def enqueue_one(self) -> tuple[Any, float]:
+        job_id = self._run(self.task.defer_async(i=0))
+        return int(job_id), time.time()
+
+    def enqueue_timed_batch(self, k: int) -> tuple[list[Any], float]:
+        ids = self._run(self.task.batch_defer_async(*[{"i": 0}] * k))
+        return [int(i) for i in ids], time.time()
+
+    def start_workers(self, logdir: Path) -> Proc:
+        procs = []
+        self.dumps = []
+        for i in range(self.workers):
+            dump = logdir / f"procrastinate-starts-{i}.json"
+            dump.unlink(missing_ok=True)
+            self.dumps.append(dump)
+            args = [sys.executable, "-m", "bench.apps.procrastinate_worker", "--dsn", self.dsn,
+                    "--concurrency", str(self.concurrency), "--dump", str(dump)]
+            procs.append(spawn(args, logdir / f"procrastinate-worker-{i}.log"))
+        proc = Proc("procrastinate", procs[0], logdir / "procrastinate-worker-0.log", extra=procs[1:])
+        wait_until(lambda: self._workers() >= self.workers or not proc.alive(), 60,
+                   what="procrastinate workers to register")
+        if not proc.alive():
+            raise RuntimeError(f"procrastinate worker exited: {proc.tail()}")
+        return proc
+
+    def _workers(self) -> int:
+        assert self.conn is not None
+        return self.conn.execute("SELECT count(*) FROM procrastinate_workers").fetchone()[0]  # type: ignore[index]
+
+    def process_roles(self, proc: Proc) -> dict[str, list[int]]:
+        return {"worker": [p.pid for p in proc.all]}
+
+    def remaining(self) -> int:
+        assert self.conn is not None
+        return self.conn.execute(  # type: ignore[index]
+            "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
+        ).fetchone()[0]
+
+    def failed(self) -> int:
+        assert self.conn is not None
+        return self.conn.execute(  # type: ignore[index]
+            "SELECT count(*) FROM procrastinate_jobs WHERE status NOT IN ('todo', 'doing', 'succeeded')"
+        ).fetchone()[0]
+
+    def _starts(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for d in self.dumps:
+            if d.exists():
+                out.update(json.loads(d.read_text()))
+        return out
+
+    def drain_window(self, proc: Proc | None = None) -> tuple[float, float]:
+        assert self.conn is not None
+        starts = self._starts()
+        row = self.conn.execute(
+            "SELECT extract(epoch FROM max(at)) FROM procrastinate_events WHERE type = 'succeeded'"
+        ).fetchone()
+        assert row is not None and starts
+        return min(starts.values()), float(row[0])
+
+    def start_times(self, ids: list[Any], proc: Proc | None = None) -> dict[str, float]:
+        starts = self._starts()
+        return {str(i): starts[str(i)] for i in ids if str(i) in starts}
