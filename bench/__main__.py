@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--soak-seconds", type=float, default=None, help="soak duration [600; smoke: 6]")
     p.add_argument("--soak-rate", type=float, default=None,
                    help="soak jobs/s [50%% of orchwf's measured drain rate]")
+    p.add_argument("--vacuum-naptime", type=float, default=None,
+                   help="soak on a server with autovacuum off: naptime of the harness's autovacuum "
+                        "emulation [the server's autovacuum_naptime]")
     p.add_argument("--drain-sizes", default=None, help="comma-separated N for drain [20000,100000]")
     p.add_argument("--orchwf-concurrency", type=int, default=50, help="orchwf worker --concurrency [50]")
     p.add_argument("--orchwf-sweep", default=None,
@@ -77,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = runner.run(dsn=a.dsn, scenarios=scenarios, systems=a.systems.split(","), sizes=sizes,
                              options=options, soak_rate=a.soak_rate, workdir=work,
-                             keep_databases=a.keep_databases, orchwf_sweep=sweep)
+                             keep_databases=a.keep_databases, orchwf_sweep=sweep,
+                             vacuum_naptime=a.vacuum_naptime)
     finally:
         if a.command == "all" or os.environ.get("ORCHWF_BENCH_KEEP_LOGS"):
             log(f"worker logs kept in {work / 'logs'}")

@@ -51,7 +51,7 @@ def server_info(server_dsn: str) -> dict[str, str]:
     with psycopg.connect(server_dsn, autocommit=True) as conn:
         info = {"version": conn.execute("SELECT version()").fetchone()[0]}  # type: ignore[index]
         for name in ("shared_buffers", "synchronous_commit", "fsync", "wal_level", "max_connections",
-                     "work_mem", "checkpoint_timeout", "max_wal_size", "autovacuum_naptime"):
+                     "work_mem", "checkpoint_timeout", "max_wal_size", "autovacuum", "autovacuum_naptime"):
             info[name] = conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()[0]  # type: ignore[index]
     return info
 

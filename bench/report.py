@@ -287,7 +287,9 @@ def results_markdown(results: dict[str, Any], images: dict[str, str], image_pref
                   f"(50% of the measured drain rate unless `--soak-rate` is given), {soak['enqueued']:,} in all. "
                   f"Throughput: first half {soak['first_half_per_s']:,.0f}/s, second half "
                   f"{soak['second_half_per_s']:,.0f}/s; intervals with a backlog over 30 s of work: "
-                  f"{soak['intervals_behind']}.", ""]
+                  f"{soak['intervals_behind']}. Autovacuum: {soak.get('autovacuum', '?')}"
+                  + (f" ({len(soak.get('vacuum_runs') or [])} VACUUM runs)" if soak.get("vacuum_runs") else "")
+                  + ".", ""]
         parts += ["| minute | p50 ms | p95 ms | p99 ms | samples |", "|---:|---:|---:|---:|---:|"]
         for mm in soak.get("minutes", []):
             parts.append(f"| {mm['minute'] + 1} | {mm['p50']:.1f} | {mm['p95']:.1f} | {mm['p99']:.1f} | {mm['n']:,} |")

@@ -47,6 +47,7 @@ def run(
     workdir: Path,
     keep_databases: bool = False,
     orchwf_sweep: tuple[int, ...] = (),
+    vacuum_naptime: float | None = None,
 ) -> dict[str, Any]:
     names, skipped = available_systems(systems)
     if "orchwf" not in names:
@@ -116,7 +117,8 @@ def run(
                 out[name] = with_system(name, scenario, lambda s: sc.dag(s, sizes, logdir))
             elif scenario == "soak":
                 rate = soak_rate or _half_peak(results)
-                out[name] = with_system(name, scenario, lambda s, r=rate: sc.soak(s, r, sizes, logdir))
+                out[name] = with_system(name, scenario,
+                                        lambda s, r=rate: sc.soak(s, r, sizes, logdir, vacuum_naptime))
         results[scenario] = out
     results["meta"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     results["meta"]["loadavg_end"] = _loadavg()

@@ -260,11 +260,15 @@ def _soak(system: System, rate: float, sizes: Sizes, logdir: Path) -> dict[str, 
         proc.stop()
     # Latency per minute of the run (by commit time of the sampled batches).
     per_minute: dict[int, list[float]] = {}
-    for ids, t_commit in sampled:
-        starts = system.start_times(ids, proc)
-        minute = int((t_commit - t0) // 60)
-        per_minute.setdefault(minute, []).extend((starts[str(k)] - t_commit) * 1000.0
-                                                 for k in ids if str(k) in starts)
+    if hasattr(system, "latencies"):
+        pairs = system.latencies(sampled)
+    else:
+        pairs = []
+        for ids, t_commit in sampled:
+            starts = system.start_times(ids, proc)
+            pairs.extend((t_commit, starts[str(k)]) for k in ids if str(k) in starts)
+    for t_commit, t_start in pairs:
+        per_minute.setdefault(int((t_commit - t0) // 60), []).append((t_start - t_commit) * 1000.0)
     minutes = [{"minute": m, **_summary(v)} for m, v in sorted(per_minute.items())]
     thr = [iv["completed_per_s"] for iv in intervals]
     half = max(1, len(thr) // 2)

@@ -159,6 +159,23 @@ class OrchwfSystem(System):
         ).fetchall()
         return {r[0]: r[1] for r in rows}
 
+    def latencies(self, samples: list[tuple[list[Any], float]]) -> list[tuple[float, float]]:
+        """(commit time, start time) of every instance in ``samples`` [(ids, commit time)]:
+        one join through a temporary table instead of a query per batch."""
+        assert self.conn is not None
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.execute("CREATE TEMP TABLE bench_samples (id uuid, t_commit float8) ON COMMIT DROP")
+            with cur.copy("COPY bench_samples (id, t_commit) FROM STDIN") as copy:
+                for ids, t_commit in samples:
+                    for i in ids:
+                        copy.write_row((str(i), t_commit))
+            cur.execute("ANALYZE bench_samples")
+            rows = cur.execute(
+                "SELECT x.t_commit, (s.output->>('t_' || s.step_id))::float8 FROM bench_samples x"
+                " JOIN orchwf_step_instances s ON s.workflow_inst_id = x.id WHERE s.status = 'completed'"
+            ).fetchall()
+        return [(float(a), float(b)) for a, b in rows]
+
     def dag_delays(self, ids: list[Any] | None = None) -> dict[str, Any]:
         """Per DAG instance (of ``ids``, else all): child start minus parent completed_at
         (the timestamp of the finish transaction that released it; for the join, of its

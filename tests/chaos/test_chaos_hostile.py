@@ -434,7 +434,7 @@ def test_edge_instance_priority_does_not_wedge_the_fleet(chaos) -> None:
     with connect(chaos.dsn) as conn:
         high = str(conn.execute("SELECT orchwf_enqueue('edge_compensation', '{}', '{}', 2147483647)").fetchone()[0])
         low = str(conn.execute("SELECT orchwf_enqueue('edge_compensation', '{}', '{}', -2147483648)").fetchone()[0])
-    _edge_run(chaos, [high, low], timeout=20)  # (when fixed, this takes a few seconds)
+    _edge_run(chaos, [high, low], timeout=12)  # (when fixed, this takes a few seconds)
 
 
 # --------------------------------------------------------------------------- CLI

@@ -119,8 +119,11 @@ def test_kill_9_of_a_worker_leaves_no_double_counting(daemon, ops_db: str) -> No
     completed = _steps(ops_db, "completed")
     events = query(ops_db, "SELECT count(*) FROM orchwf_workflow_events WHERE event_type = 'step.completed'")[0][0]
     assert completed == events == 32
-    # the dead worker's counts stay in the total; nothing is counted twice
-    assert total(samples, "orchwf_steps_completed_total") == completed
+    # The dead worker's counts stay in the total, and nothing is counted twice. A kill
+    # that lands between a batch's commit and its counter update loses that batch from
+    # the counter (at most one batch: the killed worker's slots), never adds to it.
+    counted = total(samples, "orchwf_steps_completed_total")
+    assert completed - CONCURRENCY <= counted <= completed
     rescued = query(ops_db, "SELECT count(*) FROM orchwf_workflow_events WHERE event_type = 'step.rescued'")[0][0]
     assert total(samples, "orchwf_steps_rescued_total", cause="worker_death") == rescued
     assert total(samples, "orchwf_worker_restarts_total") == 1
