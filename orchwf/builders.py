@@ -109,8 +109,8 @@ class StepBuilder:
     def with_priority(self, priority: int) -> StepBuilder:
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise ValidationError(f"priority must be an int, got {priority!r}")
-        if not -(2**31) <= priority < 2**31:
-            raise ValidationError(f"priority {priority} is out of range (32-bit)")
+        if abs(priority) > 2**29:  # summed with the instance's priority in int4
+            raise ValidationError(f"priority {priority} is out of range (±{2**29})")
         self._fields["priority"] = priority
         return self
 

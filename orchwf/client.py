@@ -25,7 +25,7 @@ from .stores.base import is_uuid
 from .types import JSONDict, WorkflowDefinition, WorkflowEvent, WorkflowInstance
 
 MAX_KEY_LENGTH = 255
-INT32 = 2**31
+MAX_PRIORITY = 2**29  # priorities are summed in int4 (instance + step + compensation boost)
 
 
 def definition_document(definition: WorkflowDefinition) -> JSONDict:
@@ -70,8 +70,8 @@ def _check_options(
     if priority is not None:
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise ValidationError(f"priority must be an int, got {priority!r}")
-        if not -INT32 // 2 <= priority < INT32 // 2:
-            raise ValidationError(f"priority {priority} is out of range (±{INT32 // 2})")
+        if abs(priority) > MAX_PRIORITY:
+            raise ValidationError(f"priority {priority} is out of range (±{MAX_PRIORITY})")
     if queue is not None:
         if (not isinstance(queue, str) or not 1 <= len(queue) <= MAX_KEY_LENGTH or "\x00" in queue
                 or not _encodable(queue)):

@@ -168,8 +168,11 @@ CREATE TABLE orchwf_ready_steps (
     autovacuum_vacuum_cost_delay = 0
 );
 
--- The claim: per queue, highest priority first, then oldest.
-CREATE INDEX orchwf_rs_claim_idx ON orchwf_ready_steps (queue, priority DESC, ready_at, step_inst_id);
+-- The claim: per queue, highest priority first, then oldest. Among steps that became
+-- ready together (a fan-out released by one finish), one instance's steps come out
+-- together: they are then finished together too, with one update of their instance
+-- and of their join step instead of one per step.
+CREATE INDEX orchwf_rs_claim_idx ON orchwf_ready_steps (queue, priority DESC, ready_at, workflow_inst_id, step_inst_id);
 
 -- The claimed (running) steps of the daemon: a row is inserted by the claim and deleted
 -- by the finish, in the same transactions that change the step's status. The lease

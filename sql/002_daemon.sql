@@ -63,6 +63,17 @@ BEGIN
     IF length(v_queue) NOT BETWEEN 1 AND 255 THEN
         RAISE EXCEPTION 'queue name must be 1 to 255 characters' USING ERRCODE = 'OW400';
     END IF;
+    -- Priorities are summed (instance + step, + 1000 for a compensation) in int4: keep
+    -- each term well inside it.
+    IF abs(v_priority) > 536870912 THEN
+        RAISE EXCEPTION 'priority % is out of range (at most 536870912 either way)', v_priority USING ERRCODE = 'OW400';
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(p_idempotency_keys) AS k(v) WHERE length(k.v) NOT BETWEEN 1 AND 255)
+       OR length(v_meta->>'trace_id') > 255 OR length(v_meta->>'correlation_id') > 255
+       OR length(v_meta->>'business_id') > 255 THEN
+        RAISE EXCEPTION 'idempotency keys and trace, correlation and business IDs must be 1 to 255 characters'
+            USING ERRCODE = 'OW400';
+    END IF;
     v_keys := coalesce(p_idempotency_keys, array_fill(NULL::text, ARRAY[v_n]));
     IF cardinality(v_keys) <> v_n THEN
         RAISE EXCEPTION 'got % idempotency keys for % inputs', cardinality(v_keys), v_n USING ERRCODE = 'OW400';
@@ -194,13 +205,13 @@ BEGIN
         SELECT x.step_inst_id, x.workflow_id
         FROM unnest(p_queues) AS q(name)
         CROSS JOIN LATERAL (
-            SELECT r.step_inst_id, r.workflow_id, r.priority, r.ready_at
+            SELECT r.step_inst_id, r.workflow_id, r.priority, r.ready_at, r.workflow_inst_id
             FROM orchwf_ready_steps r
             WHERE r.queue = q.name AND r.workflow_id = ANY (p_workflows) AND r.ready_at <= now()
-            ORDER BY r.priority DESC, r.ready_at, r.step_inst_id
+            ORDER BY r.priority DESC, r.ready_at, r.workflow_inst_id, r.step_inst_id
             LIMIT p_limit
             FOR UPDATE SKIP LOCKED) x
-        ORDER BY x.priority DESC, x.ready_at, x.step_inst_id
+        ORDER BY x.priority DESC, x.ready_at, x.workflow_inst_id, x.step_inst_id
         LIMIT p_limit),
     gone AS (
         DELETE FROM orchwf_ready_steps r USING picked p

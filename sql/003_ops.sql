@@ -83,7 +83,7 @@ DECLARE
     v_others      text;
 BEGIN
     SELECT status, run_mode INTO v_status, v_mode
-    FROM orchwf_workflow_instances WHERE id = p_inst FOR UPDATE;
+    FROM orchwf_workflow_instances WHERE id = p_inst FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'workflow not found: %', p_inst USING ERRCODE = 'OW404';
     END IF;

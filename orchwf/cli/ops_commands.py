@@ -391,10 +391,14 @@ def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) 
                 text = f.read()
         except OSError as exc:
             raise click.BadParameter(f"cannot read {value[1:]}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise click.BadParameter(f"cannot read {value[1:]}: not UTF-8 text") from None
     try:
         doc = json.loads(text)
     except ValueError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise click.BadParameter("not valid JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise click.BadParameter(f"must be a JSON object, got {type(doc).__name__}")
     return doc

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql as psycopg_sql
 
 from ..errors import OrchwfError
 from .dsn import redact
@@ -580,7 +581,7 @@ def _ensure_database(server: EmbeddedServer, dbname: str) -> None:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
                                   (dbname,)).fetchone()
             if not exists:
-                conn.execute(f'CREATE DATABASE "{dbname}"')
+                conn.execute(psycopg_sql.SQL("CREATE DATABASE {}").format(psycopg_sql.Identifier(dbname)))
     except psycopg.errors.DuplicateDatabase:
         pass
     except psycopg.Error as exc:

@@ -173,12 +173,12 @@ poison = WorkflowBuilder("poison", "A step that aborts its worker every time").a
 hog = WorkflowBuilder("hog", "A step that exhausts its memory every time").add_step(
     StepBuilder("hog", "Hog", poison_memory).with_retry_policy(three).build()).build()
 
-# Priorities at the edge of int4: a dependent whose own priority plus the instance's
-# overflows when it is released, and a compensation whose +1000 boost overflows.
+# Priorities at the edge of their range (2**29 each way, so that instance + step +
+# the compensation boost stay inside int4).
 edge_priority = (
     WorkflowBuilder("edge_priority", "A dependent step with the largest priority")
     .add_step(StepBuilder("first", "First", work).build())
-    .add_step(StepBuilder("top", "Top", work).with_dependencies("first").with_priority(2**31 - 1).build())
+    .add_step(StepBuilder("top", "Top", work).with_dependencies("first").with_priority(2**29).build())
     .build()
 )
 edge_compensation = (

@@ -376,10 +376,6 @@ def test_sql_enqueue_function_explicit_cases(chaos_db: str) -> None:
     assert _counts(chaos_db) == before
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG sql/002_daemon.sql orchwf_enqueue_many: idempotency keys and metadata trace/correlation/business IDs are "
-    "not length-checked, so a long one fails the INSERT with a raw 'index row size exceeds' error (54000) "
-    "instead of OW400 (the Python API checks them since issue 7)"))
 def test_sql_enqueue_refuses_oversized_keys_clearly(chaos_db: str) -> None:
     with psycopg.connect(chaos_db, autocommit=True) as conn:
         for query in ("SELECT orchwf_enqueue('dag5', '{}', '{}', NULL, (SELECT string_agg(md5(g::text), '')"
@@ -394,7 +390,7 @@ def test_sql_enqueue_refuses_oversized_keys_clearly(chaos_db: str) -> None:
 # --------------------------------------------------------------------------- priorities at the edge
 
 
-def _edge_run(chaos, edge: list[str], timeout: float = 45) -> None:
+def _edge_run(chaos, edge: list[str], timeout: float = 45, expected: str = "completed") -> None:
     """Run ``edge`` instances beside ordinary ones; the ordinary ones must not notice."""
     others = chaos.enqueue("dag5", 30, {"sleep": 0.002})
     daemon = chaos.start("--workers", "2", "--concurrency", "8", "--lease-seconds", "3")
@@ -412,7 +408,7 @@ def _edge_run(chaos, edge: list[str], timeout: float = 45) -> None:
                             (edge,)).fetchall()
     assert hurt == 0, f"{hurt} steps of ordinary workflows were hurt by a neighbour's result"
     for status, error in ends:  # a saturated priority completes; else a clear failure
-        assert status == "completed" or "out of range" in (error or ""), (status, error)
+        assert status == expected or "out of range" in (error or ""), (status, error)
 
 
 @pytest.mark.slow
@@ -425,16 +421,24 @@ def test_edge_step_priority_does_not_wedge_the_fleet(chaos) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG sql/002_daemon.sql: orchwf_enqueue_many accepts any int4 priority (the Python API allows +-2**30), and "
-    "priorities are summed in int4 (instance + step; + 1000 in orchwf_end_instance for a compensation): an instance "
-    "of priority 2147483647 whose step fails overflows in orchwf_end_instance, the step's failure cannot be "
-    "recorded by its worker or by orchwf_rescue_steps, and the rescue round of the whole database fails with it"))
 def test_edge_instance_priority_does_not_wedge_the_fleet(chaos) -> None:
+    """Priorities are summed in int4 (instance + step, + 1000 for a compensation): the SQL
+    API refuses instance priorities beyond 2**29 with a clear error, and the extremes it
+    accepts run and compensate without overflowing."""
     with connect(chaos.dsn) as conn:
-        high = str(conn.execute("SELECT orchwf_enqueue('edge_compensation', '{}', '{}', 2147483647)").fetchone()[0])
-        low = str(conn.execute("SELECT orchwf_enqueue('edge_compensation', '{}', '{}', -2147483648)").fetchone()[0])
-    _edge_run(chaos, [high, low], timeout=12)  # (when fixed, this takes a few seconds)
+        for bad in (2147483647, -2147483648, 2**29 + 1):
+            with pytest.raises(psycopg.Error, match="out of range"):
+                conn.execute("SELECT orchwf_enqueue('edge_compensation', '{}', '{}', %s)", (bad,))
+            conn.rollback()
+        high = str(conn.execute("SELECT orchwf_enqueue('edge_compensation', '{}', '{}', %s)", (2**29,)).fetchone()[0])
+        low = str(conn.execute("SELECT orchwf_enqueue('edge_compensation', '{}', '{}', %s)", (-(2**29),)).fetchone()[0])
+        conn.commit()
+    _edge_run(chaos, [high, low], timeout=30, expected="failed")  # it fails on purpose, then compensates
+    with connect(chaos.dsn) as conn:
+        compensated = conn.execute(
+            "SELECT count(*) FROM orchwf_workflow_events WHERE event_type = 'step.compensated'"
+            " AND workflow_inst_id = ANY(%s::uuid[])", ([high, low],)).fetchone()[0]
+    assert compensated == 2
 
 
 # --------------------------------------------------------------------------- CLI
@@ -532,10 +536,6 @@ def test_cli_enqueue_hostile(chaos_db: str, tmp_path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG orchwf/cli/ops_commands.py _json_object: json.loads of deeply nested JSON raises RecursionError and a "
-    "file that is not UTF-8 raises UnicodeDecodeError; neither is caught, so `orchwf enqueue --input` prints a "
-    "traceback (catch RecursionError with ValueError, and UnicodeDecodeError with OSError)"))
 def test_cli_enqueue_deep_or_undecodable_input(chaos_db: str, tmp_path) -> None:
     if "enqueue" not in _operator_commands():
         pytest.skip("`orchwf enqueue` does not exist yet")

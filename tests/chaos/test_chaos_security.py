@@ -115,10 +115,7 @@ def test_scanner_self_test(tmp_path: Path) -> None:
 
 # Known findings, each a bug to fix (strict: the test fails once it is fixed, so the list
 # shrinks): file -> reason.
-KNOWN = {
-    "orchwf/db/embedded.py": "BUG orchwf/db/embedded.py _ensure_database: CREATE DATABASE built with an f-string "
-                             "(the name is the constant DEFAULT_DATABASE today, but should be sql.Identifier)",
-}
+KNOWN: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("path", _scan_files(), ids=lambda p: str(p.relative_to(ROOT)))
