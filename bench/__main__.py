@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,12 @@ from . import scenarios as sc
 from .common import DEFAULT_DSN, ROOT, log
 
 
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds: workers are stopped and databases dropped
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _stop)
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=["all", "smoke", "run"])
@@ -37,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--soak-seconds", type=float, default=None, help="soak duration [600; smoke: 6]")
     p.add_argument("--soak-rate", type=float, default=None,
                    help="soak jobs/s [50%% of orchwf's measured drain rate]")
+    p.add_argument("--repeat", type=int, default=None,
+                   help="drain rounds, systems interleaved; the median is reported [all: 3; else 1]")
     p.add_argument("--vacuum-naptime", type=float, default=None,
                    help="soak on a server with autovacuum off: naptime of the harness's autovacuum "
                         "emulation [the server's autovacuum_naptime]")
@@ -81,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         results = runner.run(dsn=a.dsn, scenarios=scenarios, systems=a.systems.split(","), sizes=sizes,
                              options=options, soak_rate=a.soak_rate, workdir=work,
                              keep_databases=a.keep_databases, orchwf_sweep=sweep,
-                             vacuum_naptime=a.vacuum_naptime)
+                             vacuum_naptime=a.vacuum_naptime,
+                             repeat=a.repeat or (3 if a.command == "all" else 1))
     finally:
         if a.command == "all" or os.environ.get("ORCHWF_BENCH_KEEP_LOGS"):
             log(f"worker logs kept in {work / 'logs'}")

@@ -44,7 +44,7 @@ def rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any], str]]:
     out: list[tuple[str, dict[str, Any], str]] = []
     systems = ["orchwf", *[p for p in PEERS if p in results.get("settings", {})]]
     for n in results["meta"]["sizes"]["drain"]:
-        out.append((f"drain {int(n):,} no-op jobs, jobs/s (2 worker processes)",
+        out.append((f"drain {int(n):,} no-op jobs, jobs/s (2 worker processes; median of rounds)",
                     {s: _get(results, "drain", s, str(n), "per_s") for s in systems}, "higher"))
     out.append(("enqueue one at a time, jobs/s (1 client, 1 transaction each)",
                 {s: _get(results, "enqueue", s, "single_per_s") for s in systems}, "higher"))
@@ -249,8 +249,14 @@ def results_markdown(results: dict[str, Any], images: dict[str, str], image_pref
     for name, why in (m.get("skipped") or {}).items():
         parts.append(f"| {name} | skipped: {why} |")
     parts += ["", "### Results", "",
-              "Ratios are orchwf / peer from this same run (↑: higher is better, ↓: lower is better).", "",
-              table(results), ""]
+              "Ratios are orchwf / peer from this same run (↑: higher is better, ↓: lower is better). "
+              "Drains ran in rounds with the systems interleaved (a system whose drain took over a minute "
+              "ran once); every round's rate:", ""]
+    for name, sizes_ in (results.get("drain") or {}).items():
+        for n, r in (sizes_ or {}).items():
+            if r and r.get("all_per_s"):
+                parts.append(f"- {name}, {int(n):,}: " + ", ".join(f"{x:,.0f}" for x in r["all_per_s"]) + " jobs/s")
+    parts += ["", table(results), ""]
     if "throughput" in images:
         parts += [f"![throughput over time]({image_prefix}{images['throughput']})", ""]
     if "latency" in images:

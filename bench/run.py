@@ -48,6 +48,7 @@ def run(
     keep_databases: bool = False,
     orchwf_sweep: tuple[int, ...] = (),
     vacuum_naptime: float | None = None,
+    repeat: int = 1,
 ) -> dict[str, Any]:
     names, skipped = available_systems(systems)
     if "orchwf" not in names:
@@ -89,28 +90,17 @@ def run(
     for scenario in scenarios:
         targets = ["orchwf"] if scenario in ORCHWF_ONLY else names
         out: dict[str, Any] = {}
+        if scenario == "drain":
+            out = _drains(targets, sizes, repeat, logdir, with_system)
+            if "orchwf" in targets and orchwf_sweep:
+                results["orchwf_concurrency_sweep"] = _sweep(orchwf_sweep, sizes, options, logdir, with_system,
+                                                             results)
+            results[scenario] = out
+            continue
         for name in targets:
             log(f"--- {scenario}: {name}")
             if scenario == "enqueue":
                 out[name] = with_system(name, scenario, lambda s: sc.enqueue(s, sizes))
-            elif scenario == "drain":
-                out[name] = {}
-                for n in sizes.drain:
-                    out[name][str(n)] = with_system(name, f"drain{n}", lambda s, n=n: sc.drain(s, n, sizes, logdir))
-                if name == "orchwf" and orchwf_sweep:
-                    sweep: dict[str, Any] = {}
-                    for conc in orchwf_sweep:
-                        base = dict(options.get("orchwf", {}))
-                        options["orchwf"] = {**base, "concurrency": conc}
-                        try:
-                            for n in sizes.drain:
-                                r = with_system(name, f"drain{n}c{conc}", lambda s, n=n: sc.drain(s, n, sizes, logdir))
-                                sweep[f"{conc}/{n}"] = None if r is None else {
-                                    k: r[k] for k in ("n", "per_s", "cpu_us_per_job", "seconds")}
-                        finally:
-                            options["orchwf"] = base
-                            results["settings"]["orchwf"] = make("orchwf", **base).settings
-                    results["orchwf_concurrency_sweep"] = sweep
             elif scenario == "latency":
                 out[name] = with_system(name, scenario, lambda s: sc.latency(s, sizes, logdir))
             elif scenario == "dag":
@@ -123,6 +113,54 @@ def run(
     results["meta"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     results["meta"]["loadavg_end"] = _loadavg()
     return results
+
+
+SLOW_RUN_SECONDS = 60.0  # a system whose drain took longer is not repeated at that size
+
+
+def _drains(targets: list[str], sizes: sc.Sizes, repeat: int, logdir: Path,
+            with_system: Callable[..., Any]) -> dict[str, Any]:
+    """Every drain size, ``repeat`` rounds, the systems interleaved within a round, so
+    that a change of load on a shared machine hits every system alike. The reported
+    run of a system is its median by rate; all rates are kept."""
+    out: dict[str, Any] = {name: {} for name in targets}
+    for n in sizes.drain:
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+        for rnd in range(repeat):
+            for name in targets:
+                if rnd > 0 and (not runs[name] or runs[name][0]["seconds"] > SLOW_RUN_SECONDS):
+                    continue
+                log(f"--- drain {n:,}: {name} (round {rnd + 1} of {repeat})")
+                r = with_system(name, f"drain{n}", lambda s, n=n: sc.drain(s, n, sizes, logdir))
+                if r is not None:
+                    runs[name].append(r)
+        for name in targets:
+            ok = sorted(runs[name], key=lambda r: r["per_s"])
+            if ok:
+                median = dict(ok[len(ok) // 2])
+                median["all_per_s"] = [r["per_s"] for r in runs[name]]
+                out[name][str(n)] = median
+            else:
+                out[name][str(n)] = None
+    return out
+
+
+def _sweep(concurrencies: tuple[int, ...], sizes: sc.Sizes, options: dict[str, dict[str, Any]], logdir: Path,
+           with_system: Callable[..., Any], results: dict[str, Any]) -> dict[str, Any]:
+    sweep: dict[str, Any] = {}
+    base = dict(options.get("orchwf", {}))
+    for conc in concurrencies:
+        options["orchwf"] = {**base, "concurrency": conc}
+        try:
+            for n in sizes.drain:
+                log(f"--- drain {n:,}: orchwf --concurrency {conc}")
+                r = with_system("orchwf", f"drain{n}c{conc}", lambda s, n=n: sc.drain(s, n, sizes, logdir))
+                sweep[f"{conc}/{n}"] = None if r is None else {
+                    k: r[k] for k in ("n", "per_s", "cpu_us_per_job", "seconds")}
+        finally:
+            options["orchwf"] = base
+            results["settings"]["orchwf"] = make("orchwf", **base).settings
+    return sweep
 
 
 def _half_peak(results: dict[str, Any]) -> float:

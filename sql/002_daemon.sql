@@ -245,13 +245,14 @@ BEGIN
                     ELSE jsonb_build_object('attempt', c.attempts) END
         FROM claimed c
         RETURNING 1)
+    -- Empty documents come back as NULL (the worker reads NULL as empty): nothing to
+    -- decode for the metadata, inputs and predecessors a step often does not have.
     SELECT c.id, c.workflow_inst_id, c.workflow_id, c.step_id, c.lease_token, c.attempts,
-           c.retry_count, i.input, i.metadata, i.trace_id,
-           (SELECT coalesce(jsonb_agg(jsonb_build_array(p.step_id, p.output)
-                                      ORDER BY p.completed_at, p.execution_order), '[]'::jsonb)
+           c.retry_count, nullif(i.input, '{}'::jsonb), nullif(i.metadata, '{}'::jsonb), i.trace_id,
+           (SELECT jsonb_agg(jsonb_build_array(p.step_id, p.output) ORDER BY p.completed_at, p.execution_order)
             FROM orchwf_step_instances p
             WHERE p.workflow_inst_id = c.workflow_inst_id AND p.status = 'completed'),
-           c.input
+           nullif(c.input, '{}'::jsonb)
     FROM claimed c
     JOIN orchwf_workflow_instances i ON i.id = c.workflow_inst_id;
 END;
