@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -384,7 +385,7 @@ def _json_object(ctx: click.Context, param: click.Parameter, value: str | None) 
         return None
     text = value
     if value == "-":
-        text = click.get_text_stream("stdin").read()
+        text = sys.stdin.read()
     elif value.startswith("@"):
         try:
             with open(value[1:], encoding="utf-8") as f:

@@ -264,12 +264,15 @@ class Worker:
             self._update_title()
             self._wait()
 
-    def _claim_budget(self, now: float, busy: int, free: int) -> int:
+    def _claim_budget(self, now: float, busy: int, free: int, finishing: bool = False) -> int:
         """How many steps to claim now (0: not now). Claims go in batches: wait for a
-        quarter of the slots to free up while others run, unless nothing else runs."""
+        quarter of the slots to free up while others run, unless nothing else runs.
+        A finish (``finishing``) may release dependents, so it claims whether or not the
+        last claim found more work: in its own transaction that costs one more statement,
+        after it a transaction and a round trip, and a released step would wait for both."""
         if self.draining or self.tainted or self.quitting or free <= 0:
             return 0
-        if not (self.more_work or now >= self.next_poll):
+        if not (finishing or self.more_work or now >= self.next_poll):
             return 0
         if free >= max(1, self.config.concurrency // 4) or busy <= 0:
             return free
@@ -453,7 +456,7 @@ class Worker:
         free = 0
         if now is not None:
             busy = len(self.inflight) - len(pending)
-            free = self._claim_budget(now, busy=busy, free=self.config.concurrency - busy)
+            free = self._claim_budget(now, busy=busy, free=self.config.concurrency - busy, finishing=True)
         t0 = time.monotonic()
         claimed: list[Any] | None = None
         try:

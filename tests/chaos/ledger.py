@@ -30,7 +30,8 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from harness import TERMINAL, connect, pid_alive, scrape
+from harness import TERMINAL, connect, scrape
+from proctools import pid_alive
 
 STEP_TERMINAL = ("completed", "failed", "skipped", "cancelled")
 

@@ -8,7 +8,8 @@ import signal
 import time
 
 import pytest
-from harness import PROFILE, children, pid_alive, record_figures, wait_for, wait_until_done
+from harness import PROFILE, record_figures, wait_for, wait_until_done
+from proctools import children, pid_alive
 from ledger import check_ledger
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(PROFILE.timeout)]

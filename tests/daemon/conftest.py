@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from proctools import children
 
 import orchwf
 from orchwf import Client
@@ -64,7 +65,7 @@ class Daemon:
         """PIDs of the live worker processes (children of the supervisor)."""
         deadline = time.monotonic() + timeout
         while True:
-            pids = _children(self.proc.pid)
+            pids = children(self.proc.pid)
             if (expected is None and pids) or (expected is not None and len(pids) == expected):
                 return pids
             if time.monotonic() > deadline:
@@ -85,21 +86,6 @@ class Daemon:
         """What the daemon logged so far (printed by pytest when a test fails)."""
         with open(self.log_file.name, errors="replace") as f:
             return f.read()
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.append(int(entry))
-    return sorted(out)
 
 
 @pytest.fixture

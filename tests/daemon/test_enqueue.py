@@ -163,3 +163,20 @@ def test_register_workflow_is_idempotent_and_tracks_versions(client: Client, app
 def test_module_level_enqueue_is_exported() -> None:
     assert orchwf.enqueue is enqueue
     assert callable(enqueue_many)
+
+
+def test_generated_ids_are_unique_time_ordered_uuid7(app_db: str) -> None:
+    with psycopg.connect(app_db) as conn:
+        before = datetime.now(timezone.utc)
+        ids = [r[0] for r in conn.execute("SELECT orchwf_uuid7() FROM generate_series(1, 20000)").fetchall()]
+        after = datetime.now(timezone.utc)
+    assert len(set(ids)) == len(ids)
+    for u in ids[:: 997]:
+        assert u.version == 7 and u.variant == "specified in RFC 4122"
+        ms = u.int >> 80
+        assert before.timestamp() * 1000 - 5 <= ms <= after.timestamp() * 1000 + 5
+    # the random bits are not stuck: every one of the 74 takes both values
+    rand = [u.int & ((1 << 62) - 1) | (((u.int >> 64) & 0xFFF) << 62) for u in ids]
+    assert all(any(r >> b & 1 for r in rand) and not all(r >> b & 1 for r in rand) for b in range(74))
+    # time-ordered: sorted by generation time, up to the milliseconds they share
+    assert [u.int >> 80 for u in ids] == sorted(u.int >> 80 for u in ids)

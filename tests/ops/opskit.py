@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
+from proctools import children
 
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
@@ -134,21 +135,6 @@ def parse(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 
 def total(samples: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
     return sum(v for lab, v in samples.get(name, []) if all(lab.get(k) == x for k, x in labels.items()))
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.append(int(entry))
-    return sorted(out)
 
 
 def promtool() -> str | None:
