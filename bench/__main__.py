@@ -6,6 +6,7 @@
           installed are skipped; writes to a temporary directory unless --out is given
   run     chosen scenarios (--scenarios drain,latency ...), full size unless --small;
           writes its results next to --out (default: a temporary directory)
+  sqlcost instructions per step of the SQL hot path, under callgrind (see bench/sqlcost.py)
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ def _stop(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["sqlcost"]:
+        from . import sqlcost
+
+        return sqlcost.main(args[1:])
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", choices=["all", "smoke", "run"])
@@ -58,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--procrastinate-concurrency", type=int, default=10, help="procrastinate concurrency [10]")
     p.add_argument("--out", default=None, help="where to write the report (a directory)")
     p.add_argument("--keep-databases", action="store_true")
-    a = p.parse_args(argv)
+    a = p.parse_args(args)
 
     sizes = sc.SMOKE if a.command == "smoke" or a.small else sc.Sizes()
     if a.soak_seconds is not None:

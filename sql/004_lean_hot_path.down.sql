@@ -1,5 +1,12 @@
 -- orchwf 004 down: the definitions of 001 and 002 again.
 
+DROP FUNCTION orchwf_maintain(text, boolean, text[], text[]);
+DROP FUNCTION orchwf_finish_and_claim(uuid[], bigint[], text[], jsonb[], text[], bigint[], double precision[],
+                                      jsonb[], text, text[], text[], integer, double precision, boolean);
+DROP FUNCTION orchwf_claim_steps(text, text[], text[], integer, double precision, boolean);
+DROP INDEX orchwf_rs_suspect_idx;
+ALTER TABLE orchwf_ready_steps DROP COLUMN suspect;
+
 ALTER INDEX orchwf_wi_created_idx RESET (deduplicate_items);
 ALTER INDEX orchwf_wi_trace_idx RESET (deduplicate_items);
 ALTER INDEX orchwf_wi_correlation_idx RESET (deduplicate_items);
@@ -17,7 +24,7 @@ AS $$
         'hex')::uuid
 $$;
 
-CREATE OR REPLACE FUNCTION orchwf_claim_steps(
+CREATE FUNCTION orchwf_claim_steps(
     p_worker        text,
     p_queues        text[],
     p_workflows     text[],
@@ -338,5 +345,110 @@ BEGIN
 
     RETURN QUERY
     SELECT x.id, x.id = ANY (v_accepted) FROM unnest(p_ids) AS x(id);
+END;
+$$;
+
+CREATE FUNCTION orchwf_finish_and_claim(
+    p_ids           uuid[],
+    p_tokens        bigint[],
+    p_outcomes      text[],
+    p_outputs       jsonb[],
+    p_errors        text[],
+    p_durations     bigint[],
+    p_delays        double precision[],
+    p_inputs        jsonb[],
+    p_worker        text,
+    p_queues        text[],
+    p_workflows     text[],
+    p_limit         integer,
+    p_lease_seconds double precision
+) RETURNS TABLE (
+    step_inst_id     uuid,
+    accepted         boolean,
+    workflow_inst_id uuid,
+    workflow_id      text,
+    step_id          text,
+    lease_token      bigint,
+    attempt          integer,
+    retry_count      integer,
+    workflow_input   jsonb,
+    metadata         jsonb,
+    trace_id         text,
+    completed        jsonb,
+    step_input       jsonb
+)
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    RETURN QUERY
+    SELECT f.step_inst_id, f.accepted, NULL::uuid, NULL::text, NULL::text, NULL::bigint, NULL::integer,
+           NULL::integer, NULL::jsonb, NULL::jsonb, NULL::text, NULL::jsonb, NULL::jsonb
+    FROM orchwf_finish_steps(p_ids, p_tokens, p_outcomes, p_outputs, p_errors, p_durations, p_delays, p_inputs) f;
+    IF p_limit > 0 THEN
+        RETURN QUERY
+        SELECT c.step_inst_id, NULL::boolean, c.workflow_inst_id, c.workflow_id, c.step_id, c.lease_token,
+               c.attempt, c.retry_count, c.workflow_input, c.metadata, c.trace_id, c.completed, c.step_input
+        FROM orchwf_claim_steps(p_worker, p_queues, p_workflows, p_limit, p_lease_seconds) c;
+    END IF;
+END;
+$$;
+
+CREATE OR REPLACE FUNCTION orchwf_promote_scheduled(p_limit integer DEFAULT 1000)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_insts uuid[];
+    v_n integer;
+BEGIN
+    -- Due steps without locks, then their live instances in lock order (skipping any
+    -- that a finish or cancel holds: they are promoted on the next round).
+    SELECT array_agg(i.id ORDER BY i.id) INTO v_insts
+    FROM (SELECT i.id FROM orchwf_workflow_instances i
+          WHERE i.id IN (SELECT s.workflow_inst_id FROM orchwf_step_instances s
+                         WHERE s.run_after IS NOT NULL AND s.run_after <= now()
+                         ORDER BY s.run_after LIMIT p_limit)
+            AND i.status IN ('pending', 'running')
+          ORDER BY i.id
+          FOR NO KEY UPDATE SKIP LOCKED) i;
+    IF v_insts IS NULL THEN
+        RETURN 0;
+    END IF;
+    WITH promoted AS (
+        UPDATE orchwf_step_instances s SET run_after = NULL, updated_at = now()
+        WHERE s.workflow_inst_id = ANY (v_insts) AND s.run_after IS NOT NULL AND s.run_after <= now()
+          AND s.status IN ('pending', 'retrying')
+        RETURNING s.id, s.workflow_inst_id, s.priority),
+    ins AS (
+        INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
+        SELECT p.id, i.id, i.workflow_id, i.queue, p.priority + i.priority
+        FROM promoted p JOIN orchwf_workflow_instances i ON i.id = p.workflow_inst_id
+        ON CONFLICT DO NOTHING
+        RETURNING queue)
+    SELECT count(*) INTO v_n FROM ins;
+    IF v_n > 0 THEN
+        PERFORM pg_notify('orchwf_ready', 'scheduled');
+    END IF;
+    RETURN v_n;
+END;
+$$;
+
+CREATE FUNCTION orchwf_maintain(p_supervisor text, p_rescue boolean DEFAULT true)
+RETURNS TABLE (promoted integer, rescued integer, next_due double precision)
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    UPDATE orchwf_workers SET heartbeat_at = now() WHERE supervisor_id = p_supervisor;
+    rescued := 0;
+    IF p_rescue THEN
+        SELECT count(*) INTO rescued FROM orchwf_rescue_steps();
+    END IF;
+    promoted := orchwf_promote_scheduled();
+    SELECT extract(epoch FROM min(s.run_after) - now()) INTO next_due
+    FROM orchwf_step_instances s WHERE s.run_after IS NOT NULL;
+    RETURN NEXT;
 END;
 $$;

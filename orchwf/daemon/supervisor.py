@@ -4,6 +4,9 @@ It loads the app, forks the workers before opening any database connection, then
   - queues signals and handles them in the main loop;
   - reaps dead workers, gives their claims back at once (fenced by lease token) and
     forks replacements, backing off when they die at once;
+  - runs a quarantine worker while suspects wait: the steps a dead worker was running
+    come back as suspects, which only that worker claims, one at a time, so a step that
+    kills its process cannot take other steps down with it again;
   - kills workers whose heartbeat pipe goes silent (a hung process);
   - holds the host's single LISTEN connection and wakes the workers over pipes;
   - runs the maintenance loop: promote due retries, rescue expired leases, prune.
@@ -15,6 +18,7 @@ the supervisor's connection objects it inherited.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import math
@@ -57,6 +61,7 @@ class Child:
     last_beat: float = field(default_factory=time.monotonic)
     retiring: bool = False
     beaten: bool = False  # sent a heartbeat: it started up (its death is no crash loop)
+    quarantine: bool = False  # claims suspects only, one at a time (see Worker)
 
 
 class Supervisor:
@@ -96,6 +101,7 @@ class Supervisor:
         self.ops: Any = None  # the /metrics, /healthz, /readyz server (daemon/http.py), set by run.py
         self.db_ok_at = float("-inf")  # last successful maintenance round trip (for /readyz)
         self.dead_workers: list[str] = []  # workers whose claims still need releasing
+        self.suspects_waiting = False  # run a quarantine worker (learned from rescues and maintenance)
         self._sig_r, self._sig_w = os.pipe()
         os.set_blocking(self._sig_r, False)
         os.set_blocking(self._sig_w, False)
@@ -183,7 +189,7 @@ class Supervisor:
             self._signal(child, signal.SIGTERM)
 
     def _retire_extra(self) -> None:
-        active = sorted((c for c in self.children.values() if not c.retiring), key=lambda c: c.started)
+        active = sorted(self._active(), key=lambda c: c.started)
         for child in active[self.num_workers:]:
             child.retiring = True
             self._signal(child, signal.SIGTERM)
@@ -227,15 +233,17 @@ class Supervisor:
     # -- children -------------------------------------------------------------------------
 
     def _active(self) -> list[Child]:
-        return [c for c in self.children.values() if not c.retiring]
+        return [c for c in self.children.values() if not c.retiring and not c.quarantine]
 
     def _spawn_missing(self) -> None:
         if time.monotonic() < self.spawn_at:
             return
         while len(self._active()) < self.num_workers:
             self._spawn()
+        if self.suspects_waiting and not any(c.quarantine and not c.retiring for c in self.children.values()):
+            self._spawn(quarantine=True)
 
-    def _spawn(self) -> None:
+    def _spawn(self, quarantine: bool = False) -> None:
         index = self.next_index
         self.next_index += 1
         start_ms = int(time.time() * 1000)
@@ -264,8 +272,9 @@ class Supervisor:
                 if self.ops is not None:
                     self.ops.close_in_child()
                 worker_id = f"{self.config.hostname}:{os.getpid()}:{start_ms}"
-                worker = Worker(self.config, self.definitions, index, worker_id, self.supervisor_id,
-                                wake_r, beat_w, parent_pid)
+                config = dataclasses.replace(self.config, concurrency=1) if quarantine else self.config
+                worker = Worker(config, self.definitions, index, worker_id, self.supervisor_id,
+                                wake_r, beat_w, parent_pid, quarantine=quarantine)
                 worker.install_signal_handlers()
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
                 code = worker.run()
@@ -280,8 +289,15 @@ class Supervisor:
         os.close(beat_w)
         os.set_blocking(wake_w, False)
         os.set_blocking(beat_r, False)
-        self.children[pid] = Child(pid, index, f"{self.config.hostname}:{pid}:{start_ms}", wake_w, beat_r)
-        log.info("worker %d started (pid %d)", index, pid)
+        self.children[pid] = Child(pid, index, f"{self.config.hostname}:{pid}:{start_ms}", wake_w, beat_r,
+                                   quarantine=quarantine)
+        if quarantine:
+            # Until the next maintenance round says otherwise: a suspect it leaves behind
+            # (it died, or exited idle as another host's rescue requeued one) gets another.
+            self.suspects_waiting = False
+            log.info("quarantine worker %d started (pid %d): suspects run one at a time", index, pid)
+        else:
+            log.info("worker %d started (pid %d)", index, pid)
 
     def _reap(self) -> None:
         while True:
@@ -479,6 +495,8 @@ class Supervisor:
             metrics.steps_rescued("worker_death", len(rows))
             if rows:
                 log.info("released %d claims of dead worker %s", len(rows), worker_id)
+                if any(outcome in ("requeue", "retry") for _, outcome, _ in rows):
+                    self.suspects_waiting = True
                 self._wake_workers()
             self.dead_workers.pop(0)
 
@@ -487,10 +505,11 @@ class Supervisor:
         learn when the next scheduled step is due: one query (orchwf_maintain)."""
         assert self.conn is not None
         row = self.conn.execute(
-            sql.SQL("SELECT * FROM {}(%s, %s)").format(self._table("orchwf_maintain")),
-            (self.supervisor_id, now >= self.rescue_after),
+            sql.SQL("SELECT * FROM {}(%s, %s, %s, %s)").format(self._table("orchwf_maintain")),
+            (self.supervisor_id, now >= self.rescue_after, list(self.config.queues), sorted(self.definitions)),
         ).fetchone()
         promoted, rescued, next_due = (int(row[0] or 0), int(row[1] or 0), row[2]) if row else (0, 0, None)
+        self.suspects_waiting = bool(row and row[3])
         metrics.steps_rescued("lease_expired", rescued)
         if promoted or rescued:
             self._wake_workers()

@@ -47,6 +47,7 @@ from .proctitle import set_title
 log = logging.getLogger("orchwf.worker")
 
 EXIT_RECYCLE = 3  # a step ignored its timeout: replace this process to get rid of the thread
+QUARANTINE_IDLE = 5.0  # seconds a quarantine worker waits for another suspect before it exits
 FLUSH_LINGER = 0.002  # seconds a finished result may wait to share a commit with others
 FLUSH_MAX = 200       # results per commit at most
 COMPENSATE = "$compensate"
@@ -158,8 +159,13 @@ class Worker:
         wake_fd: int,
         beat_fd: int,
         parent_pid: int,
+        quarantine: bool = False,
     ) -> None:
+        """``quarantine``: claim suspects only (steps that were running in a process that
+        died), one at a time, and exit once none has come for QUARANTINE_IDLE seconds."""
         self.config = config
+        self.quarantine = quarantine
+        self.idle_since = time.monotonic()
         self.definitions = definitions
         self.index = index
         self.worker_id = worker_id
@@ -259,6 +265,8 @@ class Worker:
                                           free=self.config.concurrency - len(self.inflight))
                 if free > 0:
                     self._claim(free)
+                if self.quarantine and self._idle_too_long(now):
+                    return 0
             self._heartbeat(now)
             self._beat(now)
             self._update_title()
@@ -278,6 +286,12 @@ class Worker:
             return free
         return 0
 
+    def _idle_too_long(self, now: float) -> bool:
+        if self.inflight or self.unfinished or self.conn is None:
+            self.idle_since = now
+            return False
+        return now - self.idle_since >= QUARANTINE_IDLE
+
     def _should_flush(self, now: float) -> bool:
         """Group commit: flush when nothing else is running, the batch is large, or the
         oldest result has waited FLUSH_LINGER seconds."""
@@ -290,15 +304,16 @@ class Worker:
     def _wait(self) -> None:
         now = time.monotonic()
         free = self.config.concurrency - len(self.inflight)
-        if self.more_work and free >= max(1, self.config.concurrency // 4) and not self.draining and self.conn is not None:
+        if self.conn is None:
+            # Without a connection only the reconnect and the liveness beat are due: a
+            # claim or poll deadline in the past must not turn this into a busy loop.
+            timeout = max(0.0, min(self.reconnect_at, self.next_beat, now + 1.0) - now)
+        elif self.more_work and free >= max(1, self.config.concurrency // 4) and not self.draining:
             timeout = 0.0
         else:
             timeout = max(0.0, min(self.next_poll, self.next_heartbeat, self.next_beat, now + 1.0) - now)
             if self.unfinished:
-                flush_at = self.unfinished_since + FLUSH_LINGER if self.conn is not None else self.reconnect_at
-                timeout = max(0.0, min(timeout, flush_at - now))
-            elif self.conn is None:
-                timeout = max(0.0, min(timeout, self.reconnect_at - now))
+                timeout = max(0.0, min(timeout, self.unfinished_since + FLUSH_LINGER - now))
         try:
             ready, _, _ = select.select([self.wake_fd, self._notify_r], [], [], timeout)
         except InterruptedError:
@@ -386,10 +401,10 @@ class Worker:
 
     def _claim_query(self, free: int) -> tuple[sql.Composed, tuple[Any, ...]]:
         if self._claim_sql is None:
-            self._claim_sql = sql.SQL("SELECT * FROM {}(%b, %b, %b, %b, %b)").format(
+            self._claim_sql = sql.SQL("SELECT * FROM {}(%b, %b, %b, %b, %b, %b)").format(
                 self._table("orchwf_claim_steps"))
         return self._claim_sql, (self.worker_id, list(self.config.queues), self.workflow_ids, free,
-                                 self.config.lease_seconds)
+                                 self.config.lease_seconds, self.quarantine)
 
     def _claim(self, free: int) -> None:
         conn = self._db()
@@ -503,7 +518,7 @@ class Worker:
         """Returns (result rows, claimed rows shaped like orchwf_claim_steps')."""
         if self._finish_claim_sql is None:
             self._finish_claim_sql = sql.SQL(
-                "SELECT * FROM {}(%b, %b, %b, %b::jsonb[], %b, %b, %b, %b::jsonb[], %b, %b, %b, %b, %b)"
+                "SELECT * FROM {}(%b, %b, %b, %b::jsonb[], %b, %b, %b, %b::jsonb[], %b, %b, %b, %b, %b, %b)"
             ).format(self._table("orchwf_finish_and_claim"))
         out = conn.execute(self._finish_claim_sql, self._finish_args(pending) + self._claim_query(free)[1],
                            binary=True).fetchall()
@@ -649,7 +664,8 @@ class Worker:
         self.metrics.slots(len(self.inflight), self.config.concurrency)
 
     def _set_title(self, state: str) -> None:
-        title = f"orchwf-worker: worker {self.index} [{state}]"
+        role = "quarantine" if self.quarantine else "worker"
+        title = f"orchwf-worker: {role} {self.index} [{state}]"
         if title != self.title:
             self.title = title
             set_title(title)

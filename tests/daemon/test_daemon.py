@@ -329,9 +329,9 @@ def test_a_step_raising_system_exit_fails_instead_of_hanging(client: Client, sta
 
 
 def test_poison_step_is_failed_after_its_crash_budget_and_others_flow(client: Client, start_daemon, app_db: str) -> None:
-    # One step per process: a step that kills its worker also costs a crash to every step
-    # running beside it in that process (documented in docs/operations.md).
-    start_daemon("--workers", "2", "--concurrency", "1")
+    # A step that kills its worker also costs a crash to the steps running beside it, once:
+    # then they are suspects and run alone in the quarantine worker, as the poison does.
+    start_daemon("--workers", "2", "--concurrency", "4")
     bad = client.enqueue("poison", {})
     good = client.enqueue_many("single", [{} for _ in range(20)])
     inst = client.wait(bad, timeout=90)
@@ -354,3 +354,25 @@ def test_sigquit_gives_claims_back_without_failing_them(client: Client, start_da
     gate.touch()
     start_daemon("--workers", "1")
     assert client.wait(iid, timeout=60).status == WorkflowStatus.COMPLETED
+
+
+def test_a_worker_whose_claims_fail_backs_off_instead_of_spinning(client: Client, start_daemon, app_db: str) -> None:
+    # The database takes the connection but refuses every claim (here: a broken claim
+    # function; in life a missing grant or a read-only server), before any claim worked.
+    with psycopg.connect(app_db, autocommit=True) as conn:
+        conn.execute("ALTER FUNCTION orchwf_claim_steps(text, text[], text[], integer, double precision, boolean)"
+                     " RENAME TO orchwf_claim_steps_gone")
+    daemon = start_daemon("--workers", "1")
+    [worker] = daemon.worker_pids(expected=1)
+    wait_for(lambda: "database error" in daemon.output(), timeout=15, what="the first refused claim")
+
+    def cpu_seconds() -> float:
+        with open(f"/proc/{worker}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    before = cpu_seconds()
+    time.sleep(3)
+    # a busy loop would burn ~3 s of CPU here; waiting out the backoff costs next to nothing
+    assert cpu_seconds() - before < 0.5
+    assert daemon.proc.poll() is None
