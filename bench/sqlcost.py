@@ -4,11 +4,11 @@ CPU time on a shared machine moves by 10-20% between two runs of the same code, 
 hides the 2-5% a single change to the SQL is worth. Instruction counts do not move:
 this starts a throwaway PostgreSQL server under ``valgrind --tool=callgrind`` (in a
 temporary directory, on its own port), loads N workflows (single-step, or the DAG)
-through one connection, then claims and finishes their steps in batches of B on a fresh connection, the
-daemon's loop without the daemon (``orchwf_claim_steps`` once, then
-``orchwf_finish_and_claim`` until the queue is empty). The figure is that backend's
-instruction count divided by the number of steps: the same to 0.1% from run to run, whatever else the
-machine does.
+through one connection, then claims and finishes their steps in batches of B on a
+fresh connection: the daemon's loop without the daemon (``orchwf_claim_steps`` once,
+then ``orchwf_finish_and_claim`` until the queue is empty). The figure is that
+backend's instruction count divided by the number of steps: the same to 0.1% from run
+to run, whatever else the machine does.
 
 ``--setup-sql`` runs after the migrations (before the load): an ablation, e.g.
 ``--setup-sql "DROP INDEX orchwf_wi_status_idx"``, or a changed function to compare.
