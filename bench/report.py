@@ -161,10 +161,10 @@ def plots(results: dict[str, Any], outdir: Path) -> dict[str, str]:
             xs, ys = _rate_series(r["series"])
             ax.plot(xs, ys, label=f"{name} ({r['per_s']:,.0f}/s overall)", color=colors.get(name))
     dag = _get(results, "dag", "orchwf")
-    if dag:
-        xs, ys = _rate_series(dag["series"])
-        ax.plot(xs, [y * 10 for y in ys], label=f"orchwf DAG, steps/s ({dag['steps_per_s']:,.0f}/s overall)",
-                color="tab:purple", linestyle="--")
+    if dag and dag.get("steps_series"):  # steps per second, counted from their completion times
+        xs = [t for t, _ in dag["steps_series"]]
+        ax.plot(xs, [n for _, n in dag["steps_series"]],
+                label=f"orchwf DAG, steps/s ({dag['steps_per_s']:,.0f}/s overall)", color="tab:purple", linestyle="--")
     ax.set_xlabel("seconds since the first job started")
     ax.set_ylabel("jobs completed per second (1 s window)")
     ax.set_title(f"Drain of {int(big):,} pre-enqueued no-op jobs, 2 worker processes")

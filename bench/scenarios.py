@@ -181,6 +181,7 @@ def dag(system: System, sizes: Sizes, logdir: Path) -> dict[str, Any]:
         first, last = system.drain_window(proc)
         steps = n * 10
         loaded = system.dag_delays()["delays_ms"]  # type: ignore[attr-defined]
+        steps_series = system.steps_per_second(first)  # type: ignore[attr-defined]
         log("orchwf DAG: light load")
         # Light load: instances at a steady low rate, so a released step never queues
         # behind a backlog and the delay is the release itself.
@@ -198,7 +199,7 @@ def dag(system: System, sizes: Sizes, logdir: Path) -> dict[str, Any]:
     log(f"orchwf DAG: {steps:,} steps in {last - first:.2f}s = {rate:,.0f} steps/s; parent-commit-to-child-start "
         f"p50 {sl['p50']:.1f} ms at light load, {sh['p50']:.1f} ms in the drain")
     return {"instances": n, "steps": steps, "seconds": last - first, "steps_per_s": rate,
-            "series": [(t - first, left) for t, left in series],
+            "series": [(t - first, left) for t, left in series], "steps_series": steps_series,
             "delay_light": sl, "delay_drain": sh, "delay_light_samples_ms": light,
             "light_rate_instances_per_s": sizes.dag_light_rate}
 

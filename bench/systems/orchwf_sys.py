@@ -176,6 +176,17 @@ class OrchwfSystem(System):
             ).fetchall()
         return [(float(a), float(b)) for a, b in rows]
 
+    def steps_per_second(self, since: float) -> list[tuple[float, int]]:
+        """(second since ``since``, steps completed in it): the DAG's throughput over time
+        (its instances finish only with their join, so counting instances would mislead)."""
+        assert self.conn is not None
+        rows = self.conn.execute(
+            "SELECT floor(extract(epoch FROM completed_at) - %s)::int AS sec, count(*)"
+            " FROM orchwf_step_instances WHERE completed_at IS NOT NULL GROUP BY 1 ORDER BY 1",
+            (since,),
+        ).fetchall()
+        return [(float(sec) + 0.5, int(n)) for sec, n in rows if sec >= 0]
+
     def dag_delays(self, ids: list[Any] | None = None) -> dict[str, Any]:
         """Per DAG instance (of ``ids``, else all): child start minus parent completed_at
         (the timestamp of the finish transaction that released it; for the join, of its
