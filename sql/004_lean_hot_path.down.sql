@@ -1,4 +1,5 @@
--- orchwf 004 down: the definitions of 001 and 002 again.
+-- orchwf 004 down: the definitions of 001 and 002 again (004 left the old signatures of
+-- the claim, finish-and-claim and maintenance functions in place).
 
 DROP FUNCTION orchwf_maintain(text, boolean, text[], text[]);
 DROP FUNCTION orchwf_finish_and_claim(uuid[], bigint[], text[], jsonb[], text[], bigint[], double precision[],
@@ -22,95 +23,6 @@ AS $$
                     FROM 1 FOR 6),
             52, 1), 53, 1),
         'hex')::uuid
-$$;
-
-CREATE FUNCTION orchwf_claim_steps(
-    p_worker        text,
-    p_queues        text[],
-    p_workflows     text[],
-    p_limit         integer,
-    p_lease_seconds double precision
-) RETURNS TABLE (
-    step_inst_id     uuid,
-    workflow_inst_id uuid,
-    workflow_id      text,
-    step_id          text,
-    lease_token      bigint,
-    attempt          integer,
-    retry_count      integer,
-    workflow_input   jsonb,
-    metadata         jsonb,
-    trace_id         text,
-    completed        jsonb,
-    step_input       jsonb
-)
-LANGUAGE plpgsql
-SET search_path FROM CURRENT
--- Key lookups only. The ready and running lists are emptied and refilled thousands of
--- times between two autovacuum runs, so their statistics lag: a stale estimate must not
--- turn a lookup by key into a sequential scan over dead rows.
-SET enable_seqscan = off
-AS $$
-BEGIN
-    RETURN QUERY
-    WITH picked AS MATERIALIZED (
-        -- MATERIALIZED: the planner must not re-run this per row of the update (Oban's lesson).
-        -- One ordered index scan per queue (LATERAL): "queue = ANY(...)" would defeat the
-        -- index order and sort the whole ready table.
-        SELECT x.step_inst_id, x.workflow_id
-        FROM unnest(p_queues) AS q(name)
-        CROSS JOIN LATERAL (
-            SELECT r.step_inst_id, r.workflow_id, r.priority, r.ready_at, r.workflow_inst_id
-            FROM orchwf_ready_steps r
-            WHERE r.queue = q.name AND r.workflow_id = ANY (p_workflows) AND r.ready_at <= now()
-            ORDER BY r.priority DESC, r.ready_at, r.workflow_inst_id, r.step_inst_id
-            LIMIT p_limit
-            FOR UPDATE SKIP LOCKED) x
-        ORDER BY x.priority DESC, x.ready_at, x.workflow_inst_id, x.step_inst_id
-        LIMIT p_limit),
-    gone AS (
-        DELETE FROM orchwf_ready_steps r USING picked p
-        WHERE r.step_inst_id = p.step_inst_id
-        RETURNING r.step_inst_id, r.workflow_id),
-    claimed AS (
-        UPDATE orchwf_step_instances s
-        SET status = 'running',
-            attempts = s.attempts + 1,
-            lease_owner = p_worker,
-            lease_token = nextval('orchwf_lease_token_seq'),
-            lease_expires_at = now() + p_lease_seconds * interval '1 second',
-            deadline_at = CASE WHEN s.timeout_seconds > 0 THEN now() + s.timeout_seconds * interval '1 second' END,
-            started_at = coalesce(s.started_at, now()),
-            updated_at = now()
-        FROM gone g
-        WHERE s.id = g.step_inst_id AND s.status IN ('pending', 'retrying')
-        RETURNING s.id, s.workflow_inst_id, g.workflow_id, s.step_id, s.lease_token, s.attempts,
-                  s.retry_count, s.input),
-    leased AS (
-        INSERT INTO orchwf_running_steps (step_inst_id, workflow_inst_id, lease_owner, lease_token)
-        SELECT c.id, c.workflow_inst_id, p_worker, c.lease_token FROM claimed c
-        ON CONFLICT ON CONSTRAINT orchwf_running_steps_pkey DO UPDATE
-            SET lease_owner = EXCLUDED.lease_owner, lease_token = EXCLUDED.lease_token
-        RETURNING 1),
-    events AS (
-        INSERT INTO orchwf_workflow_events (workflow_inst_id, step_inst_id, event_type, event_data)
-        SELECT c.workflow_inst_id, c.id,
-               CASE WHEN c.attempts = 1 THEN 'step.started' ELSE 'step.retry' END,
-               CASE WHEN c.attempts = 1 THEN jsonb_build_object('step_id', c.step_id)
-                    ELSE jsonb_build_object('attempt', c.attempts) END
-        FROM claimed c
-        RETURNING 1)
-    -- Empty documents come back as NULL (the worker reads NULL as empty): nothing to
-    -- decode for the metadata, inputs and predecessors a step often does not have.
-    SELECT c.id, c.workflow_inst_id, c.workflow_id, c.step_id, c.lease_token, c.attempts,
-           c.retry_count, nullif(i.input, '{}'::jsonb), nullif(i.metadata, '{}'::jsonb), i.trace_id,
-           (SELECT jsonb_agg(jsonb_build_array(p.step_id, p.output) ORDER BY p.completed_at, p.execution_order)
-            FROM orchwf_step_instances p
-            WHERE p.workflow_inst_id = c.workflow_inst_id AND p.status = 'completed'),
-           nullif(c.input, '{}'::jsonb)
-    FROM claimed c
-    JOIN orchwf_workflow_instances i ON i.id = c.workflow_inst_id;
-END;
 $$;
 
 CREATE OR REPLACE FUNCTION orchwf_finish_steps(
@@ -348,52 +260,6 @@ BEGIN
 END;
 $$;
 
-CREATE FUNCTION orchwf_finish_and_claim(
-    p_ids           uuid[],
-    p_tokens        bigint[],
-    p_outcomes      text[],
-    p_outputs       jsonb[],
-    p_errors        text[],
-    p_durations     bigint[],
-    p_delays        double precision[],
-    p_inputs        jsonb[],
-    p_worker        text,
-    p_queues        text[],
-    p_workflows     text[],
-    p_limit         integer,
-    p_lease_seconds double precision
-) RETURNS TABLE (
-    step_inst_id     uuid,
-    accepted         boolean,
-    workflow_inst_id uuid,
-    workflow_id      text,
-    step_id          text,
-    lease_token      bigint,
-    attempt          integer,
-    retry_count      integer,
-    workflow_input   jsonb,
-    metadata         jsonb,
-    trace_id         text,
-    completed        jsonb,
-    step_input       jsonb
-)
-LANGUAGE plpgsql
-SET search_path FROM CURRENT
-AS $$
-BEGIN
-    RETURN QUERY
-    SELECT f.step_inst_id, f.accepted, NULL::uuid, NULL::text, NULL::text, NULL::bigint, NULL::integer,
-           NULL::integer, NULL::jsonb, NULL::jsonb, NULL::text, NULL::jsonb, NULL::jsonb
-    FROM orchwf_finish_steps(p_ids, p_tokens, p_outcomes, p_outputs, p_errors, p_durations, p_delays, p_inputs) f;
-    IF p_limit > 0 THEN
-        RETURN QUERY
-        SELECT c.step_inst_id, NULL::boolean, c.workflow_inst_id, c.workflow_id, c.step_id, c.lease_token,
-               c.attempt, c.retry_count, c.workflow_input, c.metadata, c.trace_id, c.completed, c.step_input
-        FROM orchwf_claim_steps(p_worker, p_queues, p_workflows, p_limit, p_lease_seconds) c;
-    END IF;
-END;
-$$;
-
 CREATE OR REPLACE FUNCTION orchwf_promote_scheduled(p_limit integer DEFAULT 1000)
 RETURNS integer
 LANGUAGE plpgsql
@@ -432,23 +298,5 @@ BEGIN
         PERFORM pg_notify('orchwf_ready', 'scheduled');
     END IF;
     RETURN v_n;
-END;
-$$;
-
-CREATE FUNCTION orchwf_maintain(p_supervisor text, p_rescue boolean DEFAULT true)
-RETURNS TABLE (promoted integer, rescued integer, next_due double precision)
-LANGUAGE plpgsql
-SET search_path FROM CURRENT
-AS $$
-BEGIN
-    UPDATE orchwf_workers SET heartbeat_at = now() WHERE supervisor_id = p_supervisor;
-    rescued := 0;
-    IF p_rescue THEN
-        SELECT count(*) INTO rescued FROM orchwf_rescue_steps();
-    END IF;
-    promoted := orchwf_promote_scheduled();
-    SELECT extract(epoch FROM min(s.run_after) - now()) INTO next_due
-    FROM orchwf_step_instances s WHERE s.run_after IS NOT NULL;
-    RETURN NEXT;
 END;
 $$;
