@@ -7,6 +7,9 @@ DROP FUNCTION orchwf_finish_and_claim(uuid[], bigint[], text[], jsonb[], text[],
 DROP FUNCTION orchwf_claim_steps(text, text[], text[], integer, double precision, boolean);
 DROP INDEX orchwf_rs_suspect_idx;
 ALTER TABLE orchwf_ready_steps DROP COLUMN suspect;
+DELETE FROM orchwf_workers WHERE role = 'quarantine';
+ALTER TABLE orchwf_workers DROP CONSTRAINT orchwf_workers_role_check,
+    ADD CONSTRAINT orchwf_workers_role_check CHECK (role IN ('supervisor', 'worker'));
 
 ALTER INDEX orchwf_wi_created_idx RESET (deduplicate_items);
 ALTER INDEX orchwf_wi_trace_idx RESET (deduplicate_items);

@@ -54,6 +54,9 @@ ALTER INDEX orchwf_wi_correlation_idx SET (deduplicate_items = off);
 ALTER TABLE orchwf_ready_steps ADD COLUMN suspect boolean NOT NULL DEFAULT false;
 CREATE INDEX orchwf_rs_suspect_idx ON orchwf_ready_steps (queue, priority DESC, ready_at, workflow_inst_id, step_inst_id)
     WHERE suspect;
+-- A quarantine worker registers as such (orchwf workers, the dashboard, the metrics).
+ALTER TABLE orchwf_workers DROP CONSTRAINT orchwf_workers_role_check,
+    ADD CONSTRAINT orchwf_workers_role_check CHECK (role IN ('supervisor', 'worker', 'quarantine'));
 
 -- The claim, finish-and-claim and maintenance functions get a new signature (with the
 -- suspects); the old ones stay, unchanged, for the workers of the previous version during

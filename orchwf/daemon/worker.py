@@ -360,10 +360,11 @@ class Worker:
             self.conn.execute(
                 sql.SQL(
                     "INSERT INTO {} (worker_id, supervisor_id, host, pid, role, queues, workflows, concurrency)"
-                    " VALUES (%s, %s, %s, %s, 'worker', %s, %s, %s)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
                     " ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = now()"
                 ).format(self._table("orchwf_workers")),
                 (self.worker_id, self.supervisor_id, self.config.hostname, os.getpid(),
+                 "quarantine" if self.quarantine else "worker",
                  list(self.config.queues), self.workflow_ids, self.config.concurrency),
             )
             # A claim whose reply was lost with the old connection is ours in the database

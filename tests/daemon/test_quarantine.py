@@ -91,6 +91,10 @@ def test_the_supervisor_runs_a_quarantine_worker_while_suspects_wait(client: Cli
     assert len(pids) == 1  # all three ran in the one quarantine process, not in the worker
     quarantine = pids.pop()
     assert quarantine in children(daemon.proc.pid)
+    with psycopg.connect(app_db) as conn:
+        roles = dict(conn.execute("SELECT pid, role FROM orchwf_workers WHERE pid = ANY(%s)",
+                                  ([worker, quarantine],)).fetchall())
+    assert roles == {worker: "worker", quarantine: "quarantine"}
     # it leaves once no suspect has come for a while; the ordinary worker stays
     wait_for(lambda: quarantine not in children(daemon.proc.pid), timeout=30, what="the quarantine worker to exit")
     assert daemon.worker_pids(expected=1) == [worker]
