@@ -130,8 +130,9 @@ _QUERIES: Final[dict[str, str]] = {
             updated_at = %(now)s
         WHERE id = %(id)s
     """,
-    # Steps: the EXISTS guard turns a missing workflow into "0 rows" instead of a foreign
-    # key error, which would abort the caller's transaction. created_at is set on insert
+    # Steps: the EXISTS guard turns a missing workflow into "0 rows" (a WorkflowNotFoundError),
+    # and its KEY SHARE lock keeps the instance from being deleted before this commits (what
+    # a foreign key would do; steps have none, see sql/004). created_at is set on insert
     # only (clock_timestamp: insertion order breaks execution_order ties, as in memory).
     "save_step": """
         INSERT INTO {si} ({step_cols}, created_at, updated_at)
@@ -141,7 +142,7 @@ _QUERIES: Final[dict[str, str]] = {
                %(last_retry_at)s::timestamptz, %(duration_ms)s::bigint,
                %(execution_order)s::integer, %(priority)s::integer, %(attempts)s::integer,
                clock_timestamp(), %(now)s::timestamptz
-        WHERE EXISTS (SELECT 1 FROM {wi} WHERE id = %(workflow_inst_id)s::uuid)
+        WHERE EXISTS (SELECT 1 FROM {wi} WHERE id = %(workflow_inst_id)s::uuid FOR KEY SHARE)
         ON CONFLICT (id) DO UPDATE SET
             step_id = EXCLUDED.step_id, workflow_inst_id = EXCLUDED.workflow_inst_id,
             status = EXCLUDED.status, input = EXCLUDED.input, output = EXCLUDED.output,
@@ -624,7 +625,7 @@ class DBStateManager:
             with self._cursor() as cur:
                 cur.execute(self._q["save_step"], params)
                 saved = cur.rowcount
-        except pg_errors.ForeignKeyViolation as exc:  # the instance was deleted meanwhile
+        except pg_errors.ForeignKeyViolation as exc:  # the schema before migration 004 had a foreign key
             raise WorkflowNotFoundError(step.workflow_inst_id) from exc
         except pg_errors.UniqueViolation as exc:
             raise ValidationError(

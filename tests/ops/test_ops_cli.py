@@ -269,6 +269,10 @@ def test_prune(orchwf, ops_db: str) -> None:
         "pruned": 1, "older_than_seconds": 7 * 86400}
     ids = {i for (i,) in query(ops_db, "SELECT id::text FROM orchwf_workflow_instances")}
     assert ids == {recent, running}
+    # the pruned instance's steps and events went with it (the delete trigger), the others' stayed
+    steps = {i for (i,) in query(ops_db, "SELECT DISTINCT workflow_inst_id::text FROM orchwf_step_instances")}
+    events = {i for (i,) in query(ops_db, "SELECT DISTINCT workflow_inst_id::text FROM orchwf_workflow_events")}
+    assert steps == events == {recent, running}
     assert ok(orchwf("prune", "--older-than", "1h30m")).strip() == "pruned 0 finished instances older than 1h30m"
     assert "not a duration" in failed(orchwf("prune", "--older-than", "7 days"), code=2)
     assert "Missing option '--older-than'" in failed(orchwf("prune"), code=2)
