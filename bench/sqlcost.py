@@ -10,6 +10,7 @@ then ``orchwf_finish_and_claim`` until the queue is empty). The figure is that
 backend's instruction count divided by the number of steps: the same to 0.1% from run
 to run, whatever else the machine does.
 
+``--enqueue`` counts the instructions of ``enqueue_many`` instead, per instance.
 ``--setup-sql`` runs after the migrations (before the load): an ablation, e.g.
 ``--setup-sql "DROP INDEX orchwf_wi_status_idx"``, or a changed function to compare.
 Needs valgrind and the server binaries (``--pg-bin``, default: the newest
@@ -151,13 +152,45 @@ def measure(admin_dsn: str, cg: Path, instances: int, batch: int, setup_sql: str
     return {"steps": done, "calls": calls, "instructions": total, "per_step": total / max(1, done)}
 
 
+def measure_enqueue(admin_dsn: str, cg: Path, instances: int, batch: int, setup_sql: str,
+                    workflow: str) -> dict[str, float]:
+    """Instructions per instance of ``enqueue_many`` in batches, on a fresh connection."""
+    from orchwf.client import enqueue_many, register_workflow
+    from orchwf.db.migrations import migrate
+
+    from .apps import orchwf_app
+
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS sqlcost")
+        conn.execute("CREATE DATABASE sqlcost")
+    dsn = admin_dsn.rsplit("/", 1)[0] + "/sqlcost"
+    migrate(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if setup_sql:
+            conn.execute(setup_sql)  # the operator's own ablation SQL (a CLI option)
+        for definition in orchwf_app.DEFINITIONS:
+            register_workflow(conn, definition)
+    calls = 0
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
+        for i in range(0, instances, batch):
+            with conn.transaction():
+                enqueue_many(conn, workflow, [{} for _ in range(min(batch, instances - i))])
+            calls += 1
+    total = _instructions(cg, pid)
+    return {"instances": instances, "calls": calls, "instructions": total, "per_instance": total / max(1, instances)}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench sqlcost", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--instances", type=int, default=4000, help="workflows to load [4000]")
-    p.add_argument("--batch", type=int, default=50, help="steps per claim and per finish [50]")
+    p.add_argument("--batch", type=int, default=50,
+                   help="steps per claim and per finish, or instances per enqueue call [50]")
     p.add_argument("--workflow", default="bench_noop", choices=["bench_noop", "bench_dag"])
     p.add_argument("--setup-sql", default="", help="SQL run after the migrations (an ablation)")
+    p.add_argument("--enqueue", action="store_true",
+                   help="measure enqueue_many instead (instructions per instance, batches of --batch)")
     p.add_argument("--pg-bin", default=default_pg_bin())
     a = p.parse_args(argv)
     if not a.pg_bin or not shutil.which("valgrind"):
@@ -165,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with callgrind_server(a.pg_bin) as (dsn, cg):
         log(f"callgrind server up; {a.instances:,} x {a.workflow}, batches of {a.batch}")
+        if a.enqueue:
+            e = measure_enqueue(dsn, cg, a.instances, a.batch, a.setup_sql, a.workflow)
+            print(f"{e['instances']:,} instances in {e['calls']} calls: {e['per_instance'] / 1000:,.1f}k"
+                  f" instructions per enqueued instance ({e['instructions'] / 1e9:.2f} G in all)")
+            return 0
         r = measure(dsn, cg, a.instances, a.batch, a.setup_sql, a.workflow)
     print(f"{r['steps']:,} steps in {r['calls']} calls: {r['per_step'] / 1000:,.1f}k instructions per step "
           f"({r['instructions'] / 1e9:.2f} G in all)")
