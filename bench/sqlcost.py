@@ -114,8 +114,9 @@ def _instructions(cg: Path, pid: int) -> int:
     raise SystemExit(f"no callgrind totals for backend {pid}")
 
 
-def measure(admin_dsn: str, cg: Path, instances: int, batch: int, setup_sql: str, workflow: str) -> dict[str, float]:
-    from orchwf.client import enqueue_many, register_workflow
+def _fresh_database(admin_dsn: str, setup_sql: str) -> str:
+    """A migrated database with the bench app's workflows registered; its DSN."""
+    from orchwf.client import register_workflow
     from orchwf.db.migrations import migrate
 
     from .apps import orchwf_app
@@ -130,6 +131,14 @@ def measure(admin_dsn: str, cg: Path, instances: int, batch: int, setup_sql: str
             conn.execute(setup_sql)  # the operator's own ablation SQL (a CLI option)
         for definition in orchwf_app.DEFINITIONS:
             register_workflow(conn, definition)
+    return dsn
+
+
+def measure(admin_dsn: str, cg: Path, instances: int, batch: int, setup_sql: str, workflow: str) -> dict[str, float]:
+    from orchwf.client import enqueue_many
+
+    dsn = _fresh_database(admin_dsn, setup_sql)
+    with psycopg.connect(dsn, autocommit=True) as conn:
         with conn.transaction():
             for i in range(0, instances, 1000):
                 enqueue_many(conn, workflow, [{} for _ in range(min(1000, instances - i))])
@@ -155,21 +164,9 @@ def measure(admin_dsn: str, cg: Path, instances: int, batch: int, setup_sql: str
 def measure_enqueue(admin_dsn: str, cg: Path, instances: int, batch: int, setup_sql: str,
                     workflow: str) -> dict[str, float]:
     """Instructions per instance of ``enqueue_many`` in batches, on a fresh connection."""
-    from orchwf.client import enqueue_many, register_workflow
-    from orchwf.db.migrations import migrate
+    from orchwf.client import enqueue_many
 
-    from .apps import orchwf_app
-
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute("DROP DATABASE IF EXISTS sqlcost")
-        conn.execute("CREATE DATABASE sqlcost")
-    dsn = admin_dsn.rsplit("/", 1)[0] + "/sqlcost"
-    migrate(dsn)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        if setup_sql:
-            conn.execute(setup_sql)  # the operator's own ablation SQL (a CLI option)
-        for definition in orchwf_app.DEFINITIONS:
-            register_workflow(conn, definition)
+    dsn = _fresh_database(admin_dsn, setup_sql)
     calls = 0
     with psycopg.connect(dsn, autocommit=True) as conn:
         pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
