@@ -32,7 +32,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -44,7 +44,7 @@ from orchwf.db.dsn import redact
 from orchwf.db.embedded import EmbeddedServer
 
 DB_FIXTURES = frozenset(
-    {"pg_server_dsn", "pg_template_db", "db_dsn", "empty_db_dsn", "embedded_server"}
+    {"pg_server_dsn", "pg_template_db", "db_dsn", "empty_db_dsn", "make_empty_db", "embedded_server"}
 )
 ROOT_SCRATCH_BASE = Path("/var/lib/orchwf-test")
 SCRATCH_PREFIX = "orchwf-test-"
@@ -242,6 +242,21 @@ def empty_db_dsn(pg_server_dsn: str) -> Iterator[str]:
     try:
         yield dsn
     finally:
+        drop_database(pg_server_dsn, name)
+
+
+@pytest.fixture
+def make_empty_db(pg_server_dsn: str) -> Iterator[Callable[[], str]]:
+    """A factory of fresh databases with NO orchwf migrations (all dropped afterwards)."""
+    names: list[str] = []
+
+    def make() -> str:
+        name = unique_name("e")
+        names.append(name)
+        return create_database(pg_server_dsn, name)
+
+    yield make
+    for name in names:
         drop_database(pg_server_dsn, name)
 
 

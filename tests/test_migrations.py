@@ -32,6 +32,7 @@ from orchwf.db.migrations import (
 from orchwf.errors import ValidationError
 
 ALL = [m.version for m in load_migrations()]
+TRACKING = {"orchwf_migrations", "orchwf_api_files"}  # the migrator's own tables
 ORCHWF_TABLES = {
     "orchwf_workflow_definitions",
     "orchwf_workflow_instances",
@@ -84,7 +85,7 @@ def test_up_down_up(empty_db_dsn: str) -> None:
     assert migrate(empty_db_dsn) == []  # idempotent
 
     assert rollback(empty_db_dsn, steps=len(ALL)) == list(reversed(ALL))
-    assert tables(empty_db_dsn) == {"orchwf_migrations"}
+    assert tables(empty_db_dsn) == TRACKING
     assert applied_versions(empty_db_dsn) == []
 
     assert migrate(empty_db_dsn) == ALL
@@ -126,19 +127,25 @@ def test_dry_run_returns_sql_and_changes_nothing(empty_db_dsn: str) -> None:
     text = plan(empty_db_dsn, "dba_review")
     assert 'SET LOCAL search_path TO "dba_review";' in text
     assert "pg_advisory_xact_lock" in text
-    assert 'CREATE TABLE IF NOT EXISTS "orchwf_migrations"' in text
+    assert 'CREATE TABLE IF NOT EXISTS "dba_review".orchwf_migrations' in text
+    # a fresh install: sql/schema.sql in one transaction, then the API files in another
+    assert "-- orchwf fresh install (sql/schema.sql)" in text
     assert "CREATE TABLE orchwf_workflow_instances" in text
-    assert text.count("BEGIN;") == len(ALL) and text.count("COMMIT;") == len(ALL)
-    assert (
-        "INSERT INTO \"orchwf_migrations\" (version, description) VALUES ('001', 'init');" in text
-    )
+    assert "CREATE OR REPLACE FUNCTION orchwf_claim_steps" in text
+    assert text.count("BEGIN;") == 2 and text.count("COMMIT;") == 2
+    for version in ALL:
+        assert (f"INSERT INTO \"dba_review\".orchwf_migrations (version, description) VALUES ('{version}', "
+                in text)
     assert not schema_exists(empty_db_dsn, "dba_review")
     assert plan(empty_db_dsn, direction="down") == ""  # nothing applied yet
 
     migrate(empty_db_dsn, "dba_review", target="001")
+    text = plan(empty_db_dsn, "dba_review")  # step by step from here, then the API
+    assert text.count("BEGIN;") == len(ALL)
+    assert "-- orchwf migration 002_daemon (up)" in text and "-- orchwf SQL API" in text
     text = plan(empty_db_dsn, "dba_review", direction="down")
     assert "DROP TABLE IF EXISTS orchwf_workflow_instances;" in text
-    assert "DELETE FROM \"orchwf_migrations\" WHERE version = '001';" in text
+    assert "DELETE FROM \"dba_review\".orchwf_migrations WHERE version = '001';" in text
     assert applied_versions(empty_db_dsn, "dba_review") == ["001"]
 
 
@@ -164,7 +171,7 @@ def test_custom_schemas_coexist(empty_db_dsn: str) -> None:
     assert tables(empty_db_dsn, "public") == set()  # nothing leaks into public
 
     rollback(empty_db_dsn, "orchwf_a", steps=len(ALL))
-    assert tables(empty_db_dsn, "orchwf_a") == {"orchwf_migrations"}
+    assert tables(empty_db_dsn, "orchwf_a") == TRACKING
     assert ORCHWF_TABLES <= tables(empty_db_dsn, "orchwf_b")
     assert applied_versions(empty_db_dsn, "orchwf_b") == ALL
 
@@ -472,11 +479,12 @@ def test_cli_usage_errors_exit_2(empty_db_dsn: str) -> None:
     assert result.exit_code == 2
 
 
-def test_cli_migration_failure_is_one_line_exit_1(empty_db_dsn: str, monkeypatch, tmp_path) -> None:
-    mdir = write_migrations(tmp_path / "m", {"001_a.sql": "SELEC 1;"})
-    real = migrations.load_migrations
-    monkeypatch.setattr(migrations, "load_migrations", lambda d=None: real(d or mdir))
+def test_cli_migration_failure_is_one_line_exit_1(empty_db_dsn: str) -> None:
+    # A table of orchwf's name already there (not a fresh install): 001 fails on it.
+    with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE orchwf_ready_steps (x int)")
     result = CliRunner().invoke(cli, ["migrate", "up", "--dsn", empty_db_dsn])
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: migration 001_a failed")
+    assert len(lines) == 1 and lines[0].startswith("error: migration 001_init failed")
+    assert "already exists" in lines[0]

@@ -23,7 +23,7 @@ def _check_schema(ctx: click.Context, param: click.Parameter, value: str | None)
     """A bad --schema is a usage error (exit 2), reported before connecting."""
     if value is None:
         return None
-    from ..db.migrations import validate_schema
+    from ..db.queries import validate_schema
 
     try:
         return validate_schema(value)
@@ -110,7 +110,7 @@ def _run(fn: Callable[[], None]) -> None:
 @click.option("--target", metavar="VERSION", help="Stop after this version (e.g. 001).")
 @click.pass_context
 def up(ctx: click.Context, target: str | None, **_: Any) -> None:
-    """Apply pending migrations (each in its own transaction)."""
+    """Apply pending migrations (each in its own transaction), then the SQL API."""
 
     def run() -> None:
         from ..db import migrations
@@ -126,6 +126,8 @@ def up(ctx: click.Context, target: str | None, **_: Any) -> None:
             click.echo(f"Applied migration: {version} - {names.get(version, '')}")
         if not applied:
             click.echo(f"Nothing to apply: schema {schema} is up to date.")
+        if target is None:
+            click.echo(f"Applied the SQL API: {len(migrations.load_api())} files of sql/api/.")
 
     _run(run)
 
@@ -182,5 +184,10 @@ def status(ctx: click.Context, **_: Any) -> None:
                 else "PENDING"
             )
             click.echo(f"{row.version} - {row.description}: {state}")
+        api = migrations.api_status(dsn, schema)
+        click.echo("SQL API (sql/api/, applied by every migrate up):")
+        for f in api:
+            when = f" {f.applied_at.isoformat(sep=' ', timespec='seconds')}" if f.applied_at else ""
+            click.echo(f"api/{f.name}: {f.state}{when}")
 
     _run(run)

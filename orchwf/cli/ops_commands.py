@@ -39,7 +39,7 @@ LIVE_SECONDS = 60  # a worker row with an older heartbeat is shown as stale
 
 
 def _check_schema(ctx: click.Context, param: click.Parameter, value: str) -> str:
-    from ..db.migrations import validate_schema
+    from ..db.queries import validate_schema
     from ..errors import ValidationError
 
     try:
@@ -66,9 +66,9 @@ def connection(dsn: str | None) -> Iterator[Any]:
     """An autocommit connection; SQL API errors become orchwf errors (one line, exit 1)."""
     from ..db.dsn import resolve_dsn
     from ..db.errors import translate_errors
-    from ..db.migrations import connect
+    from ..db.connect import connect
 
-    conn = connect(resolve_dsn(dsn), autocommit=True, connect_timeout=10, application_name="orchwf-cli")
+    conn = connect(resolve_dsn(dsn), connect_timeout=10, application_name="orchwf-cli", keepalive=False)
     try:
         with translate_errors():
             yield conn

@@ -40,7 +40,7 @@ from ..errors import ValidationError
 from ..types import WorkflowDefinition
 from . import metrics
 from .config import DaemonConfig
-from .connect import connect
+from ..db.connect import connect
 from .proctitle import set_title
 from .worker import EXIT_RECYCLE, Worker
 

@@ -41,7 +41,7 @@ from ..semantics import (
 )
 from ..types import StepContext, StepDefinition, WorkflowDefinition, utcnow
 from .config import DaemonConfig
-from .connect import connect
+from ..db.connect import connect
 from .proctitle import set_title
 
 log = logging.getLogger("orchwf.worker")

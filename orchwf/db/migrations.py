@@ -1,51 +1,51 @@
-"""Schema migrations: plain SQL files, applied one transaction each.
+"""Schema migrations: the migrations, the schema picture and the SQL API (db/sqlfiles.py).
 
-The SQL lives in ``sql/NNN_name.sql`` (up) and ``sql/NNN_name.down.sql`` (down); an
-installed wheel carries them as ``orchwf/sql``. This module only orders them, tracks
-what ran in ``orchwf_migrations`` and makes two concurrent migrators safe:
+``migrate`` brings a schema to the latest version, then applies the API:
 
-* every migration runs in ONE transaction together with its tracking-row insert (or
-  delete), so a migrator killed halfway leaves the database at the previous version;
-* each transaction first takes ``pg_advisory_xact_lock`` on a key derived from the
-  schema name and only then reads the applied versions, so two migrators serialise
-  and never apply a migration twice;
-* ``SET LOCAL search_path`` points the unqualified names of the files at the target
-  schema (default ``public``), so orchwf can live beside an application's tables.
+* a schema with no orchwf tables is a fresh install: ``sql/schema.sql`` runs in one
+  transaction, and every migration is recorded as applied;
+* otherwise each pending migration of ``sql/migrations/`` runs in ONE transaction with
+  its tracking row, so a migrator killed halfway leaves the previous version;
+* then every file of ``sql/api/`` runs (CREATE OR REPLACE), in one transaction, every
+  time, and is recorded with its checksum in ``orchwf_api_files``. The API is applied
+  only when the schema is at the latest version: it is written for the latest tables.
 
-Schema names are validated and always quoted with ``psycopg.sql.Identifier``.
+Each transaction first takes ``pg_advisory_xact_lock`` on a key derived from the schema
+name and only then reads the applied versions, so two migrators serialise and never
+apply anything twice. ``SET LOCAL search_path`` points the files' unqualified names at
+the target schema (default ``public``), so orchwf can live beside an application's
+tables. Rolling back runs the ``.down.sql`` files, newest first; it does not re-apply
+the API (docs/schema.md, "Upgrades and downgrades").
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import resources
-from pathlib import Path
-from typing import TYPE_CHECKING, Union
+from typing import Union
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import TransactionStatus
-from psycopg.rows import tuple_row
 
-from ..errors import OrchwfError, ValidationError
+from ..errors import ValidationError
+from .connect import DatabaseConnectionError, connect
 from .dsn import redact
-
-if TYPE_CHECKING:
-    from importlib.resources.abc import Traversable
+from .queries import Queries, validate_schema
+from .sqlfiles import ApiFile, Dir, Migration, MigrationError, load_api, load_migrations, load_schema
 
 __all__ = [
+    "ApiStatus",
+    "load_api",
     "DatabaseConnectionError",
     "Migration",
     "MigrationError",
     "MigrationStatus",
     "TRACKING_TABLE",
-    "connect",
+    "api_status",
     "load_migrations",
     "migrate",
     "plan",
@@ -57,46 +57,8 @@ __all__ = [
 TRACKING_TABLE = "orchwf_migrations"
 
 ConnOrDsn = Union[str, "psycopg.Connection[object]"]
-MigrationsDir = Union[str, Path, "Traversable", None]
-
-_SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
-_UP_RE = re.compile(r"^(?P<version>\d+)_(?P<name>[A-Za-z0-9_]+)\.sql$")
-_DOWN_RE = re.compile(r"^(?P<version>\d+)_(?P<name>[A-Za-z0-9_]+)\.down\.sql$")
-
-_CREATE_TRACKING = (
-    "CREATE TABLE IF NOT EXISTS {table} ("
-    "version text PRIMARY KEY, "
-    "description text, "
-    "applied_at timestamptz NOT NULL DEFAULT now())"
-)
-
-
-class MigrationError(OrchwfError):
-    """A migration could not be applied, rolled back or inspected (the cause is chained)."""
-
-
-class DatabaseConnectionError(OrchwfError):
-    """The database could not be reached; the message names the DSN with its password redacted."""
-
-
-@dataclass(frozen=True)
-class Migration:
-    version: str  # as spelled in the file name, e.g. "001"
-    name: str  # e.g. "init"
-    up_sql: str
-    down_sql: str | None
-
-    @property
-    def number(self) -> int:
-        return int(self.version)
-
-    @property
-    def description(self) -> str:
-        return self.name.replace("_", " ")
-
-    @property
-    def label(self) -> str:
-        return f"{self.version}_{self.name}"
+MigrationsDir = Union[str, Dir, None]
+Cursor = psycopg.Cursor[tuple[object, ...]]
 
 
 @dataclass(frozen=True)
@@ -110,25 +72,17 @@ class MigrationStatus:
         return self.applied_at is not None
 
 
-# -- arguments ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ApiStatus:
+    name: str
+    applied_at: datetime | None  # None: never applied
+    current: bool  # the applied version is this release's file
 
-
-def validate_schema(schema: str) -> str:
-    """Return ``schema`` if it is a plain identifier, else raise ValidationError.
-
-    Only unquoted-identifier characters are allowed, so the name means the same thing
-    to us, to psql and to a DBA reading the dry-run output.
-    """
-    if not isinstance(schema, str) or not _SCHEMA_RE.match(schema):
-        raise ValidationError(
-            f"invalid schema name {schema!r}: use letters, digits and underscores, "
-            "starting with a letter or underscore, at most 63 characters"
-        )
-    if schema.lower().startswith("pg_"):
-        raise ValidationError(
-            f"invalid schema name {schema!r}: names starting with pg_ are reserved"
-        )
-    return schema
+    @property
+    def state(self) -> str:
+        if self.applied_at is None:
+            return "PENDING"
+        return "APPLIED" if self.current else "CHANGED"
 
 
 def lock_key(schema: str) -> int:
@@ -137,87 +91,7 @@ def lock_key(schema: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-# -- migration files ----------------------------------------------------------------------
-
-
-def _default_dir() -> Traversable:
-    packaged = resources.files("orchwf").joinpath("sql")  # wheel: force-included
-    if packaged.is_dir():
-        return packaged
-    repo = Path(__file__).resolve().parents[2] / "sql"  # editable install / source tree
-    if repo.is_dir():
-        return repo
-    raise MigrationError("cannot find orchwf's migration files (orchwf/sql or the repo's sql/)")
-
-
-def load_migrations(migrations_dir: MigrationsDir = None) -> list[Migration]:
-    """The migrations in ``migrations_dir`` (default: orchwf's own), sorted by version."""
-    if migrations_dir is None:
-        root: Traversable | Path = _default_dir()
-    elif isinstance(migrations_dir, (str, Path)):
-        root = Path(migrations_dir)
-        if not root.is_dir():
-            raise MigrationError(f"migrations directory not found: {migrations_dir}")
-    else:
-        root = migrations_dir
-    ups: dict[int, tuple[str, str, Traversable | Path]] = {}
-    downs: dict[tuple[int, str], Traversable | Path] = {}
-    for entry in root.iterdir():
-        if match := _DOWN_RE.match(entry.name):
-            downs[(int(match["version"]), match["name"])] = entry
-        elif match := _UP_RE.match(entry.name):
-            number = int(match["version"])
-            if number in ups:
-                raise MigrationError(
-                    f"two migrations with version {number}: {ups[number][2].name} and {entry.name}"
-                )
-            ups[number] = (match["version"], match["name"], entry)
-    for number, name in downs:
-        if number not in ups or ups[number][1] != name:
-            raise MigrationError(
-                f"down migration without an up migration: {downs[(number, name)].name}"
-            )
-    out = []
-    for number in sorted(ups):
-        version, name, entry = ups[number]
-        down = downs.get((number, name))
-        out.append(
-            Migration(
-                version=version,
-                name=name,
-                up_sql=entry.read_text(encoding="utf-8"),
-                down_sql=down.read_text(encoding="utf-8") if down is not None else None,
-            )
-        )
-    return out
-
-
 # -- connections --------------------------------------------------------------------------
-
-
-def connect(conninfo: str, **kwargs: object) -> psycopg.Connection[tuple[object, ...]]:
-    """``psycopg.connect`` whose errors never show the password of ``conninfo``."""
-    try:
-        return psycopg.connect(conninfo, **kwargs)  # type: ignore[arg-type]
-    except psycopg.Error as exc:
-        reason = " ".join(scrub(str(exc), conninfo).split())  # libpq's text spans lines
-        raise DatabaseConnectionError(f"cannot connect to {redact(conninfo)}: {reason}") from None
-
-
-def scrub(text: str, conninfo: str) -> str:
-    """``text`` with every DSN in it redacted, and ``conninfo``'s password removed too.
-
-    libpq echoes a malformed conninfo back in its error message, so the password can
-    appear in the text in any form; redacting the known password catches all of them.
-    """
-    text = redact(text)
-    try:
-        password = conninfo_to_dict(conninfo).get("password")
-    except psycopg.Error:
-        password = None
-    if isinstance(password, str) and password:
-        text = text.replace(password, "***")
-    return text
 
 
 @contextmanager
@@ -233,7 +107,7 @@ def _connection(conn_or_dsn: ConnOrDsn) -> Iterator[psycopg.Connection[object]]:
             )
         yield conn_or_dsn
     elif isinstance(conn_or_dsn, str):
-        conn = connect(conn_or_dsn, autocommit=True)
+        conn = connect(conn_or_dsn, application_name="orchwf-migrate", keepalive=False)
         try:
             yield conn  # type: ignore[misc]
         finally:
@@ -248,73 +122,66 @@ def _describe(exc: psycopg.Error) -> str:
     return redact(str(exc).strip() or type(exc).__name__)
 
 
-# -- statements ---------------------------------------------------------------------------
+# -- the steps of one transaction ---------------------------------------------------------
 
 
-def _tracking(schema: str | None) -> sql.Composable:
-    return sql.Identifier(schema, TRACKING_TABLE) if schema else sql.Identifier(TRACKING_TABLE)
+class _Tx:
+    """What a migrator does inside one transaction, on one cursor."""
+
+    def __init__(self, cur: Cursor, schema: str) -> None:
+        self.cur = cur
+        self.schema = schema
+        self.q = Queries.of(schema)
+
+    def run(self, query: str, **params: object) -> Cursor:
+        return self.cur.execute(self.q.statement(query), params or None)
+
+    def lock_and_prepare(self) -> None:
+        """Lock, create the schema and tracking table if missing, point search_path at them.
+
+        Existence is checked before creating, so a role without CREATE privilege can still
+        run ``status`` (and anything else) on an already-migrated schema.
+        """
+        self.run("migration_lock", key=lock_key(self.schema))
+        if self.run("schema_exists", schema=self.schema).fetchone() is None:
+            self.run("create_schema")
+        self.run("set_search_path")
+        if not self.tracking_exists():
+            self.run("create_tracking")
+
+    def tracking_exists(self) -> bool:
+        return self.run("tracking_exists", schema=self.schema).fetchone() is not None
+
+    def applied(self) -> dict[int, tuple[str, str, datetime]]:
+        """Applied versions by number: (version, description, applied_at in UTC)."""
+        out: dict[int, tuple[str, str, datetime]] = {}
+        for version, description, applied_at in self.run("applied_migrations").fetchall():
+            try:
+                number = int(str(version))
+            except ValueError:
+                continue  # not ours: orchwf versions are numbers
+            assert isinstance(applied_at, datetime)
+            out[number] = (str(version), str(description or ""), applied_at.astimezone(timezone.utc))
+        return out
+
+    def fresh(self) -> bool:
+        """No orchwf table and no applied migration: a new install."""
+        return not self.applied() and not self.run("orchwf_tables", schema=self.schema).fetchall()
+
+    def api_applied(self) -> dict[str, tuple[str, datetime]]:
+        if self.run("api_tracking_exists", schema=self.schema).fetchone() is None:
+            return {}
+        return {str(name): (str(checksum), applied_at.astimezone(timezone.utc))  # type: ignore[union-attr]
+                for name, checksum, applied_at in self.run("applied_api_files").fetchall()}
+
+    def apply_api(self, files: Sequence[ApiFile]) -> None:
+        self.run("create_api_tracking")
+        for api in files:
+            self.cur.execute(sql.SQL(api.sql))  # type: ignore[arg-type]  # a file of ours
+            self.run("record_api_file", name=api.name, checksum=api.checksum)
 
 
-def _prologue(schema: str) -> list[sql.Composable]:
-    """What every migration transaction runs first (also printed by the dry run)."""
-    return [
-        sql.SQL("SELECT pg_advisory_xact_lock({})").format(sql.Literal(lock_key(schema))),
-        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)),
-        sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)),
-        sql.SQL(_CREATE_TRACKING).format(table=_tracking(None)),
-    ]
-
-
-def _record(migration: Migration) -> sql.Composed:
-    return sql.SQL("INSERT INTO {} (version, description) VALUES ({}, {})").format(
-        _tracking(None), sql.Literal(migration.version), sql.Literal(migration.description)
-    )
-
-
-def _unrecord(migration: Migration) -> sql.Composed:
-    return sql.SQL("DELETE FROM {} WHERE version = {}").format(
-        _tracking(None), sql.Literal(migration.version)
-    )
-
-
-def _lock_and_prepare(cur: psycopg.Cursor[tuple[object, ...]], schema: str) -> None:
-    """Lock, create the schema and tracking table if missing, point search_path at them.
-
-    Existence is checked before creating, so a role without CREATE privilege can still
-    run ``status`` (and anything else) on an already-migrated schema.
-    """
-    cur.execute("SELECT pg_advisory_xact_lock(%s)", (lock_key(schema),))
-    cur.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,))
-    if cur.fetchone() is None:
-        cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
-    cur.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
-    if not _tracking_exists(cur, schema):
-        cur.execute(sql.SQL(_CREATE_TRACKING).format(table=_tracking(schema)))
-
-
-def _tracking_exists(cur: psycopg.Cursor[tuple[object, ...]], schema: str) -> bool:
-    cur.execute(
-        "SELECT 1 FROM pg_tables WHERE schemaname = %s AND tablename = %s", (schema, TRACKING_TABLE)
-    )
-    return cur.fetchone() is not None
-
-
-def _applied(
-    cur: psycopg.Cursor[tuple[object, ...]], schema: str
-) -> dict[int, tuple[str, str, datetime]]:
-    """Applied versions by number: (version, description, applied_at in UTC)."""
-    cur.execute(
-        sql.SQL("SELECT version, description, applied_at FROM {}").format(_tracking(schema))
-    )
-    out: dict[int, tuple[str, str, datetime]] = {}
-    for version, description, applied_at in cur.fetchall():
-        try:
-            number = int(str(version))
-        except ValueError:
-            continue  # not ours: orchwf versions are numbers
-        assert isinstance(applied_at, datetime)
-        out[number] = (str(version), str(description or ""), applied_at.astimezone(timezone.utc))
-    return out
+# -- plans ----------------------------------------------------------------------------------
 
 
 def _find_target(migrations: Sequence[Migration], target: str | None) -> int | None:
@@ -323,26 +190,18 @@ def _find_target(migrations: Sequence[Migration], target: str | None) -> int | N
     try:
         number = int(target)
     except (TypeError, ValueError):
-        raise ValidationError(
-            f"invalid target version {target!r}: expected a number like 001"
-        ) from None
+        raise ValidationError(f"invalid target version {target!r}: expected a number like 001") from None
     if not any(m.number == number for m in migrations):
         known = ", ".join(m.version for m in migrations) or "none"
         raise ValidationError(f"unknown target version {target!r}; known versions: {known}")
     return number
 
 
-def _pending(
-    migrations: Sequence[Migration], applied: Mapping[int, object], target: int | None
-) -> list[Migration]:
-    return [
-        m for m in migrations if m.number not in applied and (target is None or m.number <= target)
-    ]
+def _pending(migrations: Sequence[Migration], applied: Mapping[int, object], target: int | None) -> list[Migration]:
+    return [m for m in migrations if m.number not in applied and (target is None or m.number <= target)]
 
 
-def _last_applied(
-    migrations: Sequence[Migration], applied: dict[int, tuple[str, str, datetime]]
-) -> Migration | None:
+def _last_applied(migrations: Sequence[Migration], applied: dict[int, tuple[str, str, datetime]]) -> Migration | None:
     if not applied:
         return None
     number = max(applied)
@@ -357,6 +216,11 @@ def _last_applied(
     )
 
 
+def _own_tree(migrations_dir: MigrationsDir) -> bool:
+    """orchwf's own files (with schema.sql and the API), not a caller's directory."""
+    return migrations_dir is None
+
+
 # -- commands -----------------------------------------------------------------------------
 
 
@@ -367,7 +231,8 @@ def migrate(
     target: str | None = None,
     migrations_dir: MigrationsDir = None,
 ) -> list[str]:
-    """Apply pending migrations (up to ``target`` if given); return the versions applied.
+    """Apply pending migrations (up to ``target`` if given), then the API; return the
+    versions applied.
 
     Safe to run from several processes at once: the others wait on the advisory lock
     and then find nothing left to do.
@@ -375,27 +240,61 @@ def migrate(
     validate_schema(schema)
     migrations = load_migrations(migrations_dir)
     limit = _find_target(migrations, target)
+    own = _own_tree(migrations_dir)
     done: list[str] = []
     with _connection(conninfo_or_connection) as conn:
+        if own and limit is None:
+            done += _fresh_install(conn, schema, migrations)
         while True:
             current: Migration | None = None
             try:
-                with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
-                    _lock_and_prepare(cur, schema)
-                    pending = _pending(migrations, _applied(cur, schema), limit)
+                with conn.transaction(), conn.cursor() as cur:
+                    tx = _Tx(cur, schema)
+                    tx.lock_and_prepare()
+                    pending = _pending(migrations, tx.applied(), limit)
                     if not pending:
                         break
                     current = pending[0]
-                    cur.execute(sql.SQL(current.up_sql))  # type: ignore[arg-type]
-                    cur.execute(_record(current))
+                    cur.execute(sql.SQL(current.up_sql))  # type: ignore[arg-type]  # a file of ours
+                    tx.run("record_migration", version=current.version, description=current.description)
             except psycopg.Error as exc:
                 what = f"migration {current.label} failed" if current else "migrate failed"
-                raise MigrationError(
-                    f"{what} (nothing of it was applied): {_describe(exc)}"
-                ) from exc
+                raise MigrationError(f"{what} (nothing of it was applied): {_describe(exc)}") from exc
             assert current is not None
             done.append(current.version)
+        if own and (limit is None or limit == migrations[-1].number):
+            _apply_api(conn, schema, migrations)
     return done
+
+
+def _fresh_install(conn: psycopg.Connection[object], schema: str, migrations: Sequence[Migration]) -> list[str]:
+    """sql/schema.sql in one transaction, recording every migration, if nothing is there."""
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            tx = _Tx(cur, schema)
+            tx.lock_and_prepare()
+            if not tx.fresh():
+                return []
+            cur.execute(sql.SQL(load_schema()))  # type: ignore[arg-type]  # a file of ours
+            for m in migrations:
+                tx.run("record_migration", version=m.version, description=m.description)
+    except psycopg.Error as exc:
+        raise MigrationError(f"fresh install (sql/schema.sql) failed, nothing was created: {_describe(exc)}") from exc
+    return [m.version for m in migrations]
+
+
+def _apply_api(conn: psycopg.Connection[object], schema: str, migrations: Sequence[Migration]) -> None:
+    files = load_api()
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            tx = _Tx(cur, schema)
+            tx.lock_and_prepare()
+            if _pending(migrations, tx.applied(), None):
+                return  # another migrator's newer files? not ours to judge: skip
+            tx.apply_api(files)
+    except psycopg.Error as exc:
+        raise MigrationError(f"applying the SQL API (sql/api/) failed, nothing of it was applied: "
+                             f"{_describe(exc)}") from exc
 
 
 def rollback(
@@ -408,6 +307,7 @@ def rollback(
     """Roll back the last ``steps`` applied migrations, newest first; return their versions.
 
     Stops early (without error) when nothing is left applied, so it works on a fresh DB.
+    The API functions stay as they are (the down scripts say what they restore).
     """
     validate_schema(schema)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -418,13 +318,16 @@ def rollback(
         for _ in range(steps):
             current: Migration | None = None
             try:
-                with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
-                    _lock_and_prepare(cur, schema)
-                    current = _last_applied(migrations, _applied(cur, schema))
+                with conn.transaction(), conn.cursor() as cur:
+                    tx = _Tx(cur, schema)
+                    tx.lock_and_prepare()
+                    current = _last_applied(migrations, tx.applied())
                     if current is None:
                         break
-                    cur.execute(sql.SQL(current.down_sql or ""))  # type: ignore[arg-type]
-                    cur.execute(_unrecord(current))
+                    cur.execute(sql.SQL(current.down_sql or ""))  # type: ignore[arg-type]  # a file of ours
+                    tx.run("unrecord_migration", version=current.version)
+                    if _own_tree(migrations_dir) and tx.run("api_tracking_exists", schema=schema).fetchone():
+                        tx.run("forget_api_files")  # the API on record is no longer the schema's
             except psycopg.Error as exc:
                 what = f"rollback of {current.label} failed" if current else "rollback failed"
                 raise MigrationError(f"{what} (nothing was changed): {_describe(exc)}") from exc
@@ -445,18 +348,8 @@ def status(
     Creates the tracking table if missing (so a fresh DB simply shows everything
     pending), unless ``read_only``. Versions applied by a newer orchwf are listed too.
     """
-    validate_schema(schema)
+    applied, _ = _read(conninfo_or_connection, schema, read_only, api=False)
     migrations = load_migrations(migrations_dir)
-    with _connection(conninfo_or_connection) as conn:
-        try:
-            with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
-                if read_only:
-                    applied = _applied(cur, schema) if _tracking_exists(cur, schema) else {}
-                else:
-                    _lock_and_prepare(cur, schema)
-                    applied = _applied(cur, schema)
-        except psycopg.Error as exc:
-            raise MigrationError(f"status failed: {_describe(exc)}") from exc
     out = []
     for m in migrations:
         row = applied.pop(m.number, None)
@@ -466,6 +359,31 @@ def status(
         out.append(MigrationStatus(version, description, applied_at))
     out.sort(key=lambda s: int(s.version))
     return out
+
+
+def api_status(conninfo_or_connection: ConnOrDsn, schema: str = "public") -> list[ApiStatus]:
+    """Each file of sql/api/: when it was applied, and whether that was this release's text."""
+    _, api = _read(conninfo_or_connection, schema, read_only=True, api=True)
+    return [ApiStatus(f.name, api[f.name][1] if f.name in api else None,
+                      f.name in api and api[f.name][0] == f.checksum) for f in load_api()]
+
+
+def _read(conninfo_or_connection: ConnOrDsn, schema: str, read_only: bool, *, api: bool
+          ) -> tuple[dict[int, tuple[str, str, datetime]], dict[str, tuple[str, datetime]]]:
+    validate_schema(schema)
+    with _connection(conninfo_or_connection) as conn:
+        try:
+            with conn.transaction(), conn.cursor() as cur:
+                tx = _Tx(cur, schema)
+                if read_only:
+                    applied = tx.applied() if tx.tracking_exists() else {}
+                else:
+                    tx.lock_and_prepare()
+                    applied = tx.applied()
+                # a runtime role may read orchwf_migrations only (docs/reliability.md)
+                return applied, tx.api_applied() if api else {}
+        except psycopg.Error as exc:
+            raise MigrationError(f"status failed: {_describe(exc)}") from exc
 
 
 def plan(
@@ -480,9 +398,11 @@ def plan(
     """The SQL that ``migrate`` (direction "up") or ``rollback`` ("down") would run now.
 
     Nothing is changed: the applied versions are read only if the tracking table
-    exists. The text is a runnable psql script, one transaction per migration, with
-    the lock, ``SET LOCAL search_path`` and tracking statements included. Empty when
-    there is nothing to do.
+    exists. The text is a runnable psql script, one transaction per migration (a fresh
+    install is one transaction, sql/schema.sql), then one for the API files, with the
+    lock, ``SET LOCAL search_path`` and tracking statements included. Empty when there
+    is nothing to do (the API is re-applied by every ``migrate``, so "up" is never empty
+    on orchwf's own files).
     """
     validate_schema(schema)
     if direction not in ("up", "down"):
@@ -491,17 +411,33 @@ def plan(
         raise ValidationError(f"steps must be a positive int, got {steps!r}")
     migrations = load_migrations(migrations_dir)
     limit = _find_target(migrations, target)
+    own = _own_tree(migrations_dir)
     with _connection(conninfo_or_connection) as conn:
         try:
-            with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
-                applied = _applied(cur, schema) if _tracking_exists(cur, schema) else {}
+            with conn.transaction(), conn.cursor() as cur:
+                tx = _Tx(cur, schema)
+                applied = tx.applied() if tx.tracking_exists() else {}
+                fresh = own and limit is None and not applied and not tx.run(
+                    "orchwf_tables", schema=schema).fetchall()
         except psycopg.Error as exc:
             raise MigrationError(f"dry run failed: {_describe(exc)}") from exc
 
-        chunks: list[str] = []
+        script = _Script(conn, schema)
         if direction == "up":
-            for m in _pending(migrations, applied, limit):
-                chunks.append(_script(conn, schema, m, m.up_sql, _record(m), "up"))
+            if fresh:
+                script.transaction("fresh install (sql/schema.sql)", load_schema(),
+                                   [("record_migration", {"version": m.version, "description": m.description})
+                                    for m in migrations])
+            else:
+                for m in _pending(migrations, applied, limit):
+                    script.transaction(f"migration {m.label} (up)", m.up_sql,
+                                       [("record_migration", {"version": m.version, "description": m.description})])
+            if own and (limit is None or limit == migrations[-1].number):
+                files = load_api()
+                body = "\n".join(f"-- sql/api/{f.name}\n{f.sql.strip()}" for f in files)
+                script.transaction("SQL API (sql/api/, applied by every migrate up)", body,
+                                   [("create_api_tracking", {})]
+                                   + [("record_api_file", {"name": f.name, "checksum": f.checksum}) for f in files])
         else:
             remaining = dict(applied)
             for _ in range(steps):
@@ -509,23 +445,35 @@ def plan(
                 if last is None:
                     break
                 remaining.pop(last.number)
-                chunks.append(
-                    _script(conn, schema, last, last.down_sql or "", _unrecord(last), "down")
-                )
-    return "\n".join(chunks)
+                script.transaction(f"migration {last.label} (down)", last.down_sql or "",
+                                   [("unrecord_migration", {"version": last.version})])
+    return script.text()
 
 
-def _script(
-    conn: psycopg.Connection[object],
-    schema: str,
-    migration: Migration,
-    body: str,
-    tracking: sql.Composable,
-    direction: str,
-) -> str:
-    lines = [f"-- orchwf migration {migration.label} ({direction}), schema {schema}", "BEGIN;"]
-    lines += [stmt.as_string(conn) + ";" for stmt in _prologue(schema)]
-    lines.append(body.strip())
-    lines.append(tracking.as_string(conn) + ";")
-    lines.append("COMMIT;")
-    return "\n".join(lines) + "\n"
+class _Script:
+    """A runnable psql script: BEGIN, the lock and search_path, the body, tracking, COMMIT."""
+
+    def __init__(self, conn: psycopg.Connection[object], schema: str) -> None:
+        self.conn = conn
+        self.schema = schema
+        self.q = Queries.of(schema)
+        self.chunks: list[str] = []
+
+    def _stmt(self, name: str, params: Mapping[str, object]) -> str:
+        text = self.q.statement(name).as_string(self.conn)
+        # client-side binding, for the printed script only
+        return psycopg.ClientCursor(self.conn).mogrify(text, params or None) + ";"  # type: ignore[arg-type]
+
+    def transaction(self, title: str, body: str, tracking: Sequence[tuple[str, Mapping[str, object]]]) -> None:
+        lines = [f"-- orchwf {title}, schema {self.schema}", "BEGIN;",
+                 self._stmt("migration_lock", {"key": lock_key(self.schema)}),
+                 self._stmt("create_schema_if_missing", {}),
+                 self._stmt("set_search_path", {}),
+                 self._stmt("create_tracking", {}),
+                 body.strip()]
+        lines += [self._stmt(name, params) for name, params in tracking]
+        lines.append("COMMIT;")
+        self.chunks.append("\n".join(lines) + "\n")
+
+    def text(self) -> str:
+        return "\n".join(self.chunks)

@@ -40,7 +40,8 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from .. import jsonvalue
-from ..db.migrations import connect, validate_schema
+from ..db.connect import connect
+from ..db.queries import validate_schema
 from ..errors import InvalidStateError, StepNotFoundError, ValidationError, WorkflowNotFoundError
 from ..types import (
     StepInstance,
@@ -442,7 +443,7 @@ class DBStateManager:
                 assert self._conninfo is not None
                 # Connect once directly: a bad DSN fails now with libpq's reason (password
                 # redacted), instead of a pool timeout 30 seconds later.
-                connect(self._conninfo).close()
+                connect(self._conninfo, application_name="orchwf", keepalive=False).close()
                 self._pool = ConnectionPool(
                     self._conninfo,
                     min_size=self._min_size,

@@ -99,24 +99,3 @@ def test_the_supervisor_runs_a_quarantine_worker_while_suspects_wait(client: Cli
     wait_for(lambda: quarantine not in children(daemon.proc.pid), timeout=30, what="the quarantine worker to exit")
     assert daemon.worker_pids(expected=1) == [worker]
     assert "quarantine worker" in daemon.output()
-
-
-def test_the_previous_versions_signatures_still_work_during_a_rolling_upgrade(client: Client, app_db: str) -> None:
-    # Workers and supervisors of the version before migration 004 call the old signatures:
-    # they keep working (claiming suspects like any step, as they always did).
-    ids = client.enqueue_many("single", [{} for _ in range(2)])
-    with psycopg.connect(app_db, autocommit=True) as conn:
-        [first] = claim(conn, "host:1:1", 1)
-        conn.execute("SELECT * FROM orchwf_rescue_steps('host:1:1')")  # now a suspect
-        old = conn.execute("SELECT step_inst_id, lease_token FROM orchwf_claim_steps("
-                           "'old:1:1', '{default}', '{single}', 10, 30)").fetchall()
-        steps = [r[0] for r in conn.execute(
-            "SELECT id FROM orchwf_step_instances WHERE workflow_inst_id = ANY(%s::uuid[])", (ids,)).fetchall()]
-        assert sorted(r[0] for r in old) == sorted(steps) and first in steps
-        rows = conn.execute(
-            "SELECT * FROM orchwf_finish_and_claim(%s, %s, '{completed,completed}', '{NULL,NULL}', '{NULL,NULL}',"
-            " '{1,1}', '{0,0}', NULL, 'old:1:1', '{default}', '{single}', 10, 30)",
-            ([r[0] for r in old], [r[1] for r in old])).fetchall()
-        assert sorted((r[0], r[1]) for r in rows) == sorted((r[0], True) for r in old)
-        assert conn.execute("SELECT * FROM orchwf_maintain('old-supervisor')").fetchone()[:2] == (0, 0)
-    assert {client.get_workflow(i).status for i in ids} == {WorkflowStatus.COMPLETED}

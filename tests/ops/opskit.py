@@ -172,7 +172,7 @@ def run_one(dsn: str, outcome: str, *, error: str = "boom", worker: str = "test:
             workflows = tuple(r[0] for r in conn.execute(
                 "SELECT workflow_id FROM orchwf_workflow_definitions").fetchall())
         row = conn.execute("SELECT step_inst_id, workflow_inst_id, step_id, lease_token FROM"
-                           " orchwf_claim_steps(%s, %s, %s, 1, 30)",
+                           " orchwf_claim_steps(%s, %s, %s, 1, 30, false)",
                            (worker, list(queues), list(workflows))).fetchone()
         if row is None:
             return None

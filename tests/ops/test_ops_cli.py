@@ -142,7 +142,7 @@ def test_show_a_failed_instance_as_a_tree_and_as_json(orchwf, ops_db: str) -> No
 def test_show_a_running_step_names_its_worker(orchwf, ops_db: str) -> None:
     with Client(ops_db) as client:
         iid = client.enqueue("ops_slow", {})
-    query(ops_db, "SELECT * FROM orchwf_claim_steps('host:42:1', '{default}', '{ops_slow}', 1, 30)")
+    query(ops_db, "SELECT * FROM orchwf_claim_steps('host:42:1', '{default}', '{ops_slow}', 1, 30, false)")
     text = ok(orchwf("show", iid))
     assert "running on host:42:1, lease expires in" in text
 
@@ -221,7 +221,7 @@ def test_stats(orchwf, ops_db: str) -> None:
         client.enqueue_many("ops_chain", [{}] * 2, queue="bulk", priority=9)
     query(ops_db, "UPDATE orchwf_ready_steps SET ready_at = now() - interval '2 minutes' WHERE queue = 'bulk'")
     failed_instance(ops_db)
-    query(ops_db, "SELECT * FROM orchwf_claim_steps('host:1:1', '{default}', '{ops_chain}', 1, 30)")
+    query(ops_db, "SELECT * FROM orchwf_claim_steps('host:1:1', '{default}', '{ops_chain}', 1, 30, false)")
     doc = json.loads(ok(orchwf("stats", "--json", "--window", "1h")))
     queues = {q["queue"]: q for q in doc["queues"]}
     assert queues["bulk"]["ready"] == 2 and 115 < queues["bulk"]["oldest_ready_age_seconds"] < 300
@@ -246,8 +246,8 @@ def test_workers_lists_processes_and_their_claims(orchwf, ops_db: str) -> None:
     with Client(ops_db) as client:
         iid = client.enqueue("ops_slow", {})
         client.enqueue("ops_chain", {})
-    query(ops_db, "SELECT * FROM orchwf_claim_steps('h:2:1', '{default}', '{ops_slow}', 5, 30)")
-    query(ops_db, "SELECT * FROM orchwf_claim_steps('gone:9:9', '{default}', '{ops_chain}', 5, 30)")
+    query(ops_db, "SELECT * FROM orchwf_claim_steps('h:2:1', '{default}', '{ops_slow}', 5, 30, false)")
+    query(ops_db, "SELECT * FROM orchwf_claim_steps('gone:9:9', '{default}', '{ops_chain}', 5, 30, false)")
     doc = json.loads(ok(orchwf("workers", "--json")))
     by_id = {w["worker_id"]: w for w in doc["workers"]}
     assert by_id["h:2:1"]["live"] and not by_id["h:3:1"]["live"]

@@ -1,36 +1,58 @@
--- orchwf 004 down: the definitions of 001 and 002 again (004 left the old signatures of
--- the claim, finish-and-claim and maintenance functions in place).
+-- orchwf API: the finish. Results, retries, dependency release and instance completion,
+-- in one transaction, each result fenced by its lease token.
 
-DROP FUNCTION orchwf_maintain(text, boolean, text[], text[]);
-DROP FUNCTION orchwf_finish_and_claim(uuid[], bigint[], text[], jsonb[], text[], bigint[], double precision[],
-                                      jsonb[], text, text[], text[], integer, double precision, boolean);
-DROP FUNCTION orchwf_claim_steps(text, text[], text[], integer, double precision, boolean);
-DROP INDEX orchwf_rs_suspect_idx;
-ALTER TABLE orchwf_ready_steps DROP COLUMN suspect;
-DELETE FROM orchwf_workers WHERE role = 'quarantine';
-ALTER TABLE orchwf_workers DROP CONSTRAINT orchwf_workers_role_check,
-    ADD CONSTRAINT orchwf_workers_role_check CHECK (role IN ('supervisor', 'worker'));
-
-DELETE FROM orchwf_step_instances s
-WHERE NOT EXISTS (SELECT 1 FROM orchwf_workflow_instances i WHERE i.id = s.workflow_inst_id);
-ALTER TABLE orchwf_step_instances ADD CONSTRAINT orchwf_step_instances_workflow_inst_id_fkey
-    FOREIGN KEY (workflow_inst_id) REFERENCES orchwf_workflow_instances (id) ON DELETE CASCADE;
-
-ALTER INDEX orchwf_wi_created_idx RESET (deduplicate_items);
-ALTER INDEX orchwf_wi_trace_idx RESET (deduplicate_items);
-ALTER INDEX orchwf_wi_correlation_idx RESET (deduplicate_items);
-
-CREATE OR REPLACE FUNCTION orchwf_uuid7() RETURNS uuid
-LANGUAGE sql
-VOLATILE PARALLEL SAFE
+-- Cancel what is left of an instance and end it (or hand it to its compensation step).
+-- The caller holds the instance's row lock.
+CREATE OR REPLACE FUNCTION orchwf_end_instance(p_inst uuid, p_final text, p_error text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
 AS $$
-    SELECT encode(
-        set_bit(set_bit(
-            overlay(uuid_send(gen_random_uuid())
-                    PLACING substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
-                    FROM 1 FOR 6),
-            52, 1), 53, 1),
-        'hex')::uuid
+DECLARE
+    v_queue text;
+BEGIN
+    DELETE FROM orchwf_ready_steps WHERE workflow_inst_id = p_inst;
+    -- Running steps lose their lease here: whatever their workers return is discarded.
+    DELETE FROM orchwf_running_steps WHERE workflow_inst_id = p_inst;
+    UPDATE orchwf_step_instances
+    SET status = 'cancelled', completed_at = now(), updated_at = now(), run_after = NULL,
+        lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, deadline_at = NULL
+    WHERE workflow_inst_id = p_inst AND status IN ('pending', 'running', 'retrying')
+      AND step_id <> '$compensate';
+
+    IF EXISTS (SELECT 1 FROM orchwf_step_instances
+               WHERE workflow_inst_id = p_inst AND status = 'completed' AND has_compensator
+                 AND step_id <> '$compensate') THEN
+        -- Compensators are user code: a worker runs them as the '$compensate' step, which
+        -- ends the instance with p_final when it finishes.
+        INSERT INTO orchwf_step_instances AS s (
+            id, step_id, workflow_inst_id, status, input, execution_order, max_attempts, required)
+        VALUES (orchwf_uuid7(), '$compensate', p_inst, 'pending',
+                jsonb_build_object('final_status', p_final, 'error', p_error), 1000000, 1, true)
+        ON CONFLICT (workflow_inst_id, step_id) DO UPDATE
+            SET status = 'pending', input = EXCLUDED.input, attempts = 0, retry_count = 0,
+                crashes = 0, error = NULL, completed_at = NULL, updated_at = now();
+        INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
+        SELECT s.id, i.id, i.workflow_id, i.queue, i.priority + 1000
+        FROM orchwf_step_instances s JOIN orchwf_workflow_instances i ON i.id = s.workflow_inst_id
+        WHERE s.workflow_inst_id = p_inst AND s.step_id = '$compensate'
+        ON CONFLICT DO NOTHING
+        RETURNING queue INTO v_queue;
+        UPDATE orchwf_workflow_instances
+        SET error = p_error, steps_remaining = 1, updated_at = now() WHERE id = p_inst;
+        PERFORM pg_notify('orchwf_ready', coalesce(v_queue, 'default'));
+        RETURN;
+    END IF;
+
+    UPDATE orchwf_workflow_instances
+    SET status = p_final, error = p_error, completed_at = now(), updated_at = now(),
+        steps_remaining = 0, current_step_id = NULL
+    WHERE id = p_inst;
+    INSERT INTO orchwf_workflow_events (workflow_inst_id, event_type, event_data)
+    VALUES (p_inst, 'workflow.' || p_final,
+            CASE WHEN p_final = 'failed' THEN jsonb_build_object('error', p_error) ELSE '{}'::jsonb END);
+    PERFORM pg_notify('orchwf_done', '');
+END;
 $$;
 
 CREATE OR REPLACE FUNCTION orchwf_finish_steps(
@@ -70,8 +92,8 @@ BEGIN
     -- Instances first, in id order (the global lock order).
     SELECT array_agg(DISTINCT s.workflow_inst_id) INTO v_insts
     FROM orchwf_step_instances s WHERE s.id = ANY (p_ids);
-    -- NO KEY UPDATE, not UPDATE: ready inserts take KEY SHARE locks on these rows
-    -- through their foreign keys, and must not queue behind (or deadlock with) a finish.
+    -- NO KEY UPDATE, not UPDATE: the in-process store's step writes take KEY SHARE locks
+    -- on these rows, and must not queue behind (or deadlock with) a finish.
     PERFORM 1 FROM orchwf_workflow_instances i WHERE i.id = ANY (v_insts) ORDER BY i.id FOR NO KEY UPDATE;
 
     WITH r AS (
@@ -97,20 +119,23 @@ BEGIN
         RETURNING s.id, s.workflow_inst_id, s.step_id, s.status, r.outcome, r.error, r.duration, r.delay,
                   s.retry_count, s.attempts, cardinality(s.dependents) > 0 AS has_dependents),
     events AS (
+        -- One event per result, and a second one (step.skipped) for a skipped step. Only
+        -- the document of the event written is built.
         INSERT INTO orchwf_workflow_events (workflow_inst_id, step_inst_id, event_type, event_data)
-        SELECT d.workflow_inst_id, d.id, e.type, e.data
+        SELECT d.workflow_inst_id, d.id,
+               CASE d.outcome WHEN 'completed' THEN 'step.completed' WHEN 'retry' THEN 'step.attempt_failed'
+                              WHEN 'requeue' THEN 'step.rescued' WHEN 'release' THEN 'step.released'
+                              ELSE 'step.failed' END,
+               CASE d.outcome WHEN 'completed' THEN jsonb_build_object('duration_ms', d.duration)
+                              WHEN 'retry' THEN jsonb_build_object('error', d.error, 'attempt', d.attempts,
+                                                                   'retry_in_seconds', d.delay)
+                              WHEN 'requeue' THEN jsonb_build_object('cause', d.error)
+                              WHEN 'release' THEN '{}'::jsonb
+                              ELSE jsonb_build_object('error', d.error, 'retries', d.retry_count) END
         FROM done d
-        CROSS JOIN LATERAL (VALUES
-            ('step.completed', d.outcome = 'completed', jsonb_build_object('duration_ms', d.duration)),
-            ('step.failed', d.outcome IN ('failed', 'skipped'),
-                 jsonb_build_object('error', d.error, 'retries', d.retry_count)),
-            ('step.skipped', d.outcome = 'skipped', jsonb_build_object('error', d.error)),
-            ('step.attempt_failed', d.outcome = 'retry',
-                 jsonb_build_object('error', d.error, 'attempt', d.attempts, 'retry_in_seconds', d.delay)),
-            ('step.rescued', d.outcome = 'requeue', jsonb_build_object('cause', d.error)),
-            ('step.released', d.outcome = 'release', '{}'::jsonb)
-        ) AS e(type, wanted, data)
-        WHERE e.wanted
+        UNION ALL
+        SELECT d.workflow_inst_id, d.id, 'step.skipped', jsonb_build_object('error', d.error)
+        FROM done d WHERE d.outcome = 'skipped'
         RETURNING 1),
     unlisted AS (
         -- "= ANY (p_ids)": an index scan whatever the planner guesses for r; the running
@@ -137,8 +162,9 @@ BEGIN
 
     -- Attempts that go straight back to the queue.
     IF v_requeue THEN
-        INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
-        SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority
+        -- A step that was running in a process that died is a suspect (see 004's header).
+        INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority, suspect)
+        SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority, s.crashes > 0
         FROM orchwf_step_instances s JOIN orchwf_workflow_instances i ON i.id = s.workflow_inst_id
         WHERE s.id = ANY (v_accepted) AND s.status IN ('retrying', 'pending') AND s.run_after IS NULL
           AND i.status IN ('pending', 'running')
@@ -268,182 +294,49 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION orchwf_promote_scheduled(p_limit integer DEFAULT 1000)
-RETURNS integer
-LANGUAGE plpgsql
-SET search_path FROM CURRENT
-AS $$
-DECLARE
-    v_insts uuid[];
-    v_n integer;
-BEGIN
-    -- Due steps without locks, then their live instances in lock order (skipping any
-    -- that a finish or cancel holds: they are promoted on the next round).
-    SELECT array_agg(i.id ORDER BY i.id) INTO v_insts
-    FROM (SELECT i.id FROM orchwf_workflow_instances i
-          WHERE i.id IN (SELECT s.workflow_inst_id FROM orchwf_step_instances s
-                         WHERE s.run_after IS NOT NULL AND s.run_after <= now()
-                         ORDER BY s.run_after LIMIT p_limit)
-            AND i.status IN ('pending', 'running')
-          ORDER BY i.id
-          FOR NO KEY UPDATE SKIP LOCKED) i;
-    IF v_insts IS NULL THEN
-        RETURN 0;
-    END IF;
-    WITH promoted AS (
-        UPDATE orchwf_step_instances s SET run_after = NULL, updated_at = now()
-        WHERE s.workflow_inst_id = ANY (v_insts) AND s.run_after IS NOT NULL AND s.run_after <= now()
-          AND s.status IN ('pending', 'retrying')
-        RETURNING s.id, s.workflow_inst_id, s.priority),
-    ins AS (
-        INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
-        SELECT p.id, i.id, i.workflow_id, i.queue, p.priority + i.priority
-        FROM promoted p JOIN orchwf_workflow_instances i ON i.id = p.workflow_inst_id
-        ON CONFLICT DO NOTHING
-        RETURNING queue)
-    SELECT count(*) INTO v_n FROM ins;
-    IF v_n > 0 THEN
-        PERFORM pg_notify('orchwf_ready', 'scheduled');
-    END IF;
-    RETURN v_n;
-END;
-$$;
-
-CREATE OR REPLACE FUNCTION orchwf_instances_deleted() RETURNS trigger
+CREATE OR REPLACE FUNCTION orchwf_finish_and_claim(
+    p_ids           uuid[],
+    p_tokens        bigint[],
+    p_outcomes      text[],
+    p_outputs       jsonb[],
+    p_errors        text[],
+    p_durations     bigint[],
+    p_delays        double precision[],
+    p_inputs        jsonb[],
+    p_worker        text,
+    p_queues        text[],
+    p_workflows     text[],
+    p_limit         integer,
+    p_lease_seconds double precision,
+    p_suspects      boolean
+) RETURNS TABLE (
+    step_inst_id     uuid,
+    accepted         boolean,
+    workflow_inst_id uuid,
+    workflow_id      text,
+    step_id          text,
+    lease_token      bigint,
+    attempt          integer,
+    retry_count      integer,
+    workflow_input   jsonb,
+    metadata         jsonb,
+    trace_id         text,
+    completed        jsonb,
+    step_input       jsonb
+)
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $$
 BEGIN
-    DELETE FROM orchwf_workflow_events e USING gone g WHERE e.workflow_inst_id = g.id;
-    DELETE FROM orchwf_ready_steps r USING gone g WHERE r.workflow_inst_id = g.id;
-    DELETE FROM orchwf_running_steps r USING gone g WHERE r.workflow_inst_id = g.id;
-    RETURN NULL;
-END;
-$$;
-
-CREATE OR REPLACE FUNCTION orchwf_enqueue_many(
-    p_workflow_id      text,
-    p_inputs           jsonb[],
-    p_metadata         jsonb DEFAULT '{}',
-    p_priority         integer DEFAULT NULL,
-    p_idempotency_keys text[] DEFAULT NULL,
-    p_queue            text DEFAULT NULL,
-    p_run_after        timestamptz DEFAULT NULL
-) RETURNS uuid[]
-LANGUAGE plpgsql
-SET search_path FROM CURRENT
-AS $$
-DECLARE
-    v_def      jsonb;
-    v_hash     text;
-    v_n        integer := coalesce(cardinality(p_inputs), 0);
-    v_keys     text[];
-    v_ids      uuid[];
-    v_inserted uuid[];
-    v_result   uuid[];
-    v_queue    text := coalesce(p_queue, 'default');
-    v_priority integer := coalesce(p_priority, 0);
-    v_meta     jsonb := coalesce(p_metadata, '{}');
-BEGIN
-    SELECT d.definition, d.version_hash INTO v_def, v_hash
-    FROM orchwf_workflow_definitions d WHERE d.workflow_id = p_workflow_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'workflow not found: %', p_workflow_id USING ERRCODE = 'OW404';
+    RETURN QUERY
+    SELECT f.step_inst_id, f.accepted, NULL::uuid, NULL::text, NULL::text, NULL::bigint, NULL::integer,
+           NULL::integer, NULL::jsonb, NULL::jsonb, NULL::text, NULL::jsonb, NULL::jsonb
+    FROM orchwf_finish_steps(p_ids, p_tokens, p_outcomes, p_outputs, p_errors, p_durations, p_delays, p_inputs) f;
+    IF p_limit > 0 THEN
+        RETURN QUERY
+        SELECT c.step_inst_id, NULL::boolean, c.workflow_inst_id, c.workflow_id, c.step_id, c.lease_token,
+               c.attempt, c.retry_count, c.workflow_input, c.metadata, c.trace_id, c.completed, c.step_input
+        FROM orchwf_claim_steps(p_worker, p_queues, p_workflows, p_limit, p_lease_seconds, p_suspects) c;
     END IF;
-    IF v_n = 0 THEN
-        RETURN '{}';
-    END IF;
-    IF jsonb_typeof(v_meta) <> 'object' THEN
-        RAISE EXCEPTION 'metadata must be a JSON object' USING ERRCODE = 'OW400';
-    END IF;
-    IF EXISTS (SELECT 1 FROM unnest(p_inputs) AS x(v) WHERE x.v IS NULL OR jsonb_typeof(x.v) <> 'object') THEN
-        RAISE EXCEPTION 'input must be a JSON object' USING ERRCODE = 'OW400';
-    END IF;
-    IF length(v_queue) NOT BETWEEN 1 AND 255 THEN
-        RAISE EXCEPTION 'queue name must be 1 to 255 characters' USING ERRCODE = 'OW400';
-    END IF;
-    -- Priorities are summed (instance + step, + 1000 for a compensation) in int4: keep
-    -- each term well inside it.
-    IF abs(v_priority) > 536870912 THEN
-        RAISE EXCEPTION 'priority % is out of range (at most 536870912 either way)', v_priority USING ERRCODE = 'OW400';
-    END IF;
-    IF EXISTS (SELECT 1 FROM unnest(p_idempotency_keys) AS k(v) WHERE length(k.v) NOT BETWEEN 1 AND 255)
-       OR length(v_meta->>'trace_id') > 255 OR length(v_meta->>'correlation_id') > 255
-       OR length(v_meta->>'business_id') > 255 THEN
-        RAISE EXCEPTION 'idempotency keys and trace, correlation and business IDs must be 1 to 255 characters'
-            USING ERRCODE = 'OW400';
-    END IF;
-    v_keys := coalesce(p_idempotency_keys, array_fill(NULL::text, ARRAY[v_n]));
-    IF cardinality(v_keys) <> v_n THEN
-        RAISE EXCEPTION 'got % idempotency keys for % inputs', cardinality(v_keys), v_n USING ERRCODE = 'OW400';
-    END IF;
-
-    SELECT array_agg(orchwf_uuid7()) INTO v_ids FROM generate_series(1, v_n);
-
-    WITH ins AS (
-        INSERT INTO orchwf_workflow_instances AS i (
-            id, workflow_id, status, input, metadata, trace_id, correlation_id, business_id,
-            priority, queue, idempotency_key, run_mode, definition_hash, steps_remaining)
-        SELECT x.id, p_workflow_id, 'pending', x.input, v_meta,
-               coalesce(nullif(v_meta->>'trace_id', ''), orchwf_uuid7()::text),
-               coalesce(nullif(v_meta->>'correlation_id', ''), orchwf_uuid7()::text),
-               coalesce(v_meta->>'business_id', ''),
-               v_priority, v_queue, x.key, 'daemon', v_hash, jsonb_array_length(v_def->'steps')
-        FROM unnest(v_ids, p_inputs, v_keys) AS x(id, input, key)
-        ON CONFLICT (workflow_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-        RETURNING i.id)
-    SELECT coalesce(array_agg(ins.id), '{}') INTO v_inserted FROM ins;
-
-    IF cardinality(v_inserted) > 0 THEN
-        WITH defsteps AS (
-            SELECT st.value->>'id' AS step_id,
-                   (st.ord - 1)::integer AS ord,
-                   coalesce((st.value->>'priority')::integer, 0) AS priority,
-                   ARRAY(SELECT jsonb_array_elements_text(st.value->'dependencies')) AS deps,
-                   ARRAY(SELECT jsonb_array_elements_text(coalesce(st.value->'dependents', '[]'))) AS dependents,
-                   coalesce((st.value->'retry_policy'->>'max_attempts')::integer, 1) AS max_attempts,
-                   (st.value->>'timeout')::double precision AS timeout,
-                   coalesce((st.value->>'required')::boolean, true) AS required,
-                   coalesce((st.value->>'crash_counts_as_attempt')::boolean, false) AS crash_counts,
-                   coalesce((st.value->>'has_compensator')::boolean, false) AS has_compensator
-            FROM jsonb_array_elements(v_def->'steps') WITH ORDINALITY AS st(value, ord)),
-        new_steps AS (
-            INSERT INTO orchwf_step_instances AS s (
-                id, step_id, workflow_inst_id, status, execution_order, priority, dependencies,
-                dependents, pending_deps, run_after, max_attempts, timeout_seconds, required,
-                crash_counts_as_attempt, has_compensator)
-            SELECT orchwf_uuid7(), d.step_id, i.id, 'pending', d.ord, d.priority, d.deps,
-                   d.dependents, cardinality(d.deps),
-                   CASE WHEN cardinality(d.deps) = 0 AND p_run_after > now() THEN p_run_after END,
-                   d.max_attempts, d.timeout, d.required, d.crash_counts, d.has_compensator
-            FROM unnest(v_inserted) AS i(id) CROSS JOIN defsteps d
-            RETURNING s.id, s.workflow_inst_id, s.priority, s.pending_deps, s.run_after),
-        new_ready AS (
-            INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
-            SELECT n.id, n.workflow_inst_id, p_workflow_id, v_queue, n.priority + v_priority
-            FROM new_steps n WHERE n.pending_deps = 0 AND n.run_after IS NULL
-            RETURNING 1)
-        INSERT INTO orchwf_workflow_events (workflow_inst_id, event_type, event_data)
-        SELECT i.id, 'workflow.started', jsonb_build_object('workflow_id', p_workflow_id)
-        FROM unnest(v_inserted) AS i(id);
-
-        IF p_run_after IS NULL OR p_run_after <= now() THEN
-            -- One notification per transaction and queue: Postgres folds identical payloads.
-            PERFORM pg_notify('orchwf_ready', v_queue);
-        ELSE
-            PERFORM pg_notify('orchwf_scheduled', '');
-        END IF;
-    END IF;
-
-    IF p_idempotency_keys IS NULL THEN
-        RETURN v_ids;  -- no keys, no conflicts: every instance was inserted, in input order
-    END IF;
-    -- A new statement sees instances committed by a concurrent producer with the same key.
-    SELECT array_agg(coalesce(ins.id, old.id) ORDER BY x.ord) INTO v_result
-    FROM unnest(v_ids, v_keys) WITH ORDINALITY AS x(id, key, ord)
-    LEFT JOIN unnest(v_inserted) AS ins(id) ON ins.id = x.id
-    LEFT JOIN orchwf_workflow_instances old
-           ON ins.id IS NULL AND old.workflow_id = p_workflow_id AND old.idempotency_key = x.key;
-    RETURN v_result;
 END;
 $$;

@@ -1,4 +1,12 @@
--- orchwf 001: tables, indexes and storage settings.
+-- orchwf: the current schema, in one picture.
+--
+-- A fresh install runs this file (then sql/api/); a database of an earlier release runs
+-- the migrations in sql/migrations/ instead (then sql/api/). tests/test_schema.py checks
+-- that both end with the same catalog. Functions and triggers live in sql/api/.
+--
+-- Migrations hold DDL and data moves only. Functions and triggers live in sql/api/, which
+-- `orchwf migrate up` applies after the migrations, every time; sql/schema.sql is the
+-- current picture of the tables (what a fresh install runs instead of 001..latest).
 --
 -- Names are unqualified: the migrator sets search_path to the target schema
 -- (default public, e.g. --schema orchwf), so orchwf can live beside an app's tables.
@@ -11,24 +19,6 @@
 --   orchwf_running_steps         the claimed steps, for lease rescue    (hottest: insert + delete)
 --   orchwf_workflow_events       append-only history
 --   orchwf_workers               live worker processes (for operators and lease release)
-
--- Time-ordered UUIDs (the UUIDv7 layout: 48 bits of Unix milliseconds, then random bits)
--- for the IDs the daemon's SQL generates. New rows land at the right edge of their
--- B-tree indexes instead of on a random leaf, so inserts touch a few hot pages however
--- large history grows (random UUIDs turn every insert into a random page access once
--- the indexes outgrow shared_buffers).
-CREATE FUNCTION orchwf_uuid7() RETURNS uuid
-LANGUAGE sql
-VOLATILE PARALLEL SAFE
-AS $$
-    SELECT encode(
-        set_bit(set_bit(
-            overlay(uuid_send(gen_random_uuid())
-                    PLACING substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
-                    FROM 1 FOR 6),
-            52, 1), 53, 1),
-        'hex')::uuid
-$$;
 
 CREATE TABLE orchwf_workflow_definitions (
     workflow_id   text PRIMARY KEY CHECK (length(workflow_id) BETWEEN 1 AND 255),
@@ -75,11 +65,16 @@ CREATE TABLE orchwf_workflow_instances (
 );
 
 -- list_workflows: ORDER BY created_at DESC, id DESC, optionally filtered.
-CREATE INDEX orchwf_wi_created_idx ON orchwf_workflow_instances (created_at DESC, id DESC);
+CREATE INDEX orchwf_wi_created_idx ON orchwf_workflow_instances (created_at DESC, id DESC)
+    WITH (deduplicate_items = off);
 CREATE INDEX orchwf_wi_workflow_idx ON orchwf_workflow_instances (workflow_id, created_at DESC);
 CREATE INDEX orchwf_wi_status_idx ON orchwf_workflow_instances (status, created_at DESC);
-CREATE INDEX orchwf_wi_trace_idx ON orchwf_workflow_instances (trace_id) WHERE trace_id IS NOT NULL;
-CREATE INDEX orchwf_wi_correlation_idx ON orchwf_workflow_instances (correlation_id) WHERE correlation_id IS NOT NULL;
+-- Unique keys and generated IDs: deduplication could only merge a row's old and new
+-- versions, which bottom-up deletion removes anyway.
+CREATE INDEX orchwf_wi_trace_idx ON orchwf_workflow_instances (trace_id) WITH (deduplicate_items = off)
+    WHERE trace_id IS NOT NULL;
+CREATE INDEX orchwf_wi_correlation_idx ON orchwf_workflow_instances (correlation_id) WITH (deduplicate_items = off)
+    WHERE correlation_id IS NOT NULL;
 CREATE INDEX orchwf_wi_business_idx ON orchwf_workflow_instances (business_id) WHERE business_id IS NOT NULL AND business_id <> '';
 -- prune: finished instances by age.
 CREATE INDEX orchwf_wi_finished_idx ON orchwf_workflow_instances (completed_at)
@@ -91,7 +86,7 @@ CREATE UNIQUE INDEX orchwf_wi_idempotency_idx ON orchwf_workflow_instances (work
 CREATE TABLE orchwf_step_instances (
     id               uuid PRIMARY KEY,
     step_id          text NOT NULL,
-    workflow_inst_id uuid NOT NULL REFERENCES orchwf_workflow_instances (id) ON DELETE CASCADE,
+    workflow_inst_id uuid NOT NULL,   -- no foreign key: see below
     status           text NOT NULL
         CHECK (status IN ('pending', 'running', 'completed', 'failed', 'skipped', 'retrying', 'cancelled')),
     input            jsonb NOT NULL DEFAULT '{}',
@@ -139,7 +134,10 @@ CREATE TABLE orchwf_step_instances (
     autovacuum_vacuum_cost_delay = 0
 );
 
--- The FK index, and the lookup of a step by (instance, step id) when releasing dependents.
+-- No foreign key to the instance: its check (a query and a KEY SHARE lock on the instance
+-- for every step row) was 14% of enqueue's work. Deleting instances deletes their steps
+-- through the statement-level trigger of sql/api/maintain.sql.
+-- The lookup of a step by (instance, step id) when releasing dependents.
 CREATE UNIQUE INDEX orchwf_si_workflow_step_idx ON orchwf_step_instances (workflow_inst_id, step_id);
 -- No index on lease_owner or lease_expires_at (or with status in a predicate): it would
 -- make every claim and finish a non-HOT update that writes every index of this table.
@@ -158,7 +156,10 @@ CREATE TABLE orchwf_ready_steps (
     workflow_id      text NOT NULL,
     queue            text NOT NULL,
     priority         integer NOT NULL,
-    ready_at         timestamptz NOT NULL DEFAULT now()
+    ready_at         timestamptz NOT NULL DEFAULT now(),
+    -- A suspect was running in a worker process that died: only the quarantine worker
+    -- claims it (docs/reliability.md).
+    suspect          boolean NOT NULL DEFAULT false
 ) WITH (
     -- Pure insert/delete churn: vacuum after ~1% dead rows (with a floor), unthrottled,
     -- so the claim's index scan never wades through dead entries.
@@ -173,6 +174,10 @@ CREATE TABLE orchwf_ready_steps (
 -- together: they are then finished together too, with one update of their instance
 -- and of their join step instead of one per step.
 CREATE INDEX orchwf_rs_claim_idx ON orchwf_ready_steps (queue, priority DESC, ready_at, workflow_inst_id, step_inst_id);
+
+-- The quarantine worker's claim; empty unless a worker died, so ordinary claims never touch it.
+CREATE INDEX orchwf_rs_suspect_idx ON orchwf_ready_steps (queue, priority DESC, ready_at, workflow_inst_id, step_inst_id)
+    WHERE suspect;
 
 -- The claimed (running) steps of the daemon: a row is inserted by the claim and deleted
 -- by the finish, in the same transactions that change the step's status. The lease
@@ -197,7 +202,7 @@ CREATE TABLE orchwf_running_steps (
 -- removed by orchwf_workflow_instances' delete trigger. (Events of a deleted step, such
 -- as an earlier compensation run, stay: they are history.)
 CREATE TABLE orchwf_workflow_events (
-    id               uuid PRIMARY KEY DEFAULT orchwf_uuid7(),
+    id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),  -- sql/api/util.sql makes it orchwf_uuid7()
     seq              bigint GENERATED ALWAYS AS IDENTITY,   -- ties in emission order
     workflow_inst_id uuid NOT NULL,
     step_inst_id     uuid,
@@ -213,33 +218,18 @@ CREATE TABLE orchwf_workflow_events (
 -- get_workflow_events: one instance's events, oldest first.
 CREATE INDEX orchwf_we_workflow_idx ON orchwf_workflow_events (workflow_inst_id, "timestamp", seq);
 
--- Deleting instances (prune, operators) deletes their steps through the foreign key, and
--- their events, ready rows and running rows here: once per statement, not per row.
-CREATE FUNCTION orchwf_instances_deleted() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path FROM CURRENT
-AS $$
-BEGIN
-    DELETE FROM orchwf_workflow_events e USING gone g WHERE e.workflow_inst_id = g.id;
-    DELETE FROM orchwf_ready_steps r USING gone g WHERE r.workflow_inst_id = g.id;
-    DELETE FROM orchwf_running_steps r USING gone g WHERE r.workflow_inst_id = g.id;
-    RETURN NULL;
-END;
-$$;
-CREATE TRIGGER orchwf_instances_deleted AFTER DELETE ON orchwf_workflow_instances
-    REFERENCING OLD TABLE AS gone FOR EACH STATEMENT EXECUTE FUNCTION orchwf_instances_deleted();
-
 CREATE TABLE orchwf_workers (
     worker_id     text PRIMARY KEY,                -- host:pid:start, unique per start
     supervisor_id text,
     host          text NOT NULL,
     pid           integer NOT NULL,
-    role          text NOT NULL CHECK (role IN ('supervisor', 'worker')),
+    role          text NOT NULL,
     queues        text[] NOT NULL DEFAULT '{}',
     workflows     text[] NOT NULL DEFAULT '{}',
     concurrency   integer NOT NULL DEFAULT 1,
     started_at    timestamptz NOT NULL DEFAULT now(),
-    heartbeat_at  timestamptz NOT NULL DEFAULT now()
+    heartbeat_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT orchwf_workers_role_check CHECK (role IN ('supervisor', 'worker', 'quarantine'))
 );
 CREATE INDEX orchwf_workers_supervisor_idx ON orchwf_workers (supervisor_id);
 

@@ -1,0 +1,107 @@
+-- orchwf API: the claim (SELECT ... FOR UPDATE SKIP LOCKED on the ready queue).
+
+CREATE OR REPLACE FUNCTION orchwf_claim_steps(
+    p_worker        text,
+    p_queues        text[],
+    p_workflows     text[],
+    p_limit         integer,
+    p_lease_seconds double precision,
+    p_suspects      boolean   -- a quarantine worker: suspects only (see above)
+) RETURNS TABLE (
+    step_inst_id     uuid,
+    workflow_inst_id uuid,
+    workflow_id      text,
+    step_id          text,
+    lease_token      bigint,
+    attempt          integer,
+    retry_count      integer,
+    workflow_input   jsonb,
+    metadata         jsonb,
+    trace_id         text,
+    completed        jsonb,
+    step_input       jsonb
+)
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+-- Key lookups only. The ready and running lists are emptied and refilled thousands of
+-- times between two autovacuum runs, so their statistics lag: a stale estimate must not
+-- turn a lookup by key into a sequential scan over dead rows.
+SET enable_seqscan = off
+-- One plan, made once per connection: every join below is a key lookup whatever the
+-- estimates, so the generic plan is as good as a custom one and costs no planning.
+SET plan_cache_mode = force_generic_plan
+AS $$
+BEGIN
+    RETURN QUERY
+    WITH picked AS MATERIALIZED (
+        -- MATERIALIZED: the planner must not re-run this per row of the update (Oban's lesson).
+        -- One ordered index scan per queue (LATERAL): "queue = ANY(...)" would defeat the
+        -- index order and sort the whole ready table.
+        -- Suspects (steps that were running in a process that died) are left to the
+        -- quarantine worker, which takes them from their own partial index, one by one.
+        SELECT x.step_inst_id
+        FROM unnest(p_queues) AS q(name)
+        CROSS JOIN LATERAL (
+            SELECT * FROM (
+                SELECT r.step_inst_id, r.priority, r.ready_at, r.workflow_inst_id
+                FROM orchwf_ready_steps r
+                WHERE NOT p_suspects AND r.queue = q.name AND r.workflow_id = ANY (p_workflows)
+                  AND r.ready_at <= now() AND NOT r.suspect
+                ORDER BY r.priority DESC, r.ready_at, r.workflow_inst_id, r.step_inst_id
+                LIMIT p_limit
+                FOR UPDATE SKIP LOCKED) ordinary
+            UNION ALL
+            SELECT * FROM (
+                SELECT r.step_inst_id, r.priority, r.ready_at, r.workflow_inst_id
+                FROM orchwf_ready_steps r
+                WHERE p_suspects AND r.suspect AND r.queue = q.name AND r.workflow_id = ANY (p_workflows)
+                  AND r.ready_at <= now()
+                ORDER BY r.priority DESC, r.ready_at, r.workflow_inst_id, r.step_inst_id
+                LIMIT p_limit
+                FOR UPDATE SKIP LOCKED) suspects) x
+        ORDER BY x.priority DESC, x.ready_at, x.workflow_inst_id, x.step_inst_id
+        LIMIT p_limit),
+    -- "= ANY (ARRAY(...))", not a join: a key lookup per row in the generic plan too.
+    gone AS (
+        DELETE FROM orchwf_ready_steps r
+        WHERE r.step_inst_id = ANY (ARRAY(SELECT p.step_inst_id FROM picked p))
+        RETURNING r.step_inst_id),
+    claimed AS (
+        UPDATE orchwf_step_instances s
+        SET status = 'running',
+            attempts = s.attempts + 1,
+            lease_owner = p_worker,
+            lease_token = nextval('orchwf_lease_token_seq'),
+            lease_expires_at = now() + p_lease_seconds * interval '1 second',
+            deadline_at = CASE WHEN s.timeout_seconds > 0 THEN now() + s.timeout_seconds * interval '1 second' END,
+            started_at = coalesce(s.started_at, now()),
+            updated_at = now()
+        WHERE s.id = ANY (ARRAY(SELECT g.step_inst_id FROM gone g)) AND s.status IN ('pending', 'retrying')
+        RETURNING s.id, s.workflow_inst_id, s.step_id, s.lease_token, s.attempts,
+                  s.retry_count, s.input),
+    leased AS (
+        INSERT INTO orchwf_running_steps (step_inst_id, workflow_inst_id, lease_owner, lease_token)
+        SELECT c.id, c.workflow_inst_id, p_worker, c.lease_token FROM claimed c
+        ON CONFLICT ON CONSTRAINT orchwf_running_steps_pkey DO UPDATE
+            SET lease_owner = EXCLUDED.lease_owner, lease_token = EXCLUDED.lease_token
+        RETURNING 1),
+    events AS (
+        INSERT INTO orchwf_workflow_events (workflow_inst_id, step_inst_id, event_type, event_data)
+        SELECT c.workflow_inst_id, c.id,
+               CASE WHEN c.attempts = 1 THEN 'step.started' ELSE 'step.retry' END,
+               CASE WHEN c.attempts = 1 THEN jsonb_build_object('step_id', c.step_id)
+                    ELSE jsonb_build_object('attempt', c.attempts) END
+        FROM claimed c
+        RETURNING 1)
+    -- Empty documents come back as NULL (the worker reads NULL as empty): nothing to
+    -- decode for the metadata, inputs and predecessors a step often does not have.
+    SELECT c.id, c.workflow_inst_id, i.workflow_id, c.step_id, c.lease_token, c.attempts,
+           c.retry_count, nullif(i.input, '{}'::jsonb), nullif(i.metadata, '{}'::jsonb), i.trace_id,
+           (SELECT jsonb_agg(jsonb_build_array(p.step_id, p.output) ORDER BY p.completed_at, p.execution_order)
+            FROM orchwf_step_instances p
+            WHERE p.workflow_inst_id = c.workflow_inst_id AND p.status = 'completed'),
+           nullif(c.input, '{}'::jsonb)
+    FROM claimed c
+    JOIN orchwf_workflow_instances i ON i.id = c.workflow_inst_id;
+END;
+$$;

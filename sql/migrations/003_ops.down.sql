@@ -1,0 +1,2 @@
+-- orchwf 003 down: nothing (its functions live in sql/api/).
+SELECT 1;

@@ -1,0 +1,181 @@
+"""Upgrades in place: a database of an earlier release migrates with its data intact, to
+the same catalog as a fresh install, while the previous release's workers keep running."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from releases import SIDE_TABLE_SQL, catalog, extract, install_release
+
+from orchwf.db.migrations import migrate
+
+HERE = Path(__file__).parent
+REPO = HERE.parent.parent
+
+pytestmark = pytest.mark.slow
+
+
+def test_fresh_install_and_upgrades_from_both_releases_give_the_same_catalog(
+        make_empty_db, tmp_path: Path) -> None:
+    fresh_dsn = make_empty_db()
+    migrate(fresh_dsn)
+    fresh = catalog(fresh_dsn)
+    assert fresh["functions"] and fresh["indexes"]
+    for release in ("release-1", "release-2"):
+        dsn = make_empty_db()
+        install_release(dsn, extract(release, tmp_path))
+        migrate(dsn)
+        upgraded = catalog(dsn)
+        for part, rows in fresh.items():
+            assert upgraded[part] == rows, f"{release}: {part} differ from a fresh install"
+
+
+class Daemon:
+    """``orchwf worker`` of one release (old: release 2's package first on the path)."""
+
+    def __init__(self, dsn: str, release: str, root: Path, log: Path) -> None:
+        env = dict(os.environ, PYTHONPATH=f"{root}{os.pathsep}{HERE}", ORCHWF_TEST_APP_DSN=dsn,
+                   UPGRADE_RELEASE=release)
+        env.pop("NOTIFY_SOCKET", None)
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "orchwf", "worker", "--app", "upgradeapp", "--dsn", dsn, "--workers", "1",
+             "--concurrency", "4", "--metrics-port", "0", "--lease-seconds", "5"],
+            cwd=root, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def release_2(empty_db_dsn: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A database at release 2 (migration 004), with the app's workflows registered by
+    release 2's own code, and release 2 unpacked."""
+    root = extract("release-2", tmp_path)
+    install_release(empty_db_dsn, root)
+    code = ("import sys, upgradeapp, psycopg; from orchwf.client import register_workflow\n"
+            "with psycopg.connect(sys.argv[1]) as c:\n"
+            "    [register_workflow(c, d) for d in (upgradeapp.chain, upgradeapp.fan)]\n")
+    env = dict(os.environ, PYTHONPATH=f"{root}{os.pathsep}{HERE}")
+    subprocess.run([sys.executable, "-c", code, empty_db_dsn], cwd=root, env=env, check=True, timeout=60)
+    with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
+        conn.execute(SIDE_TABLE_SQL)
+    yield empty_db_dsn, root
+
+
+def enqueue(dsn: str, workflow: str, n: int) -> list[str]:
+    """Through the SQL API, which both releases share (as a producer in psql would)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return [str(conn.execute("SELECT orchwf_enqueue(%s, %s::jsonb)", (workflow, '{"sleep": 0.02}')).fetchone()[0])
+                for _ in range(n)]
+
+
+def statuses(dsn: str, ids: list[str]) -> dict[str, str]:
+    with psycopg.connect(dsn) as conn:
+        return dict(conn.execute("SELECT id::text, status FROM orchwf_workflow_instances WHERE id = ANY(%s::uuid[])",
+                                 (ids,)).fetchall())
+
+
+def wait_done(dsn: str, ids: list[str], timeout: float = 90) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = statuses(dsn, ids)
+        if all(s in ("completed", "failed", "cancelled") for s in got.values()) and len(got) == len(ids):
+            return got
+        if time.monotonic() > deadline:
+            pending = {i: s for i, s in got.items() if s not in ("completed", "failed", "cancelled")}
+            raise AssertionError(f"{len(pending)} instances not finished: {list(pending.items())[:5]}")
+        time.sleep(0.2)
+
+
+def test_a_release_2_database_upgrades_in_place_with_its_data(release_2: tuple[str, Path], tmp_path: Path) -> None:
+    dsn, root = release_2
+    done = enqueue(dsn, "upgrade_chain", 5) + enqueue(dsn, "upgrade_fan", 5)
+    old = Daemon(dsn, "old", root, tmp_path / "old.log")
+    try:
+        wait_done(dsn, done)
+    finally:
+        old.stop()
+    waiting = enqueue(dsn, "upgrade_chain", 5)  # no worker runs: they wait through the upgrade
+    with psycopg.connect(dsn) as conn:
+        before = conn.execute(
+            "SELECT i.id, i.status, i.output, i.input, i.created_at, i.completed_at, count(s.*), "
+            "       (SELECT count(*) FROM orchwf_workflow_events e WHERE e.workflow_inst_id = i.id) "
+            "FROM orchwf_workflow_instances i JOIN orchwf_step_instances s ON s.workflow_inst_id = i.id "
+            "GROUP BY i.id ORDER BY i.id").fetchall()
+    assert len(before) == 15
+
+    migrate(dsn)
+
+    with psycopg.connect(dsn) as conn:
+        after = conn.execute(
+            "SELECT i.id, i.status, i.output, i.input, i.created_at, i.completed_at, count(s.*), "
+            "       (SELECT count(*) FROM orchwf_workflow_events e WHERE e.workflow_inst_id = i.id) "
+            "FROM orchwf_workflow_instances i JOIN orchwf_step_instances s ON s.workflow_inst_id = i.id "
+            "GROUP BY i.id ORDER BY i.id").fetchall()
+    assert after == before
+    new = Daemon(dsn, "new", REPO, tmp_path / "new.log")
+    try:
+        assert set(wait_done(dsn, waiting).values()) == {"completed"}, new.output()
+    finally:
+        new.stop()
+    with psycopg.connect(dsn) as conn:
+        ran = conn.execute("SELECT release, count(*) FROM upgrade_exec WHERE instance_id = ANY(%s::uuid[]) "
+                           "GROUP BY 1", (waiting,)).fetchall()
+    assert dict(ran) == {"new": 5 * 4}  # a, b, and c twice (its first attempt fails)
+
+
+def test_release_2_workers_keep_working_through_a_rolling_upgrade(release_2: tuple[str, Path], tmp_path: Path) -> None:
+    dsn, root = release_2
+    old = Daemon(dsn, "old", root, tmp_path / "old.log")
+    new: Daemon | None = None
+    ids: list[str] = []
+    try:
+        ids += enqueue(dsn, "upgrade_chain", 10) + enqueue(dsn, "upgrade_fan", 10)
+        time.sleep(0.5)  # the old release is mid-way through some of them
+        migrate(dsn)  # while it runs
+        migrated_at = time.time()
+        ids += enqueue(dsn, "upgrade_chain", 10) + enqueue(dsn, "upgrade_fan", 10)
+        time.sleep(1.0)  # the old release alone, on the new schema
+        new = Daemon(dsn, "new", REPO, tmp_path / "new.log")
+        ids += enqueue(dsn, "upgrade_chain", 20) + enqueue(dsn, "upgrade_fan", 20)
+        time.sleep(1.0)
+        old.stop()  # the rolling deploy's last step: the old release drains and leaves
+        ids += enqueue(dsn, "upgrade_chain", 5)
+        final = wait_done(dsn, ids)
+    finally:
+        old.stop()
+        if new is not None:
+            new.stop()
+    failed = {i: s for i, s in final.items() if s != "completed"}
+    assert not failed, f"{failed}\n--- old ---\n{old.output()[-3000:]}"
+    with psycopg.connect(dsn) as conn:
+        runs = conn.execute(
+            "SELECT instance_id::text, step_id, attempt, count(*) FROM upgrade_exec "
+            "GROUP BY 1, 2, 3 HAVING count(*) > 1").fetchall()
+        by_release = dict(conn.execute(
+            "SELECT release, count(*) FROM upgrade_exec WHERE at > to_timestamp(%s) GROUP BY 1",
+            (migrated_at,)).fetchall())
+        compensations = conn.execute("SELECT count(*) FROM upgrade_exec WHERE step_id = 'root' AND attempt > 1"
+                                     ).fetchone()[0]
+    assert runs == [], "a step attempt ran twice"
+    assert by_release.get("old", 0) > 0, "the old release stopped working after the migration"
+    assert by_release.get("new", 0) > 0
+    assert compensations == 0
