@@ -1,4 +1,4 @@
-"""Fluent builders, as in the seed; ``build()`` validates and returns an immutable value."""
+"""Fluent builders, as in the Go ORCHWF package; ``build()`` validates and returns an immutable value."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ class StepBuilder:
         return self
 
     def with_dependencies(self, *step_ids: str) -> StepBuilder:
-        """Replace the dependency list (as the seed does)."""
+        """Replace the dependency list (as the Go package does)."""
         if len(step_ids) == 1 and isinstance(step_ids[0], (list, tuple)):
             step_ids = tuple(step_ids[0])
         for d in step_ids:

@@ -1,7 +1,7 @@
 """The producer and operator API: enqueue on the app's own transaction, or via Client.
 
-Everything here calls the SQL functions of sql/002_daemon.sql, so a Python producer,
-psql and any other language enqueue exactly the same way.
+Everything here calls the SQL API (sql/api/), so a Python producer, psql and any other
+language enqueue exactly the same way.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from .dag import dependents, validate_definition
+from .db.connect import connect
 from .db.errors import translate_errors
+from .db.queries import Queries
 from .errors import ValidationError, WorkflowNotFoundError
 from .jsonvalue import check_json_object
 from .stores.base import is_uuid
@@ -37,26 +38,12 @@ def definition_document(definition: WorkflowDefinition) -> JSONDict:
     return doc
 
 
-def _fn(schema: str, name: str) -> sql.Composable:
-    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
-
-
 def register_workflow(conn: psycopg.Connection[Any], definition: WorkflowDefinition, *, schema: str = "public") -> None:
     """Upsert a definition so producers can enqueue it by ID without importing its code."""
     validate_definition(definition)
-    query = sql.SQL(
-        "INSERT INTO {table} (workflow_id, name, version, version_hash, definition)"
-        " VALUES (%s, %s, %s, %s, %s)"
-        " ON CONFLICT (workflow_id) DO UPDATE SET name = EXCLUDED.name, version = EXCLUDED.version,"
-        " version_hash = EXCLUDED.version_hash, definition = EXCLUDED.definition, updated_at = now()"
-        " WHERE {table}.version_hash IS DISTINCT FROM EXCLUDED.version_hash"
-    ).format(table=_fn(schema, "orchwf_workflow_definitions"))
     with translate_errors():
-        conn.execute(
-            query,
-            (definition.id, definition.name, definition.version, definition.version_hash,
-             Jsonb(definition_document(definition))),
-        )
+        Queries.of(schema).register_workflow(conn, definition.id, definition.name, definition.version,
+                                             definition.version_hash, definition_document(definition))
 
 
 def _check_options(
@@ -144,15 +131,12 @@ def enqueue_many(
     if not docs:
         return []
     # Binary parameters: a batch of JSON documents costs less to send and to parse.
-    query = sql.SQL("SELECT {}(%b, %b::jsonb[], %b, %b::integer, %b::text[], %b::text, %b::timestamptz)").format(
-        _fn(schema, "orchwf_enqueue_many"))
     with translate_errors():
         try:
-            row = conn.execute(query, (workflow_id, docs, Jsonb(meta), priority, keys, queue, run_after)).fetchone()
+            return Queries.of(schema).enqueue_many(conn, workflow_id, docs, Jsonb(meta), priority, keys, queue,
+                                                   run_after)
         except ValueError as exc:  # json cannot write it (an int of more than 4300 digits): nothing was sent
             raise ValidationError(f"input or metadata cannot be written as JSON: {exc}") from None
-    assert row is not None
-    return [str(x) for x in row[0]]
 
 
 def enqueue(
@@ -180,15 +164,17 @@ class Client:
     """Producer and operator API over a DSN (or the embedded default when None)."""
 
     def __init__(self, dsn: str | None = None, *, schema: str = "public") -> None:
-        from .db.dsn import resolve_dsn
+        from .db.resolve import resolve_dsn
         from .stores.postgres import DBStateManager
 
         self.dsn = resolve_dsn(dsn)
         self.schema = schema
+        self.q = Queries.of(schema)
         self._store = DBStateManager(self.dsn, schema=schema)
 
     def _connect(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(self.dsn, autocommit=False)
+        """A connection for one call, whose ``with`` block is its transaction."""
+        return connect(self.dsn, application_name="orchwf-client", autocommit=False, keepalive=False)
 
     def close(self) -> None:
         self._store.close()
@@ -222,21 +208,19 @@ class Client:
     def get_workflow_events(self, instance_id: str) -> list[WorkflowEvent]:
         return self._store.get_workflow_events(instance_id)
 
-    def _call(self, function: str, instance_id: str) -> str:
+    def cancel_workflow(self, instance_id: str) -> str:
+        """Cancel a pending or running instance; running steps' results are discarded."""
         if not is_uuid(instance_id):
             raise WorkflowNotFoundError(str(instance_id))
         with self._connect() as conn, translate_errors():
-            row = conn.execute(sql.SQL("SELECT {}(%s)").format(_fn(self.schema, function)), (instance_id,)).fetchone()
-        assert row is not None
-        return str(row[0])
-
-    def cancel_workflow(self, instance_id: str) -> str:
-        """Cancel a pending or running instance; running steps' results are discarded."""
-        return self._call("orchwf_cancel_workflow", instance_id)
+            return self.q.cancel_workflow(conn, instance_id)
 
     def resume_workflow(self, instance_id: str) -> str:
         """Re-run the failed, cancelled and pending steps of a failed or cancelled instance."""
-        return self._call("orchwf_resume_workflow", instance_id)
+        if not is_uuid(instance_id):
+            raise WorkflowNotFoundError(str(instance_id))
+        with self._connect() as conn, translate_errors():
+            return self.q.resume_workflow(conn, instance_id)
 
     def wait(self, instance_id: str, timeout: float | None = None) -> WorkflowInstance:
         """Block until the instance is terminal (LISTEN orchwf_done, polling as fallback)."""
@@ -244,8 +228,8 @@ class Client:
         inst = self.get_workflow(instance_id)
         if inst.status.is_terminal:
             return inst
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            conn.execute("LISTEN orchwf_done")
+        with connect(self.dsn, application_name="orchwf-client wait", keepalive=False) as conn:
+            self.q.listen(conn, "orchwf_done")
             while True:
                 inst = self.get_workflow(instance_id)
                 if inst.status.is_terminal:

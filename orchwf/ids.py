@@ -36,7 +36,7 @@ def _pick(metadata: Mapping[str, Any], key: str, var: ContextVar[str | None], de
 
 
 def resolve_ids(metadata: Mapping[str, Any]) -> tuple[str, str, str]:
-    """(trace_id, correlation_id, business_id) as the seed resolves them."""
+    """(trace_id, correlation_id, business_id) as the Go ORCHWF package resolves them (README, \"Status, listing and IDs\")."""
     return (
         _pick(metadata, "trace_id", _trace_id, str(uuid.uuid4())),
         _pick(metadata, "correlation_id", _correlation_id, str(uuid.uuid4())),

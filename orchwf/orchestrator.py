@@ -1,11 +1,13 @@
 """The in-process Orchestrator: runs a workflow's steps in waves, in this process.
 
-Scheduling follows the seed (SEMANTICS.md §2.3): each wave is every step whose
-dependencies are done, in non-increasing priority (ties in definition order); the
-wave's sync steps run one after another, then its async steps run concurrently on a
-bounded pool. What the seed gets wrong is fixed: no data races, per-attempt timeouts
-that really stop waiting, retryable_errors honoured, everything persisted,
-compensation, cancellation, and resume of failed or cancelled instances.
+Scheduling follows the Go ORCHWF package (README, "Priorities and waves"): each wave is
+every step whose dependencies are done, in non-increasing priority (ties in definition
+order); the wave's sync steps run one after another, then its async steps run
+concurrently on a bounded pool. Unlike the Go package: no data races, per-attempt
+timeouts that really stop waiting, retryable_errors honoured, everything persisted,
+compensation, cancellation, and resume of failed or cancelled instances (README,
+"Differences from the Go ORCHWF package"). What a failed attempt leads to, the event
+names and the compensation order are lifecycle.py's, shared with the daemon.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from .errors import (
 )
 from .ids import resolve_ids
 from .jsonvalue import check_json_object
+from .lifecycle import Event, Outcome, compensation_order, decide_failure
 from .semantics import call_executor, merge_step_output, prepare_step_input, run_attempt
 from .stores.base import StateManager
 from .types import (
@@ -62,7 +65,7 @@ class _Run:
     cancel: Future[None] = field(default_factory=Future)
     done: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    completion_order: list[str] = field(default_factory=list)
+    completion_order: list[str] = field(default_factory=list)  # completed, not yet compensated
     running_contexts: dict[str, StepContext] = field(default_factory=dict)
     #: set (under ``lock``) by whoever takes charge of the run: its runner, or a cancel
     #: that arrives while a background run still waits in the pool's queue
@@ -101,7 +104,7 @@ class Orchestrator:
     # -- definitions --------------------------------------------------------------------
 
     def register_workflow(self, definition: WorkflowDefinition) -> None:
-        """Validate and register; a definition with the same ID is replaced (as in the seed)."""
+        """Validate and register; a definition with the same ID is replaced (as in the Go ORCHWF package)."""
         validate_definition(definition)
         with self._lock:
             self._definitions[definition.id] = definition
@@ -226,7 +229,7 @@ class Orchestrator:
                     step.completed_at = utcnow()
                     self.state_manager.save_step(step)
             self.state_manager.update_workflow_status(instance_id, WorkflowStatus.CANCELLED)
-            self._event(inst.id, "workflow.cancelled", {})
+            self._event(inst.id, Event.WORKFLOW_CANCELLED, {})
 
         self.state_manager.with_transaction(write)
 
@@ -307,7 +310,7 @@ class Orchestrator:
             self.state_manager.save_workflow(inst)
             for step in steps.values():
                 self.state_manager.save_step(step)
-            self._event(inst.id, "workflow.started", {"workflow_id": definition.id})
+            self._event(inst.id, Event.WORKFLOW_STARTED, {"workflow_id": definition.id})
 
         self.state_manager.with_transaction(write)
         inst.steps = list(steps.values())
@@ -340,7 +343,7 @@ class Orchestrator:
         compensated = {
             e.step_inst_id
             for e in self.state_manager.get_workflow_events(inst.id)
-            if e.event_type in ("step.compensated", "step.compensation_failed")
+            if e.event_type in (Event.STEP_COMPENSATED.value, Event.STEP_COMPENSATION_FAILED.value)
         }
         for s in completed:
             merge_step_output(inst.output, inst.context, s.step_id, s.output)
@@ -356,7 +359,7 @@ class Orchestrator:
             self.state_manager.save_workflow(inst)
             for step in steps.values():
                 self.state_manager.save_step(step)
-            self._event(inst.id, "workflow.resumed", {"retry_count": inst.retry_count})
+            self._event(inst.id, Event.WORKFLOW_RESUMED, {"retry_count": inst.retry_count})
 
         self.state_manager.with_transaction(write)
         inst.steps = list(steps.values())
@@ -453,16 +456,15 @@ class Orchestrator:
             deps = [(d, run.steps[d].output) for d in sdef.dependencies]
             data = prepare_step_input(inst.input, deps, inst.context)
         step.input = data
-        last_error: BaseException | None = None
-        attempts = 0
-        for attempt in range(1, policy.max_attempts + 1):
-            if attempt > 1:
-                delay = policy.backoff(attempt - 1)
-                if delay > 0:
-                    # wakes early on cancel; wait() (not Future.result) because on Python
-                    # 3.10 result() raises concurrent.futures.TimeoutError, which is not
-                    # the builtin TimeoutError
-                    wait_futures([run.cancel], timeout=delay)
+        attempt = 0
+        delay = 0.0
+        while True:
+            attempt += 1
+            if delay > 0:
+                # wakes early on cancel; wait() (not Future.result) because on Python
+                # 3.10 result() raises concurrent.futures.TimeoutError, which is not
+                # the builtin TimeoutError
+                wait_futures([run.cancel], timeout=delay)
             if run.cancelled:
                 return self._step_cancelled(run, step)
             now = utcnow()
@@ -470,16 +472,13 @@ class Orchestrator:
             if attempt == 1:
                 step.status = StepStatus.RUNNING
                 step.started_at = now
-                event, payload = "step.started", {"step_id": sdef.id}
+                event, payload = Event.STEP_STARTED, {"step_id": sdef.id}
             else:
                 step.status = StepStatus.RETRYING
-                step.retry_count = attempt - 1
-                step.last_retry_at = now
-                event, payload = "step.retry", {"attempt": attempt}
+                event, payload = Event.STEP_RETRY, {"attempt": attempt}
             step.attempts = attempt
             inst.current_step_id = sdef.id
             self._save_step_with_event(step, event, payload)
-            attempts = attempt
             ctx = StepContext(
                 workflow_instance_id=inst.id,
                 step_id=sdef.id,
@@ -501,19 +500,23 @@ class Orchestrator:
             except WorkflowCancelledError:
                 return self._step_cancelled(run, step)
             except Exception as exc:  # noqa: BLE001 - any executor error fails the attempt
-                last_error = exc
                 step.duration_ms = int((time.monotonic() - t0) * 1000)
                 step.error = str(exc) or type(exc).__name__
-                if not policy.is_retryable(exc):
-                    break
+                decision = decide_failure(policy, sdef.required, exc, step.retry_count)
+                if decision.outcome is not Outcome.RETRY:
+                    return self._step_failed(run, sdef, step, exc, attempt)
+                delay = decision.delay
+                step.status = StepStatus.RETRYING
+                step.retry_count += 1
+                step.last_retry_at = utcnow()
+                self._save_step_with_event(step, Event.STEP_ATTEMPT_FAILED, {
+                    "error": step.error, "attempt": attempt, "retry_in_seconds": delay})
                 continue
             finally:
                 with run.lock:
                     run.running_contexts.pop(step.id, None)
             step.duration_ms = int((time.monotonic() - t0) * 1000)
             return self._step_completed(run, step, output)
-        assert last_error is not None
-        return self._step_failed(run, sdef, step, last_error, attempts)
 
     def _step_completed(self, run: _Run, step: StepInstance, output: dict[str, Any]) -> _StepOutcome:
         inst = run.inst
@@ -527,7 +530,7 @@ class Orchestrator:
 
             def write() -> None:
                 self.state_manager.save_step(step)
-                self._event(inst.id, "step.completed", {"duration_ms": step.duration_ms}, step.id)
+                self._event(inst.id, Event.STEP_COMPLETED, {"duration_ms": step.duration_ms}, step.id)
                 self.state_manager.save_workflow(inst)
 
             self.state_manager.with_transaction(write)
@@ -543,9 +546,9 @@ class Orchestrator:
 
         def write() -> None:
             self.state_manager.save_step(step)
-            self._event(run.inst.id, "step.failed", {"error": step.error, "retries": step.retry_count}, step.id)
+            self._event(run.inst.id, Event.STEP_FAILED, {"error": step.error, "retries": step.retry_count}, step.id)
             if not sdef.required:
-                self._event(run.inst.id, "step.skipped", {"error": step.error}, step.id)
+                self._event(run.inst.id, Event.STEP_SKIPPED, {"error": step.error}, step.id)
 
         with run.lock:
             self.state_manager.with_transaction(write)
@@ -569,7 +572,7 @@ class Orchestrator:
 
         def write() -> None:
             self.state_manager.save_workflow(inst)
-            self._event(inst.id, "workflow.completed", {"duration_ms": duration_ms})
+            self._event(inst.id, Event.WORKFLOW_COMPLETED, {"duration_ms": duration_ms})
 
         self.state_manager.with_transaction(write)
 
@@ -583,7 +586,7 @@ class Orchestrator:
 
         def write() -> None:
             self.state_manager.save_workflow(inst)
-            self._event(inst.id, "workflow.failed", {"error": inst.error})
+            self._event(inst.id, Event.WORKFLOW_FAILED, {"error": inst.error})
 
         self.state_manager.with_transaction(write)
 
@@ -596,7 +599,7 @@ class Orchestrator:
 
         def write() -> None:
             self.state_manager.save_workflow(inst)
-            self._event(inst.id, "workflow.cancelled", {})
+            self._event(inst.id, Event.WORKFLOW_CANCELLED, {})
 
         self.state_manager.with_transaction(write)
 
@@ -611,10 +614,12 @@ class Orchestrator:
         self.state_manager.with_transaction(write)
 
     def _compensate(self, run: _Run) -> None:
-        """Run the compensators of completed steps, newest first; one failure stops none."""
-        for step_id in reversed(run.completion_order):
+        """Run the compensators of completed steps (lifecycle.compensation_order: newest
+        first); one failure stops none. Steps compensated before a resume are not again."""
+        steps = [run.steps[step_id] for step_id in run.completion_order]
+        for step in compensation_order(steps, key=lambda s: (s.completed_at, s.execution_order)):
+            step_id = step.step_id
             sdef = run.definition.step(step_id)
-            step = run.steps[step_id]
             if sdef.compensator is None or step.status != StepStatus.COMPLETED:
                 continue
             ctx = StepContext(
@@ -632,26 +637,26 @@ class Orchestrator:
             try:
                 call_executor(sdef.compensator, ctx, copy.deepcopy(step.input))
             except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - recorded, and the others still run
-                self._event(run.inst.id, "step.compensation_failed", {"step_id": step_id, "error": str(exc) or type(exc).__name__}, step.id)
+                self._event(run.inst.id, Event.STEP_COMPENSATION_FAILED, {"step_id": step_id, "error": str(exc) or type(exc).__name__}, step.id)
                 continue
-            self._event(run.inst.id, "step.compensated", {"step_id": step_id}, step.id)
+            self._event(run.inst.id, Event.STEP_COMPENSATED, {"step_id": step_id}, step.id)
 
     # -- internals: persistence ---------------------------------------------------------
 
-    def _save_step_with_event(self, step: StepInstance, event_type: str, data: dict[str, Any]) -> None:
+    def _save_step_with_event(self, step: StepInstance, event_type: Event, data: dict[str, Any]) -> None:
         def write() -> None:
             self.state_manager.save_step(step)
             self._event(step.workflow_inst_id, event_type, data, step.id)
 
         self.state_manager.with_transaction(write)
 
-    def _event(self, workflow_inst_id: str, event_type: str, data: dict[str, Any], step_inst_id: str | None = None) -> None:
+    def _event(self, workflow_inst_id: str, event_type: Event, data: dict[str, Any], step_inst_id: str | None = None) -> None:
         self.state_manager.save_event(
             WorkflowEvent(
                 id=str(uuid.uuid4()),
                 workflow_inst_id=workflow_inst_id,
                 step_inst_id=step_inst_id,
-                event_type=event_type,
+                event_type=event_type.value,
                 event_data=data,
             )
         )

@@ -1,6 +1,6 @@
 """Step semantics shared by the in-process Orchestrator and the daemon's workers.
 
-Data flow is the seed's (SEMANTICS.md §2.7-2.8): a step's input is the workflow input,
+Data flow is the Go ORCHWF package's (README, "Concepts"): a step's input is the workflow input,
 then each dependency's output (flattened, and namespaced under the dependency's ID),
 then the workflow context (every completed step's output, flattened and namespaced).
 The workflow output is the flat merge of step outputs in completion order.

@@ -77,7 +77,7 @@ class RetryPolicy:
     def backoff(self, retry_number: int) -> float:
         """Seconds to wait before retry ``retry_number`` (1 = the second attempt).
 
-        The seed's formula: initial × multiplier^(n−1), capped at max_interval.
+        The Go package's formula: initial × multiplier^(n−1), capped at max_interval.
         With ``jitter``, a uniform draw in [interval/2, interval] ("equal jitter").
         """
         if retry_number < 1 or self.initial_interval <= 0:
@@ -127,7 +127,7 @@ class RetryPolicy:
         )
 
 
-#: The policy of a step that has none: one attempt, as in the seed.
+#: The policy of a step that has none: one attempt, as in the Go package.
 SINGLE_ATTEMPT = RetryPolicy(max_attempts=1, initial_interval=0.0)
 
 

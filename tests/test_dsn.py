@@ -8,8 +8,8 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from orchwf.db import dsn as dsn_mod
-from orchwf.db.dsn import redact, resolve_dsn
+from orchwf.db.dsn import redact
+from orchwf.db.resolve import resolve_dsn
 
 
 @pytest.mark.parametrize(
@@ -96,4 +96,4 @@ def test_resolve_falls_back_to_embedded(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr("orchwf.db.embedded.start", lambda: "postgresql://embedded@h/orchwf")
     assert resolve_dsn(None) == "postgresql://embedded@h/orchwf"
     monkeypatch.setenv("ORCHWF_DSN", "   ")
-    assert dsn_mod.resolve_dsn(None) == "postgresql://embedded@h/orchwf"
+    assert resolve_dsn(None) == "postgresql://embedded@h/orchwf"

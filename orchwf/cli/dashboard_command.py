@@ -29,7 +29,8 @@ def dashboard(dsn: str | None, schema: str, host: str, port: int, read_only: boo
     import logging
 
     from ..dashboard.server import is_loopback, make_pool, make_server
-    from ..db.dsn import redact, resolve_dsn
+    from ..db.dsn import redact
+    from ..db.resolve import resolve_dsn
     from .worker_commands import _check_migrated
 
     if auth_token is not None and len(auth_token) < MIN_TOKEN_LENGTH:

@@ -9,7 +9,6 @@ import sys
 import time
 
 import click
-import psycopg
 
 from ..db.dsn import redact
 
@@ -33,21 +32,23 @@ def demo(count: int, workers: int, concurrency: int, dsn: str | None, timeout: f
     """Migrate, register the example order pipeline, enqueue COUNT orders, run the
     supervisor until they are done, and print a summary."""
     from ..client import Client
-    from ..db.dsn import resolve_dsn
+    from ..db.connect import connect
     from ..db.migrations import migrate
+    from ..db.queries import Queries
+    from ..db.resolve import resolve_dsn
     from ..examples.order_pipeline import order_pipeline, sample_orders
 
     dsn = resolve_dsn(dsn)
     click.echo(f"database: {redact(dsn)}")
     migrate(dsn)
-    with psycopg.connect(dsn, autocommit=True) as conn:  # a fresh demo every run
-        conn.execute("DELETE FROM orchwf_workflow_instances WHERE workflow_id = 'order_pipeline'")
+    q = Queries.of()
     client = Client(dsn)
     client.register_workflow(order_pipeline)
     t0 = time.monotonic()
     orders = sample_orders(count)
+    ids: list[str] = []  # this run's instances: earlier demos' stay in history, uncounted
     for i in range(0, count, 1000):
-        client.enqueue_many("order_pipeline", orders[i:i + 1000])
+        ids += client.enqueue_many("order_pipeline", orders[i:i + 1000])
     enqueue_s = time.monotonic() - t0
     click.echo(f"enqueued {count} orders in {enqueue_s:.2f}s ({count / max(enqueue_s, 1e-9):,.0f}/s)")
 
@@ -59,16 +60,13 @@ def demo(count: int, workers: int, concurrency: int, dsn: str | None, timeout: f
     done = 0
     try:
         with click.progressbar(length=count, label="running", show_pos=True, show_eta=True) as bar:
-            with psycopg.connect(dsn, autocommit=True) as conn:
+            with connect(dsn, application_name="orchwf-demo", keepalive=False) as conn:
                 while done < count:
                     if proc.poll() is not None:
                         raise click.ClickException(f"the worker exited with code {proc.returncode}")
                     if time.monotonic() - started > timeout:
                         raise click.ClickException(f"not done after {timeout:.0f}s ({done}/{count})")
-                    row = conn.execute(
-                        "SELECT count(*) FROM orchwf_workflow_instances WHERE workflow_id = 'order_pipeline'"
-                        " AND status IN ('completed', 'failed', 'cancelled')").fetchone()
-                    now_done = int(row[0]) if row else done
+                    now_done = q.finished_count(conn, ids)
                     bar.update(now_done - done)
                     done = now_done
                     time.sleep(0.2)
@@ -81,35 +79,14 @@ def demo(count: int, workers: int, concurrency: int, dsn: str | None, timeout: f
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
     client.close()
-    _summary(dsn, count, elapsed)
-
-
-def _summary(dsn: str, count: int, elapsed: float) -> None:
-    with psycopg.connect(dsn) as conn:
-        statuses: dict[str, int] = dict(conn.execute(
-            "SELECT status, count(*) FROM orchwf_workflow_instances WHERE workflow_id = 'order_pipeline' GROUP BY 1"
-        ).fetchall())
-        steps = conn.execute(
-            "SELECT count(*), coalesce(sum(s.retry_count), 0) FROM orchwf_step_instances s"
-            " JOIN orchwf_workflow_instances i ON i.id = s.workflow_inst_id"
-            " WHERE i.workflow_id = 'order_pipeline' AND s.status IN ('completed', 'failed', 'skipped')"
-        ).fetchone()
-        latencies = [r[0] for r in conn.execute(
-            "SELECT extract(epoch FROM s.started_at - coalesce(p.completed_at, i.created_at)) * 1000"
-            " FROM orchwf_step_instances s JOIN orchwf_workflow_instances i ON i.id = s.workflow_inst_id"
-            " LEFT JOIN LATERAL (SELECT max(d.completed_at) AS completed_at FROM orchwf_step_instances d"
-            "   WHERE d.workflow_inst_id = s.workflow_inst_id AND d.step_id = ANY (s.dependencies)) p ON true"
-            " WHERE i.workflow_id = 'order_pipeline' AND s.status = 'completed' AND s.step_id <> '$compensate'"
-        ).fetchall()]
-        compensated_row = conn.execute(
-            "SELECT count(*) FROM orchwf_workflow_events e JOIN orchwf_workflow_instances i ON i.id = e.workflow_inst_id"
-            " WHERE i.workflow_id = 'order_pipeline' AND e.event_type = 'step.compensated'").fetchone()
-    compensated = compensated_row[0] if compensated_row else 0
-    finished_steps, retries = steps if steps else (0, 0)
+    with connect(dsn, application_name="orchwf-demo", keepalive=False) as conn:
+        summary = q.demo_summary(conn, ids)
+    finished_steps = summary.finished_steps
     click.echo("")
     click.echo(f"finished {count} workflows in {elapsed:.1f}s: {count / elapsed:,.0f} workflows/s, "
                f"{finished_steps / elapsed:,.0f} steps/s")
-    click.echo("statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())))
-    click.echo(f"retries: {retries}   compensations run: {compensated}")
-    click.echo(f"queue wait (ready -> started): p50 {_percentile(latencies, 0.5):.1f} ms, "
-               f"p99 {_percentile(latencies, 0.99):.1f} ms")
+    click.echo("statuses: " + ", ".join(f"{k} {v}" for k, v in sorted(summary.outcomes.items())))
+    click.echo(f"retries: {summary.retries}   compensations run: {summary.compensations}")
+    waits = summary.queue_waits_ms
+    click.echo(f"queue wait (ready -> started): p50 {_percentile(waits, 0.5):.1f} ms, "
+               f"p99 {_percentile(waits, 0.99):.1f} ms")

@@ -1,4 +1,4 @@
-"""``orchwf migrate up|down|status``: the seed's orchwf-migrate CLI, with working flags.
+"""``orchwf migrate up|down|status``: the Go package's orchwf-migrate CLI, with working flags.
 
 ``--dsn``, ``--schema`` and ``--dry-run`` go after the subcommand in any order (or,
 for convenience, before it: ``orchwf migrate --dsn URL up``). Without ``--dsn`` the
@@ -80,7 +80,7 @@ def _resolve(ctx: click.Context) -> tuple[str, str, bool]:
     dry_run = bool(_setting(ctx, "dry_run"))
     if not dsn:
         try:
-            from ..db.dsn import resolve_dsn
+            from ..db.resolve import resolve_dsn
         except ImportError as exc:  # pragma: no cover - packaging problem
             raise OrchwfError(f"no database given: pass --dsn or set ORCHWF_DSN ({exc})") from None
         dsn = resolve_dsn(None)

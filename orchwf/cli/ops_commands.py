@@ -5,9 +5,9 @@ after its name (``ORCHWF_DSN`` / ``ORCHWF_SCHEMA``; default: the embedded databa
 prints a human table by default and JSON with ``--json``. Exit codes: 0 success, 1 the
 operation failed (one ``error: ...`` line, printed by the top-level group), 2 usage.
 
-Every change goes through the SQL API (sql/002_daemon.sql, sql/003_ops.sql), so these
-commands do exactly what a producer or psql would do. Queries stay cheap on a big
-history: they use the instance and claim indexes, never a full table scan, except
+Every change goes through the SQL API (sql/api/), so these commands do exactly what a
+producer or psql would do; every read is a statement of db/queries.py. Reads stay cheap on
+a big history: they use indexes and the small runtime tables, never a full scan, except
 ``list`` with filters that no index covers.
 
 This module must not import prometheus_client (``orchwf worker`` loads every command
@@ -26,9 +26,11 @@ from typing import Any, TypeVar
 
 import click
 
+from ..types import WorkflowStatus
+
 F = TypeVar("F", bound=Callable[..., Any])
 
-STATUSES = ("pending", "running", "completed", "failed", "cancelled", "retrying")
+STATUSES = tuple(s.value for s in WorkflowStatus)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 STATS_DEPTH_CAP = 1_000_000
@@ -64,9 +66,9 @@ def json_option(fn: F) -> F:
 @contextmanager
 def connection(dsn: str | None) -> Iterator[Any]:
     """An autocommit connection; SQL API errors become orchwf errors (one line, exit 1)."""
-    from ..db.dsn import resolve_dsn
-    from ..db.errors import translate_errors
     from ..db.connect import connect
+    from ..db.errors import translate_errors
+    from ..db.resolve import resolve_dsn
 
     conn = connect(resolve_dsn(dsn), connect_timeout=10, application_name="orchwf-cli", keepalive=False)
     try:
@@ -76,10 +78,10 @@ def connection(dsn: str | None) -> Iterator[Any]:
         conn.close()
 
 
-def _ident(schema: str, name: str) -> Any:
-    from psycopg import sql
+def queries(schema: str) -> Any:
+    from ..db.queries import Queries
 
-    return sql.Identifier(schema, name)
+    return Queries.of(schema)
 
 
 def _instance_id(value: str) -> str:
@@ -217,21 +219,12 @@ def list_cmd(dsn: str | None, schema: str, workflow_id: str | None, status: str 
     click.echo(f"-- {offset + 1}-{offset + len(instances)} of {total}")
 
 
-_STEP_EXTRA = """
-SELECT id::text, crashes, max_attempts, required, lease_owner, lease_expires_at, run_after,
-       extract(epoch FROM lease_expires_at - now()), extract(epoch FROM run_after - now())
-FROM {} WHERE workflow_inst_id = %s
-"""
-
-
 @click.command("show")
 @db_options
 @click.argument("instance_id")
 @json_option
 def show_cmd(dsn: str | None, schema: str, instance_id: str, as_json: bool) -> None:
     """Show one instance: its steps, attempts, errors and events as a tree."""
-    from psycopg import sql
-
     from ..stores.postgres import DBStateManager
 
     instance_id = _instance_id(instance_id)
@@ -239,19 +232,19 @@ def show_cmd(dsn: str | None, schema: str, instance_id: str, as_json: bool) -> N
         store = DBStateManager(conn, schema)
         inst = store.get_workflow(instance_id)
         events = store.get_workflow_events(instance_id)
-        extra = {row[0]: row[1:] for row in conn.execute(
-            sql.SQL(_STEP_EXTRA).format(_ident(schema, "orchwf_step_instances")), (instance_id,)).fetchall()}
+        details = {str(d.step_inst_id): d for d in queries(schema).step_details(conn, instance_id)}
     steps = []
     for s in inst.steps:
-        crashes, max_attempts, required, owner, expires, run_after, expires_in, due_in = extra.get(
-            s.id, (0, None, True, None, None, None, None, None))
+        d = details.get(s.id)
         steps.append({
             "id": s.id, "step_id": s.step_id, "status": str(s.status), "attempts": s.attempts,
-            "max_attempts": max_attempts, "retry_count": s.retry_count, "crashes": crashes, "required": required,
+            "max_attempts": d.max_attempts if d else None, "retry_count": s.retry_count,
+            "crashes": d.crashes if d else 0, "required": d.required if d else True,
             "started_at": s.started_at, "completed_at": s.completed_at, "duration_ms": s.duration_ms,
-            "error": s.error, "lease_owner": owner, "lease_expires_at": expires, "run_after": run_after,
+            "error": s.error, "lease_owner": d.lease_owner if d else None,
+            "lease_expires_at": d.lease_expires_at if d else None, "run_after": d.run_after if d else None,
             "input": s.input, "output": s.output,
-            "_expires_in": expires_in, "_due_in": due_in,
+            "_expires_in": d.lease_expires_in if d else None, "_due_in": d.due_in if d else None,
             "events": [_event_json(e) for e in events if e.step_inst_id == s.id],
         })
     doc = _instance_summary(inst) | {
@@ -328,15 +321,6 @@ def _print_tree(inst: Any, steps: list[dict[str, Any]], events: list[dict[str, A
 # -- cancel, resume, retry-step, enqueue -----------------------------------------------------
 
 
-def _call(dsn: str | None, schema: str, function: str, *args: Any) -> str:
-    from psycopg import sql
-
-    placeholders = sql.SQL(", ").join([sql.Placeholder()] * len(args))
-    with connection(dsn) as conn:
-        row = conn.execute(sql.SQL("SELECT {}({})").format(_ident(schema, function), placeholders), args).fetchone()
-    return str(row[0]) if row else ""
-
-
 def _report(as_json: bool, instance_id: str, status: str, action: str, **extra: Any) -> None:
     if as_json:
         emit_json({"id": instance_id, "status": status, **extra})
@@ -350,7 +334,8 @@ def _report(as_json: bool, instance_id: str, status: str, action: str, **extra: 
 @json_option
 def cancel_cmd(dsn: str | None, schema: str, instance_id: str, as_json: bool) -> None:
     """Cancel a pending or running instance (its compensators run, if any)."""
-    status = _call(dsn, schema, "orchwf_cancel_workflow", _instance_id(instance_id))
+    with connection(dsn) as conn:
+        status = queries(schema).cancel_workflow(conn, _instance_id(instance_id))
     _report(as_json, instance_id, status, "cancelled")
 
 
@@ -360,7 +345,8 @@ def cancel_cmd(dsn: str | None, schema: str, instance_id: str, as_json: bool) ->
 @json_option
 def resume_cmd(dsn: str | None, schema: str, instance_id: str, as_json: bool) -> None:
     """Re-run the failed, cancelled and pending steps of a failed or cancelled instance."""
-    status = _call(dsn, schema, "orchwf_resume_workflow", _instance_id(instance_id))
+    with connection(dsn) as conn:
+        status = queries(schema).resume_workflow(conn, _instance_id(instance_id))
     _report(as_json, instance_id, status, "resumed")
 
 
@@ -375,7 +361,8 @@ def retry_step_cmd(dsn: str | None, schema: str, instance_id: str, step_id: str,
     The steps cancelled when the instance ended run again too, so it can finish; if
     other steps failed, this refuses: resume the instance instead.
     """
-    status = _call(dsn, schema, "orchwf_retry_step", _instance_id(instance_id), step_id)
+    with connection(dsn) as conn:
+        status = queries(schema).retry_step(conn, _instance_id(instance_id), step_id)
     _report(as_json, instance_id, status, f"retrying step {step_id} of", step_id=step_id)
 
 
@@ -432,27 +419,6 @@ def enqueue_cmd(dsn: str | None, schema: str, workflow_id: str, input_: dict[str
 
 # -- stats, workers, prune -------------------------------------------------------------------
 
-_STATS = """
-SELECT
-  (SELECT coalesce(jsonb_agg(jsonb_build_array(q.queue, q.ready,
-                                               extract(epoch FROM now() - q.oldest_ready_at)::float8)), '[]')
-   FROM {queue_stats}(%(cap)s) q),
-  (SELECT count(*) FROM {running} r
-   JOIN {steps} s ON s.id = r.step_inst_id AND s.lease_token = r.lease_token AND s.status = 'running'),
-  (SELECT count(*) FROM {steps} WHERE run_after IS NOT NULL),
-  (SELECT count(*) FROM {instances} WHERE status = 'pending'),
-  (SELECT count(*) FROM {instances} WHERE status = 'running'),
-  (SELECT coalesce(jsonb_object_agg(f.status, f.n), '{{}}') FROM (
-      SELECT status, count(*) AS n FROM {instances}
-      WHERE status IN ('completed', 'failed', 'cancelled')
-        AND completed_at >= now() - %(window)s * interval '1 second'
-      GROUP BY status) f),
-  (SELECT coalesce(jsonb_object_agg(w.role, w.n), '{{}}') FROM (
-      SELECT role, count(*) AS n FROM {workers}
-      WHERE heartbeat_at > now() - %(live)s * interval '1 second' GROUP BY role) w)
-"""
-
-
 @click.command("stats")
 @db_options
 @click.option("--window", "window", default="5m", show_default=True, callback=_duration_option,
@@ -460,28 +426,22 @@ SELECT
 @json_option
 def stats_cmd(dsn: str | None, schema: str, window: float, as_json: bool) -> None:
     """Queue depth, oldest ready step, active instances, finish rates and live workers."""
-    from psycopg import sql
-
     if window <= 0:
         raise click.BadParameter("must be more than 0", param_hint="--window")
-    query = sql.SQL(_STATS).format(
-        queue_stats=_ident(schema, "orchwf_queue_stats"), steps=_ident(schema, "orchwf_step_instances"),
-        running=_ident(schema, "orchwf_running_steps"),
-        instances=_ident(schema, "orchwf_workflow_instances"), workers=_ident(schema, "orchwf_workers"))
     with connection(dsn) as conn:
-        row = conn.execute(query, {"cap": STATS_DEPTH_CAP, "window": window, "live": LIVE_SECONDS}).fetchone()
-    assert row is not None
-    queues, running_steps, scheduled, pending, running, finished, workers = row
-    finished = {k: int(finished.get(k, 0)) for k in ("completed", "failed", "cancelled")}
+        stats = queries(schema).stats(conn, STATS_DEPTH_CAP, window, LIVE_SECONDS)
+    running_steps, scheduled, pending, running = stats.running_steps, stats.scheduled_steps, stats.pending, stats.running
+    finished = {k: stats.finished.get(k, 0) for k in ("completed", "failed", "cancelled")}
     doc: dict[str, Any] = {
-        "queues": [{"queue": q, "ready": int(n), "ready_capped": int(n) >= STATS_DEPTH_CAP,
-                    "oldest_ready_age_seconds": max(0.0, a or 0.0)} for q, n, a in queues],
+        "queues": [{"queue": q.queue, "ready": q.ready, "ready_capped": q.ready >= STATS_DEPTH_CAP,
+                    "oldest_ready_age_seconds": q.oldest_ready_age} for q in stats.queues],
         "steps": {"running": running_steps, "scheduled": scheduled},
         "instances": {"pending": pending, "running": running},
         "window_seconds": window,
         "finished": finished,
         "per_minute": {k: round(v * 60 / window, 3) for k, v in finished.items()},
-        "live_processes": {"supervisor": int(workers.get("supervisor", 0)), "worker": int(workers.get("worker", 0))},
+        "live_processes": {"supervisor": stats.live_processes.get("supervisor", 0),
+                           "worker": stats.live_processes.get("worker", 0)},
     }
     if as_json:
         emit_json(doc)
@@ -501,25 +461,6 @@ def stats_cmd(dsn: str | None, schema: str, window: float, as_json: bool) -> Non
                f"supervisors {doc['live_processes']['supervisor']}")
 
 
-_WORKERS = """
-SELECT w.worker_id, w.role, w.host, w.pid, w.supervisor_id, w.queues, w.workflows, w.concurrency,
-       w.started_at, w.heartbeat_at, extract(epoch FROM now() - w.heartbeat_at)::float8
-FROM {workers} w
-ORDER BY w.host, w.supervisor_id, w.role DESC, w.started_at
-"""
-# Running steps are listed in orchwf_running_steps (the step table has no index for
-# them); a row whose token no longer matches its step is stale and skipped.
-_CLAIMS = """
-SELECT r.lease_owner, s.workflow_inst_id::text, i.workflow_id, s.step_id, s.attempts,
-       extract(epoch FROM now() - s.updated_at)::float8, extract(epoch FROM s.lease_expires_at - now())::float8
-FROM {running} r
-JOIN {steps} s ON s.id = r.step_inst_id AND s.lease_token = r.lease_token AND s.status = 'running'
-JOIN {instances} i ON i.id = s.workflow_inst_id
-ORDER BY r.lease_owner, s.lease_expires_at
-LIMIT %s
-"""
-
-
 @click.command("workers")
 @db_options
 @click.option("--claims", "max_claims", type=click.IntRange(0, 100000), default=1000, show_default=True,
@@ -527,24 +468,21 @@ LIMIT %s
 @json_option
 def workers_cmd(dsn: str | None, schema: str, max_claims: int, as_json: bool) -> None:
     """Registered supervisors and workers, and the steps each one runs now."""
-    from psycopg import sql
-
-    tables = {"workers": _ident(schema, "orchwf_workers"), "steps": _ident(schema, "orchwf_step_instances"),
-              "instances": _ident(schema, "orchwf_workflow_instances"),
-              "running": _ident(schema, "orchwf_running_steps")}
+    q = queries(schema)
     with connection(dsn) as conn:
-        rows = conn.execute(sql.SQL(_WORKERS).format(**tables)).fetchall()
-        claims = conn.execute(sql.SQL(_CLAIMS).format(**tables), (max_claims,)).fetchall()
+        rows = q.processes(conn)
+        claims = q.running_claims(conn, max_claims)
     by_owner: dict[str, list[dict[str, Any]]] = {}
-    for owner, inst, workflow, step, attempt, _since, expires_in in claims:
-        by_owner.setdefault(owner, []).append({
-            "workflow_inst_id": inst, "workflow_id": workflow, "step_id": step, "attempt": attempt,
-            "lease_expires_in_seconds": expires_in})
-    known = {r[0] for r in rows}
+    for c in claims:
+        by_owner.setdefault(c.lease_owner, []).append({
+            "workflow_inst_id": str(c.workflow_inst_id), "workflow_id": c.workflow_id, "step_id": c.step_id,
+            "attempt": c.attempt, "lease_expires_in_seconds": c.lease_expires_in})
+    known = {r.worker_id for r in rows}
     workers = [{
-        "worker_id": r[0], "role": r[1], "host": r[2], "pid": r[3], "supervisor_id": r[4], "queues": r[5],
-        "workflows": r[6], "concurrency": r[7], "started_at": r[8], "heartbeat_at": r[9],
-        "heartbeat_age_seconds": r[10], "live": r[10] < LIVE_SECONDS, "running": by_owner.get(r[0], []),
+        "worker_id": r.worker_id, "role": r.role, "host": r.host, "pid": r.pid, "supervisor_id": r.supervisor_id,
+        "queues": r.queues, "workflows": r.workflows, "concurrency": r.concurrency, "started_at": r.started_at,
+        "heartbeat_at": r.heartbeat_at, "heartbeat_age_seconds": r.heartbeat_age,
+        "live": r.heartbeat_age < LIVE_SECONDS, "running": by_owner.get(r.worker_id, []),
     } for r in rows]
     orphans = [dict(c, lease_owner=owner) for owner, cs in by_owner.items() if owner not in known for c in cs]
     if as_json:
@@ -579,14 +517,11 @@ def workers_cmd(dsn: str | None, schema: str, max_claims: int, as_json: bool) ->
 @json_option
 def prune_cmd(dsn: str | None, schema: str, older_than: float, batch: int, as_json: bool) -> None:
     """Delete completed, failed and cancelled instances older than a duration."""
-    from psycopg import sql
-
-    query = sql.SQL("SELECT {}(%s * interval '1 second', %s)").format(_ident(schema, "orchwf_prune"))
+    q = queries(schema)
     total = 0
     with connection(dsn) as conn:
         while True:
-            row = conn.execute(query, (older_than, batch)).fetchone()
-            n = int(row[0]) if row else 0
+            n = q.prune(conn, older_than, batch)
             total += n
             if n < batch:
                 break

@@ -45,7 +45,7 @@ def worker(app: str, dsn: str | None, schema: str, workers: int | None, concurre
     from ..daemon.app import load_definitions
     from ..daemon.config import DaemonConfig
     from ..daemon.run import run_daemon
-    from ..db.dsn import resolve_dsn
+    from ..db.resolve import resolve_dsn
 
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")

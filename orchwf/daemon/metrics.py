@@ -58,8 +58,26 @@ LISTEN_UP = Gauge("orchwf_listen_connection_up", "1 when the supervisor's LISTEN
                   multiprocess_mode="livemax")
 
 
-def step_claimed(workflow: str, step: str) -> None:
-    STEPS_CLAIMED.labels(workflow, step).inc()
+def steps_claimed(steps: Iterable[tuple[str, str]]) -> None:
+    """A claim's steps, (workflow, step) each: one counter update per label pair, since
+    the label lookup costs more than the update."""
+    counts: dict[tuple[str, str], int] = {}
+    for key in steps:
+        counts[key] = counts.get(key, 0) + 1
+    for (workflow, step), n in counts.items():
+        STEPS_CLAIMED.labels(workflow, step).inc(n)
+
+
+def steps_completed(steps: Iterable[tuple[str, str, int]]) -> None:
+    """Accepted completions, (workflow, step, duration in ms) each, grouped as above."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for workflow, step, ms in steps:
+        groups.setdefault((workflow, step), []).append(ms)
+    for (workflow, step), durations in groups.items():
+        STEPS_COMPLETED.labels(workflow, step).inc(len(durations))
+        histogram = STEP_DURATION.labels(workflow, step)
+        for ms in durations:
+            histogram.observe(ms / 1000.0)
 
 
 def step_finished(workflow: str, step: str, outcome: str, accepted: bool, duration_ms: int) -> None:
@@ -144,40 +162,6 @@ FINISH_LAG_SECONDS = 60
 FINISH_MAX_GAP_SECONDS = 900
 FINAL_STATUSES = ("completed", "failed", "cancelled")
 
-# One statement: queue depth and oldest ready step per queue (a loose index scan of
-# orchwf_rs_claim_idx in orchwf_queue_stats, sql/003_ops.sql); dead tuples and inserts
-# from the statistics views; live worker rows (a small table); and the instances that
-# finished since the last scrape (a range of orchwf_wi_finished_idx), up to a horizon
-# FINISH_LAG_SECONDS back, which the next scrape starts from.
-_DB_QUERY = """
-SELECT 'queue' AS kind, q.queue AS name, q.ready::float8 AS a,
-       extract(epoch FROM now() - q.oldest_ready_at)::float8 AS b, NULL::timestamptz AS t
-FROM {schema}.orchwf_queue_stats(%(cap)s) q
-UNION ALL
-SELECT 'table', s.relname::text, s.n_dead_tup::float8, s.n_live_tup::float8, NULL
-FROM pg_catalog.pg_stat_user_tables s
-WHERE s.schemaname = %(schema)s AND s.relname = ANY (%(tables)s)
-UNION ALL
-SELECT 'inserted', s.relname::text, s.n_tup_ins::float8, NULL, NULL
-FROM pg_catalog.pg_stat_user_tables s
-WHERE s.schemaname = %(schema)s AND s.relname = 'orchwf_workflow_instances'
-UNION ALL
-SELECT 'workers', w.role, count(*)::float8, NULL, NULL
-FROM {schema}.orchwf_workers w
-WHERE w.heartbeat_at > now() - %(live)s * interval '1 second'
-GROUP BY w.role
-UNION ALL
-SELECT 'finished:' || i.status, i.workflow_id, count(*)::float8, NULL, NULL
-FROM {schema}.orchwf_workflow_instances i
-WHERE %(since)s::timestamptz IS NOT NULL
-  AND i.status IN ('completed', 'failed', 'cancelled')
-  AND i.completed_at >= greatest(%(since)s::timestamptz, now() - %(gap)s * interval '1 second')
-  AND i.completed_at < now() - %(lag)s * interval '1 second'
-GROUP BY i.status, i.workflow_id
-UNION ALL
-SELECT 'horizon', '', NULL, NULL, now() - %(lag)s * interval '1 second'
-"""
-
 Row = tuple[str, str, "float | None", "float | None", Any]
 
 
@@ -199,9 +183,9 @@ class DatabaseCollector:
 
     def __init__(self, schema: str, connection: Callable[[], Any], queues: Iterable[str] = (),
                  ttl: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
-        from psycopg import sql
+        from ..db.queries import Queries
 
-        self.query = sql.SQL(_DB_QUERY).format(schema=sql.Identifier(schema))
+        self.q = Queries.of(schema)  # one statement per scrape: database_metrics
         self.schema = schema
         self.connection = connection
         self.queues = tuple(queues)  # reported as 0 when empty, so their series do not vanish
@@ -228,10 +212,9 @@ class DatabaseCollector:
         import psycopg
 
         try:
-            params = {"cap": DEPTH_CAP, "schema": self.schema, "tables": list(HOT_TABLES),
-                      "live": LIVE_WORKER_SECONDS, "since": self.horizon, "lag": FINISH_LAG_SECONDS,
-                      "gap": FINISH_MAX_GAP_SECONDS}
-            rows: list[Row] = [tuple(r) for r in conn.execute(self.query, params).fetchall()]  # type: ignore[misc]
+            params = {"cap": DEPTH_CAP, "tables": list(HOT_TABLES), "live": LIVE_WORKER_SECONDS,
+                      "since": self.horizon, "lag": FINISH_LAG_SECONDS, "gap": FINISH_MAX_GAP_SECONDS}
+            rows: list[Row] = [tuple(r) for r in self.q.database_metrics(conn, params)]  # type: ignore[misc]
         except psycopg.Error as exc:
             if now >= self.next_warning:
                 from ..db.dsn import redact

@@ -1,53 +1,59 @@
 """The supervisor: a prefork arbiter in the style of gunicorn's arbiter.py.
 
-It loads the app, forks the workers before opening any database connection, then:
-  - queues signals and handles them in the main loop;
-  - reaps dead workers, gives their claims back at once (fenced by lease token) and
-    forks replacements, backing off when they die at once;
-  - runs a quarantine worker while suspects wait: the steps a dead worker was running
-    come back as suspects, which only that worker claims, one at a time, so a step that
-    kills its process cannot take other steps down with it again;
-  - kills workers whose heartbeat pipe goes silent (a hung process);
-  - holds the host's single LISTEN connection and wakes the workers over pipes;
-  - runs the maintenance loop: promote due retries, rescue expired leases, prune.
+It loads the app, forks the workers before opening any database connection, then loops:
+  - signals are queued by their handler and handled here, one ``handle_<name>`` each;
+  - dead workers are reaped, their claims given back at once (fenced by lease token), and
+    replaced, with a backoff only when they die before their first heartbeat;
+  - a worker whose heartbeat pipe goes silent gets SIGABRT (it dumps its stacks through
+    faulthandler) and, if still there after ABORT_GRACE seconds, SIGKILL;
+  - while suspects wait, a quarantine worker runs them one at a time (docs/reliability.md);
+  - the maintenance services (maintenance/) run on their schedule, the periodic ones in
+    one round trip, and the listener wakes the workers over their pipes.
 
-Workers never use a connection opened here: every connection a worker uses is opened
-in the worker, after fork, and a worker leaves through os._exit so it never finalises
-the supervisor's connection objects it inherited.
+Workers never use a connection opened here: every connection a worker uses is opened in
+the worker, after fork, and a worker leaves through os._exit so it never finalises the
+supervisor's connection objects it inherited.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import errno
+import faulthandler
 import logging
-import math
 import os
-import random
 import select
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from ..client import register_workflow
+from ..db.connect import connect
 from ..db.dsn import redact
-from ..errors import ValidationError
+from ..db.queries import Queries
+from ..db.rows import ProcessRegistration
 from ..types import WorkflowDefinition
 from . import metrics
 from .config import DaemonConfig
-from ..db.connect import connect
+from .maintenance.listener import Listener
+from .maintenance.pruner import Pruner
+from .maintenance.rescuer import Rescuer
+from .maintenance.round import MaintenanceRound
+from .maintenance.scheduler import Scheduler
 from .proctitle import set_title
 from .worker import EXIT_RECYCLE, Worker
 
 log = logging.getLogger("orchwf.supervisor")
 
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGCHLD,
-                   signal.SIGTTIN, signal.SIGTTOU)
+SIGNALS = {signal.SIGTERM: "term", signal.SIGINT: "int", signal.SIGQUIT: "quit", signal.SIGHUP: "hup",
+           signal.SIGCHLD: "chld", signal.SIGTTIN: "ttin", signal.SIGTTOU: "ttou"}
+HANDLED_SIGNALS = tuple(SIGNALS)
+ABORT_GRACE = 5.0  # seconds a silent worker has, after SIGABRT, to dump its stacks and die
 
 
 @dataclass
@@ -62,20 +68,13 @@ class Child:
     retiring: bool = False
     beaten: bool = False  # sent a heartbeat: it started up (its death is no crash loop)
     quarantine: bool = False  # claims suspects only, one at a time (see Worker)
+    aborted_at: float | None = None  # sent SIGABRT for silence
 
 
 class Supervisor:
     def __init__(self, config: DaemonConfig, definitions: list[WorkflowDefinition], notifier: Any = None) -> None:
         if not definitions:
             raise ValueError("no workflow definitions to run")
-        for name in ("lease_seconds", "shutdown_timeout", "poll_interval", "poll_interval_no_listen",
-                     "retention_seconds", "worker_timeout"):
-            value = getattr(config, name)
-            # NaN passes every range check (all its comparisons are false), and would leave the
-            # daemon running without ever claiming, heartbeating or stopping on time
-            if not isinstance(value, (int, float)) or math.isnan(value) or value < 0 or (
-                    name == "lease_seconds" and not 0 < value < math.inf):
-                raise ValidationError(f"--{name.replace('_', '-')} must be a number >= 0, got {value!r}")
         self.config = config
         self.definitions = {d.id: d for d in definitions}
         self.notifier = notifier
@@ -89,11 +88,15 @@ class Supervisor:
         self.next_index = 0
         self.spawn_failures = 0
         self.spawn_at = 0.0
+        self.q = Queries.of(config.schema)
         self.conn: psycopg.Connection[Any] | None = None
-        self.listen_conn: psycopg.Connection[Any] | None = None
-        self.listen_ok = False
+        self.listener = Listener(config.dsn, config.schema) if config.listen else None
+        workflows = sorted(self.definitions)
+        self.rescuer = Rescuer(config.schema)
+        self.scheduler = Scheduler(config.schema)
+        self.pruner = Pruner(config.schema, config.retention_seconds)
+        self.round = MaintenanceRound(config.schema, self.supervisor_id, list(config.queues), workflows)
         self.next_maintenance = 0.0
-        self.next_prune = 0.0
         self.next_db_attempt = 0.0
         self.rescue_after = 0.0
         self.db_delay = 0.5
@@ -101,7 +104,7 @@ class Supervisor:
         self.ops: Any = None  # the /metrics, /healthz, /readyz server (daemon/http.py), set by run.py
         self.db_ok_at = float("-inf")  # last successful maintenance round trip (for /readyz)
         self.dead_workers: list[str] = []  # workers whose claims still need releasing
-        self.suspects_waiting = False  # run a quarantine worker (learned from rescues and maintenance)
+        self.suspects_waiting = False  # run a quarantine worker (learnt from rescues and maintenance)
         self._sig_r, self._sig_w = os.pipe()
         os.set_blocking(self._sig_r, False)
         os.set_blocking(self._sig_w, False)
@@ -118,7 +121,7 @@ class Supervisor:
         try:
             while True:
                 self._handle_signals()
-                self._reap()
+                self.handle_chld()  # reap on every turn, not only on SIGCHLD (it can be coalesced)
                 if self.stopping:
                     if not self.children:
                         break
@@ -144,41 +147,37 @@ class Supervisor:
 
     def _handle_signals(self) -> None:
         while self.signal_queue:
-            sig = self.signal_queue.pop(0)
-            if sig in (signal.SIGTERM, signal.SIGINT):
-                if self.stopping:
-                    log.warning("second stop signal: stopping at once")
-                    self._quit_now()
-                else:
-                    self._begin_stop()
-            elif sig == signal.SIGQUIT:
-                self._quit_now()
-            elif sig == signal.SIGHUP:
-                self._reload()
-            elif sig == signal.SIGTTIN:
-                self.num_workers += 1
-            elif sig == signal.SIGTTOU and self.num_workers > 1:
-                self.num_workers -= 1
-                self._retire_extra()
+            name = SIGNALS[signal.Signals(self.signal_queue.pop(0))]
+            getattr(self, f"handle_{name}")()
 
-    def _quit_now(self) -> None:
-        """Workers give their claims back at once (SIGQUIT), without counting a crash;
-        SIGKILL follows after 3 seconds for any that cannot."""
-        self.stopping = True
-        self.stop_deadline = min(self.stop_deadline or float("inf"), time.monotonic() + 3.0)
-        self._notify("STOPPING=1", "STATUS=stopping at once")
-        self._kill_all(signal.SIGQUIT)
+    # -- signals --------------------------------------------------------------------------
 
-    def _begin_stop(self) -> None:
+    def handle_term(self) -> None:
+        """Graceful stop: workers finish (or, at the shutdown timeout, release) what they
+        run. A second one stops at once."""
+        if self.stopping:
+            log.warning("second stop signal: stopping at once")
+            self.handle_quit()
+            return
         log.info("draining %d workers (shutdown timeout %.0fs)", len(self.children), self.config.shutdown_timeout)
         self.stopping = True
         self.stop_deadline = time.monotonic() + self.config.shutdown_timeout + 5.0
         self._notify("STOPPING=1", "STATUS=draining")
         self._kill_all(signal.SIGTERM)
 
-    def _reload(self) -> None:
-        """SIGHUP: fork fresh workers, then drain the old ones. No claim is dropped:
-        old workers finish (or release) what they hold before they exit."""
+    handle_int = handle_term
+
+    def handle_quit(self) -> None:
+        """Stop at once: workers give their claims back (SIGQUIT), without counting a crash;
+        SIGKILL follows after 3 seconds for any that cannot."""
+        self.stopping = True
+        self.stop_deadline = min(self.stop_deadline or float("inf"), time.monotonic() + 3.0)
+        self._notify("STOPPING=1", "STATUS=stopping at once")
+        self._kill_all(signal.SIGQUIT)
+
+    def handle_hup(self) -> None:
+        """Reload: fork fresh workers, then drain the old ones. No claim is dropped: old
+        workers finish (or release) what they hold before they exit."""
         old = [c for c in self.children.values() if not c.retiring]
         log.info("reloading: replacing %d workers", len(old))
         for child in old:
@@ -188,47 +187,57 @@ class Supervisor:
         for child in old:
             self._signal(child, signal.SIGTERM)
 
-    def _retire_extra(self) -> None:
+    def handle_ttin(self) -> None:
+        """One more worker."""
+        self.num_workers += 1
+
+    def handle_ttou(self) -> None:
+        """One worker less (the oldest ones go first), never below one."""
+        if self.num_workers <= 1:
+            return
+        self.num_workers -= 1
         active = sorted(self._active(), key=lambda c: c.started)
         for child in active[self.num_workers:]:
             child.retiring = True
             self._signal(child, signal.SIGTERM)
 
-    def _sleep(self) -> None:
-        fds = [self._sig_r] + [c.beat_r for c in self.children.values()]
-        if self.listen_conn is not None and not self.listen_conn.closed:
-            fds.append(self.listen_conn.fileno())
-        now = time.monotonic()
-        timeout = max(0.0, min(self.next_maintenance - now, 1.0))
-        try:
-            wfds: list[int] = []
-            if self.ops is not None:
-                fds += self.ops.read_fds()
-                wfds = self.ops.write_fds()
-            ready, writable, _ = select.select(fds, wfds, [], timeout)
-        except (InterruptedError, ValueError, OSError):
-            return
-        if self.ops is not None:
-            self.ops.service(ready, writable)
-            ready = [fd for fd in ready if not self.ops.owns(fd)]
-        by_fd = {c.beat_r: c for c in self.children.values()}
-        for fd in ready:
-            if fd == self._sig_r:
-                try:
-                    while os.read(self._sig_r, 4096):
-                        pass
-                except BlockingIOError:
-                    pass
-            elif fd in by_fd:
-                child = by_fd[fd]
-                try:
-                    if os.read(fd, 4096):
-                        child.last_beat = time.monotonic()
-                        child.beaten = True
-                except (BlockingIOError, OSError):
-                    pass
-            elif self.listen_conn is not None:
-                self._drain_notifications()
+    def handle_chld(self) -> None:
+        """Reap dead workers; their claims go back to the queue now, not when the lease expires."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self.children.pop(pid, None)
+            if child is None:
+                continue
+            self._reaped(child, os.waitstatus_to_exitcode(status))
+
+    def _reaped(self, child: Child, code: int) -> None:
+        os.close(child.wake_w)
+        try:  # a heartbeat it sent just before dying still counts
+            child.beaten = child.beaten or bool(os.read(child.beat_r, 4096))
+        except OSError:
+            pass
+        os.close(child.beat_r)
+        metrics.process_exited(child.pid)
+        lived = time.monotonic() - child.started
+        if code != 0 and not self.stopping and not child.retiring:
+            log.warning("worker %d (pid %d) died with %s after %.1fs", child.index, child.pid,
+                        f"signal {-code}" if code < 0 else f"exit code {code}", lived)
+            if code != EXIT_RECYCLE:
+                metrics.WORKER_RESTARTS.inc()
+                # Back off only from a crash loop: a worker that died before its first
+                # heartbeat. One killed while working (kill -9, OOM, a poison step) is
+                # replaced at once, or the whole host would stall for up to 30s.
+                if lived < 5 and not child.beaten:
+                    self.spawn_failures += 1
+                    self.spawn_at = time.monotonic() + min(30.0, 0.5 * 2 ** min(self.spawn_failures, 6))
+                else:
+                    self.spawn_failures = 0
+        self.dead_workers.append(child.worker_id)
 
     # -- children -------------------------------------------------------------------------
 
@@ -254,36 +263,8 @@ class Supervisor:
         # a SIGTERM meant for it would land in its copy of the supervisor's queue, unread.
         signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         pid = os.fork()
-        if pid == 0:  # the child: never returns into the supervisor's code
-            code = 1
-            try:
-                for sig in HANDLED_SIGNALS:
-                    signal.signal(sig, signal.SIG_DFL)
-                signal.set_wakeup_fd(-1)
-                os.close(self._sig_r)
-                os.close(self._sig_w)
-                os.close(wake_w)
-                os.close(beat_r)
-                os.set_blocking(wake_r, False)
-                os.set_blocking(beat_w, False)
-                for child in self.children.values():
-                    os.close(child.wake_w)
-                    os.close(child.beat_r)
-                if self.ops is not None:
-                    self.ops.close_in_child()
-                worker_id = f"{self.config.hostname}:{os.getpid()}:{start_ms}"
-                config = dataclasses.replace(self.config, concurrency=1) if quarantine else self.config
-                worker = Worker(config, self.definitions, index, worker_id, self.supervisor_id,
-                                wake_r, beat_w, parent_pid, quarantine=quarantine)
-                worker.install_signal_handlers()
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
-                code = worker.run()
-            except BaseException:  # noqa: BLE001 - report, then leave without finalisers
-                log.exception("worker %d crashed", index)
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
+        if pid == 0:
+            self._child(index, start_ms, wake_r, wake_w, beat_r, beat_w, parent_pid, quarantine)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         os.close(wake_r)
         os.close(beat_w)
@@ -299,43 +280,37 @@ class Supervisor:
         else:
             log.info("worker %d started (pid %d)", index, pid)
 
-    def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            child = self.children.pop(pid, None)
-            if child is None:
-                continue
-            os.close(child.wake_w)
-            try:  # a heartbeat it sent just before dying still counts
-                child.beaten = child.beaten or bool(os.read(child.beat_r, 4096))
-            except OSError:
-                pass
-            os.close(child.beat_r)
-            metrics.process_exited(pid)
-            code = os.waitstatus_to_exitcode(status)
-            lived = time.monotonic() - child.started
-            if code != 0 and not self.stopping and not child.retiring:
-                log.warning("worker %d (pid %d) died with %s after %.1fs", child.index, pid,
-                            f"signal {-code}" if code < 0 else f"exit code {code}", lived)
-                if code != EXIT_RECYCLE:
-                    metrics.WORKER_RESTARTS.inc()
-                    # Back off only from a crash loop: a worker that died before its first
-                    # heartbeat. One killed while working (kill -9, OOM, a poison step) is
-                    # replaced at once, or the whole host would stall for up to 30s.
-                    if lived < 5 and not child.beaten:
-                        self.spawn_failures += 1
-                        delay = min(30.0, 0.5 * 2 ** min(self.spawn_failures, 6))
-                        self.spawn_at = time.monotonic() + delay
-                    else:
-                        self.spawn_failures = 0
-            # Its claims go back to the queue now, not when the lease expires.
-            self.dead_workers.append(child.worker_id)
-        # (the loop returns from inside)
+    def _child(self, index: int, start_ms: int, wake_r: int, wake_w: int, beat_r: int, beat_w: int,
+               parent_pid: int, quarantine: bool) -> None:
+        """In the forked child: become a worker; never return into the supervisor's code."""
+        code = 1
+        try:
+            for sig in HANDLED_SIGNALS:
+                signal.signal(sig, signal.SIG_DFL)
+            signal.set_wakeup_fd(-1)
+            faulthandler.enable()  # SIGABRT (a silent worker) dumps every thread's stack
+            for fd in (self._sig_r, self._sig_w, wake_w, beat_r):
+                os.close(fd)
+            os.set_blocking(wake_r, False)
+            os.set_blocking(beat_w, False)
+            for child in self.children.values():
+                os.close(child.wake_w)
+                os.close(child.beat_r)
+            if self.ops is not None:
+                self.ops.close_in_child()
+            worker_id = f"{self.config.hostname}:{os.getpid()}:{start_ms}"
+            config = dataclasses.replace(self.config, concurrency=1) if quarantine else self.config
+            worker = Worker(config, self.definitions, index, worker_id, self.supervisor_id,
+                            wake_r, beat_w, parent_pid, quarantine=quarantine)
+            worker.install_signal_handlers()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+            code = worker.run()
+        except BaseException:  # noqa: BLE001 - report, then leave without finalisers
+            log.exception("worker %d crashed", index)
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
 
     def _kill_all(self, sig: int) -> None:
         for child in list(self.children.values()):
@@ -348,13 +323,21 @@ class Supervisor:
             pass
 
     def _kill_silent(self) -> None:
+        """A worker silent for worker_timeout gets SIGABRT (its stacks go to the log), then
+        SIGKILL if it is still there ABORT_GRACE seconds later."""
         now = time.monotonic()
         for child in list(self.children.values()):
-            if now - child.last_beat > self.config.worker_timeout:
-                log.error("worker %d (pid %d) silent for %.0fs: killing it", child.index, child.pid,
-                          now - child.last_beat)
-                self._signal(child, signal.SIGKILL)
-                child.last_beat = now  # do not kill it twice while it is being reaped
+            if child.aborted_at is not None:
+                if now - child.aborted_at >= ABORT_GRACE:
+                    log.error("worker %d (pid %d) still there %.0fs after SIGABRT: killing it", child.index,
+                              child.pid, now - child.aborted_at)
+                    self._signal(child, signal.SIGKILL)
+                    child.aborted_at = float("inf")  # once
+            elif now - child.last_beat > self.config.worker_timeout:
+                log.error("worker %d (pid %d) silent for %.0fs: aborting it (SIGABRT dumps its stacks)",
+                          child.index, child.pid, now - child.last_beat)
+                self._signal(child, signal.SIGABRT)
+                child.aborted_at = now
 
     def _wake_workers(self) -> None:
         for child in self.children.values():
@@ -366,33 +349,83 @@ class Supervisor:
                 if exc.errno not in (errno.EAGAIN, errno.EPIPE):
                     raise
 
-    # -- database (opened after the first fork) -------------------------------------------
+    # -- waiting --------------------------------------------------------------------------
 
-    def _table(self, name: str) -> sql.Composable:
-        return sql.SQL("{}.{}").format(sql.Identifier(self.config.schema), sql.Identifier(name))
+    def _sleep(self) -> None:
+        """Wait for a signal, a worker's heartbeat, a notification, an HTTP client or the
+        next maintenance round, and hand each ready descriptor to its owner."""
+        handlers: dict[int, Callable[[], None]] = {self._sig_r: self._drain_signal_pipe}
+        for child in self.children.values():
+            handlers[child.beat_r] = lambda c=child: self._heard(c)  # type: ignore[misc]
+        if self.listener is not None and self.listener.up:
+            handlers[self.listener.fileno()] = self._notifications
+        read_fds, write_fds = list(handlers), []
+        if self.ops is not None:
+            read_fds += self.ops.read_fds()
+            write_fds = self.ops.write_fds()
+        timeout = max(0.0, min(self.next_maintenance - time.monotonic(), 1.0))
+        try:
+            readable, writable, _ = select.select(read_fds, write_fds, [], timeout)
+        except (InterruptedError, ValueError, OSError):
+            return
+        if self.ops is not None:
+            self.ops.service(readable, writable)
+        for fd in readable:
+            if fd in handlers:
+                handlers[fd]()
+
+    def _drain_signal_pipe(self) -> None:
+        try:
+            while os.read(self._sig_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _heard(self, child: Child) -> None:
+        try:
+            if os.read(child.beat_r, 4096):
+                child.last_beat = time.monotonic()
+                child.beaten = True
+        except (BlockingIOError, OSError):
+            pass
+
+    def _notifications(self) -> None:
+        assert self.listener is not None
+        try:
+            got = self.listener.run_once()
+        except psycopg.Error as exc:
+            self._db_failed(exc)
+            return
+        if got.scheduled:
+            self.next_maintenance = 0.0  # learn the new earliest due time now
+        if got.ready:
+            self._wake_workers()
+
+    # -- database (opened after the first fork) -------------------------------------------
 
     def _database(self) -> None:
         now = time.monotonic()
         if not self._connect(now):
             return
+        assert self.conn is not None
         try:
             if not self.registered:
                 for definition in self.definitions.values():
-                    register_workflow(self.conn, definition, schema=self.config.schema)  # type: ignore[arg-type]
+                    register_workflow(self.conn, definition, schema=self.config.schema)
                 self._register_self()
                 self.registered = True
             self._release_dead()
             if now >= self.next_maintenance:
                 self._maintain(now)
+            if self.pruner.due(now):
+                self.pruner.run_once(self.conn, now)
             self.db_delay = 0.5  # reset once work succeeds, not on connect: a database that
             # accepts connections but fails every query (read-only, no privilege) is backed off
         except psycopg.Error as exc:
             self._db_failed(exc)
 
     def _connect(self, now: float) -> bool:
-        if self.conn is not None and not self.conn.closed and (
-            not self.config.listen or (self.listen_conn is not None and not self.listen_conn.closed)
-        ):
+        if self.conn is not None and not self.conn.closed and (self.listener is None or self.listener.up):
             return True
         if now < self.next_db_attempt:
             return False
@@ -404,11 +437,8 @@ class Supervisor:
                 # period before expired leases count as dead workers (after an outage, ours
                 # may be the first connection back).
                 self.rescue_after = time.monotonic() + self.config.lease_seconds
-            if self.config.listen and (self.listen_conn is None or self.listen_conn.closed):
-                self.listen_conn = connect(self.config.dsn, application_name="orchwf-listener")
-                self.listen_conn.execute("LISTEN orchwf_ready")
-                self.listen_conn.execute("LISTEN orchwf_scheduled")
-                self.listen_ok = True
+            if self.listener is not None and not self.listener.up:
+                self.listener.open()
                 metrics.LISTEN_UP.set(1)
                 self._wake_workers()  # notifications may have been missed while down
             return True
@@ -423,53 +453,30 @@ class Supervisor:
         self.db_delay = min(self.db_delay * 2, 10.0)
 
     def _close_db(self) -> None:
-        for conn in (self.conn, self.listen_conn):
-            if conn is not None:
-                try:
-                    conn.close()
-                except Exception:  # noqa: BLE001 - discarding a broken connection
-                    pass
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:  # noqa: BLE001 - discarding a broken connection
+                pass
         self.conn = None
-        self.listen_conn = None
-        self.listen_ok = False
+        if self.listener is not None:
+            self.listener.close()
         metrics.LISTEN_UP.set(0)
-
-    def _drain_notifications(self) -> None:
-        assert self.listen_conn is not None
-        got = False
-        try:
-            for note in self.listen_conn.notifies(timeout=0):
-                if note.channel == "orchwf_scheduled":
-                    self.next_maintenance = 0.0  # learn the new earliest due time now
-                else:
-                    got = True
-        except psycopg.Error as exc:
-            self._db_failed(exc)
-            return
-        if got:
-            self._wake_workers()
 
     def _register_self(self) -> None:
         assert self.conn is not None
-        self.conn.execute(
-            sql.SQL(
-                "INSERT INTO {} (worker_id, supervisor_id, host, pid, role, queues, workflows, concurrency)"
-                " VALUES (%s, %s, %s, %s, 'supervisor', %s, %s, %s) ON CONFLICT (worker_id) DO NOTHING"
-            ).format(self._table("orchwf_workers")),
-            (self.supervisor_id, self.supervisor_id, self.config.hostname, os.getpid(),
-             list(self.config.queues), sorted(self.definitions), self.config.workers),
-        )
+        self.q.register_process(self.conn, ProcessRegistration(
+            worker_id=self.supervisor_id, supervisor_id=self.supervisor_id, host=self.config.hostname,
+            pid=os.getpid(), role="supervisor", queues=list(self.config.queues),
+            workflows=sorted(self.definitions), concurrency=self.config.workers))
 
     def _unregister_self(self) -> None:
         if self.conn is None or self.conn.closed:
             return
         try:
-            self.conn.execute(
-                sql.SQL("DELETE FROM {} WHERE worker_id = %s").format(self._table("orchwf_workers")),
-                (self.supervisor_id,),
-            )
+            self.q.unregister_process(self.conn, self.supervisor_id)
         except psycopg.Error:
-            pass  # the row ages out: prune deletes rows without a heartbeat for an hour
+            pass  # the row ages out: the pruner forgets silent processes after an hour
 
     def _release_dead(self, final: bool = False) -> None:
         """Give the claims of dead workers back to the queue, fenced by their tokens."""
@@ -481,52 +488,25 @@ class Supervisor:
             return
         while self.dead_workers:
             worker_id = self.dead_workers[0]
-            rows: list[Any] = []
-            while True:  # the rescue takes up to 1,000 claims a call
-                batch = self.conn.execute(
-                    sql.SQL("SELECT * FROM {}(%s)").format(self._table("orchwf_rescue_steps")), (worker_id,)
-                ).fetchall()
-                rows.extend(batch)
-                if len(batch) < 1000:
-                    break
-            self.conn.execute(
-                sql.SQL("DELETE FROM {} WHERE worker_id = %s").format(self._table("orchwf_workers")), (worker_id,)
-            )
+            rows = self.rescuer.release_dead(self.conn, worker_id)
             metrics.steps_rescued("worker_death", len(rows))
             if rows:
                 log.info("released %d claims of dead worker %s", len(rows), worker_id)
-                if any(outcome in ("requeue", "retry") for _, outcome, _ in rows):
+                if any(r.outcome in ("requeue", "retry") for r in rows):
                     self.suspects_waiting = True
                 self._wake_workers()
             self.dead_workers.pop(0)
 
     def _maintain(self, now: float) -> None:
-        """Promote due retries, rescue expired leases, mark this host's workers alive, and
-        learn when the next scheduled step is due: one query (orchwf_maintain)."""
+        """The periodic round: heartbeat, rescue, promote, suspects (maintenance/round.py)."""
         assert self.conn is not None
-        row = self.conn.execute(
-            sql.SQL("SELECT * FROM {}(%s, %s, %s, %s)").format(self._table("orchwf_maintain")),
-            (self.supervisor_id, now >= self.rescue_after, list(self.config.queues), sorted(self.definitions)),
-        ).fetchone()
-        promoted, rescued, next_due = (int(row[0] or 0), int(row[1] or 0), row[2]) if row else (0, 0, None)
-        self.suspects_waiting = bool(row and row[3])
-        metrics.steps_rescued("lease_expired", rescued)
-        if promoted or rescued:
+        result = self.round.run_once(self.conn, rescue=now >= self.rescue_after)
+        self.suspects_waiting = result.suspects
+        metrics.steps_rescued("lease_expired", result.rescue.rescued)
+        found = bool(result.schedule.promoted or result.rescue.rescued)
+        if found:
             self._wake_workers()
-        if now >= self.next_prune and self.config.retention_seconds > 0:
-            self.conn.execute(
-                sql.SQL("SELECT {}(%s * interval '1 second')").format(self._table("orchwf_prune")),
-                (self.config.retention_seconds,),
-            )
-            self.conn.execute(
-                sql.SQL("DELETE FROM {} WHERE heartbeat_at < now() - interval '1 hour'").format(
-                    self._table("orchwf_workers")))
-            self.next_prune = now + 300
-        # Idle cost: one query per interval (jittered); sooner when a retry is due sooner.
-        interval = (1.0 if promoted or rescued else 2.0) * random.uniform(0.9, 1.1)
-        if next_due is not None:
-            interval = min(interval, max(0.01, float(next_due)))
-        self.next_maintenance = now + interval
+        self.next_maintenance = now + self.scheduler.next_round(result.schedule, found)
         self.db_ok_at = now
 
     # -- presentation ---------------------------------------------------------------------
@@ -541,7 +521,7 @@ class Supervisor:
             return False, "draining"
         if self.conn is None or self.conn.closed or time.monotonic() - self.db_ok_at > 15.0:
             return False, "database unreachable"
-        if self.config.listen and (not self.listen_ok or self.listen_conn is None or self.listen_conn.closed):
+        if self.listener is not None and not self.listener.up:
             return False, "LISTEN connection down"
         return True, "ok"
 

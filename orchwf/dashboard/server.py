@@ -338,11 +338,9 @@ def is_loopback(host: str) -> bool:
 
 def make_pool(dsn: str, max_size: int = 4) -> ConnectionPool:
     """Autocommit connections, checked before use (the dashboard outlives DB restarts)."""
-    return ConnectionPool(
-        dsn, min_size=1, max_size=max_size, timeout=10, open=True, name="orchwf-dashboard",
-        kwargs={"autocommit": True, "application_name": "orchwf-dashboard"},
-        check=ConnectionPool.check_connection,
-    )
+    from ..db.connect import pool
+
+    return pool(dsn, name="orchwf-dashboard", max_size=max_size, check=True)  # type: ignore[no-any-return]
 
 
 def make_server(pool: ConnectionPool, schema: str, *, host: str = "127.0.0.1", port: int = 8080,

@@ -76,3 +76,21 @@ def scrub(text: str, conninfo: str) -> str:
     if isinstance(password, str) and password:
         text = text.replace(password, "***")
     return text
+
+
+def pool(dsn: str, *, name: str, min_size: int = 1, max_size: int = 4, check: bool = False) -> Any:
+    """A psycopg_pool.ConnectionPool of autocommit connections, opened now: for processes
+    whose threads each borrow a connection (the in-process store, the dashboard).
+
+    Connect once directly first, so a bad DSN fails now with libpq's reason (password
+    redacted) instead of a pool timeout 30 seconds later. ``check``: test a connection
+    before lending it (a dashboard outlives database restarts).
+    """
+    from psycopg_pool import ConnectionPool
+
+    connect(dsn, application_name=name, keepalive=False).close()
+    return ConnectionPool(
+        dsn, min_size=min_size, max_size=max_size, timeout=10, open=True, name=name,
+        kwargs={"autocommit": True, "application_name": name},
+        check=ConnectionPool.check_connection if check else None,
+    )

@@ -1,4 +1,4 @@
-"""Connection strings: redaction for anything printed, and the DSN fallback chain.
+"""Redaction of connection strings, for anything printed.
 
 ``redact`` runs on every DSN (or message that may hold one) before it reaches a log,
 an error message or a process title, because a password there is readable by anyone
@@ -7,7 +7,6 @@ who can run ``ps`` or read the logs.
 
 from __future__ import annotations
 
-import os
 import re
 
 REDACTED = "***"
@@ -48,19 +47,3 @@ def redact(dsn: str) -> str:
     text = _URL_USERINFO.sub(_sub, dsn)
     text = _URL_QUERY.sub(_sub, text)
     return _KEYWORD.sub(_sub, text)
-
-
-def resolve_dsn(dsn: str | None) -> str:
-    """The DSN to use: ``dsn`` if given, else ``$ORCHWF_DSN``, else the embedded server.
-
-    The last step starts (or reuses) the local embedded Postgres and migrates it, so
-    orchwf works on a laptop with no database installed.
-    """
-    if dsn:
-        return dsn
-    env = os.environ.get("ORCHWF_DSN", "").strip()
-    if env:
-        return env
-    from .embedded import start
-
-    return start()

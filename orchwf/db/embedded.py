@@ -55,7 +55,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql as psycopg_sql
 
 from ..errors import OrchwfError
 from .dsn import redact
@@ -269,8 +268,11 @@ def _is_postgres(pid: int) -> bool:
 
 
 def _can_connect(dsn: str, timeout: float = 3.0) -> bool:
+    from .connect import connect
+
     try:
-        with psycopg.connect(dsn, connect_timeout=max(1, int(timeout)), autocommit=True):
+        with connect(dsn, application_name="orchwf-embedded", connect_timeout=max(1, int(timeout)),
+                     keepalive=False):
             return True
     except psycopg.Error:
         return False
@@ -576,12 +578,14 @@ def default_server() -> EmbeddedServer:
 
 
 def _ensure_database(server: EmbeddedServer, dbname: str) -> None:
+    from .connect import connect
+    from .queries import Queries
+
+    q = Queries.of()
     try:
-        with psycopg.connect(server.dsn, autocommit=True) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                                  (dbname,)).fetchone()
-            if not exists:
-                conn.execute(psycopg_sql.SQL("CREATE DATABASE {}").format(psycopg_sql.Identifier(dbname)))
+        with connect(server.dsn, application_name="orchwf-embedded", keepalive=False) as conn:
+            if not q.database_exists(conn, dbname):
+                q.create_database(conn, dbname)
     except psycopg.errors.DuplicateDatabase:
         pass
     except psycopg.Error as exc:
@@ -589,13 +593,8 @@ def _ensure_database(server: EmbeddedServer, dbname: str) -> None:
 
 
 def _migrate(dsn: str) -> None:
-    try:
-        from .migrations import migrate
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.migrations":
-            raise
-        log.warning("orchwf.db.migrations is not available; the embedded database is not migrated")
-        return
+    from .migrations import migrate
+
     try:
         migrate(dsn)
     except psycopg.Error as exc:

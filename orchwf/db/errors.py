@@ -1,4 +1,4 @@
-"""Map the SQL API's error codes (sql/002_daemon.sql) to orchwf exceptions."""
+"""Map the SQL API's error codes (sql/api/util.sql lists them) to orchwf exceptions."""
 
 from __future__ import annotations
 

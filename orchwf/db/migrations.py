@@ -25,7 +25,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Union
+from typing import Any, Union
 
 import psycopg
 from psycopg import sql
@@ -35,7 +35,15 @@ from ..errors import ValidationError
 from .connect import DatabaseConnectionError, connect
 from .dsn import redact
 from .queries import Queries, validate_schema
-from .sqlfiles import ApiFile, Dir, Migration, MigrationError, load_api, load_migrations, load_schema
+from .sqlfiles import (
+    ApiFile,
+    Dir,
+    Migration,
+    MigrationError,
+    load_api,
+    load_migrations,
+    load_schema,
+)
 
 __all__ = [
     "ApiStatus",
@@ -57,8 +65,8 @@ __all__ = [
 TRACKING_TABLE = "orchwf_migrations"
 
 ConnOrDsn = Union[str, "psycopg.Connection[object]"]
-MigrationsDir = Union[str, Dir, None]
-Cursor = psycopg.Cursor[tuple[object, ...]]
+MigrationsDir = Union[str, "Dir", None]  # noqa: UP007
+Cursor = psycopg.Cursor[Any]
 
 
 @dataclass(frozen=True)
@@ -171,7 +179,7 @@ class _Tx:
     def api_applied(self) -> dict[str, tuple[str, datetime]]:
         if self.run("api_tracking_exists", schema=self.schema).fetchone() is None:
             return {}
-        return {str(name): (str(checksum), applied_at.astimezone(timezone.utc))  # type: ignore[union-attr]
+        return {str(name): (str(checksum), applied_at.astimezone(timezone.utc))  # type: ignore[union-attr,attr-defined]
                 for name, checksum, applied_at in self.run("applied_api_files").fetchall()}
 
     def apply_api(self, files: Sequence[ApiFile]) -> None:

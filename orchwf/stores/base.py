@@ -1,4 +1,4 @@
-"""The StateManager contract (the seed's 15 operations) and the shared argument checks."""
+"""The StateManager contract (the 15 operations of the Go ORCHWF package's StateManager) and the shared argument checks."""
 
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ Same semantics as InMemoryStateManager (stores/memory.py); what is Postgres-spec
 * Fork-safe. A pool opened by the parent is never used (or closed) in a child: the child
   opens its own pool on first use. A connection or pool passed in by the caller cannot be
   re-opened, so using it after fork() raises InvalidStateError.
-* Every value is a bound parameter. Table names come from the validated schema name
-  (``psycopg.sql.Identifier``), filter columns from the constant ``FILTER_COLUMNS``.
+* Its SQL is db/queries.py's (sql/queries/store.sql): every value a bound parameter,
+  filter columns from the constant ``FILTER_COLUMNS``.
 * ``list_workflows`` returns instances WITHOUT their steps (``steps == []``), like the
   in-memory store; ``get_workflow`` loads them.
 * Empty trace/correlation/business IDs are stored as NULL and read back as ``""``.
@@ -34,14 +34,12 @@ from typing import Any, Final, TypeVar, Union
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg import sql
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from .. import jsonvalue
-from ..db.connect import connect
-from ..db.queries import validate_schema
+from ..db.connect import pool
+from ..db.queries import FILTER_COLUMNS, Queries, validate_schema
 from ..errors import InvalidStateError, StepNotFoundError, ValidationError, WorkflowNotFoundError
 from ..types import (
     StepInstance,
@@ -59,16 +57,6 @@ T = TypeVar("T")
 Row = dict[str, Any]
 Target = Union[str, "psycopg.Connection[Any]", ConnectionPool]
 
-#: list_workflows filter key -> column. The ONLY way a filter reaches SQL text.
-FILTER_COLUMNS: Final[Mapping[str, str]] = {
-    "workflow_id": "workflow_id",
-    "status": "status",
-    "trace_id": "trace_id",
-    "correlation_id": "correlation_id",
-    "business_id": "business_id",
-}
-_EMPTY_IS_NULL: Final = frozenset({"trace_id", "correlation_id", "business_id"})
-
 _TERMINAL_WF: Final = frozenset(
     {WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED}
 )
@@ -79,129 +67,6 @@ _TERMINAL_STEP: Final = frozenset(
 # Pools opened before a fork(), kept referenced in the child so they are never
 # garbage-collected (and closed) there: their sockets belong to the parent.
 _ABANDONED: list[object] = []
-
-# -- SQL ----------------------------------------------------------------------------------
-# Placeholders in braces are filled by psycopg.sql at construction: {wi}, {si}, {ev} with
-# schema-qualified identifiers, {*_cols} with the constant column lists below. Every
-# value is a bound %(name)s / %s parameter. INSERT ... SELECT needs explicit casts
-# (Postgres infers parameter types from the target columns only for VALUES).
-
-_WF_COLUMNS = (
-    "id, workflow_id, status, input, output, context, current_step_id, started_at, "
-    "completed_at, error, retry_count, last_retry_at, metadata, trace_id, correlation_id, "
-    "business_id, priority, queue, idempotency_key, run_mode, created_at, updated_at"
-)
-_STEP_COLUMNS = (
-    "id, step_id, workflow_inst_id, status, input, output, started_at, completed_at, error, "
-    "retry_count, last_retry_at, duration_ms, execution_order, priority, attempts"
-)
-_EVENT_COLUMNS = 'id, workflow_inst_id, step_inst_id, event_type, event_data, "timestamp"'
-
-_QUERIES: Final[dict[str, str]] = {
-    "save_workflow": """
-        INSERT INTO {wi} ({wf_cols})
-        VALUES (%(id)s, %(workflow_id)s, %(status)s, %(input)s, %(output)s, %(context)s,
-                %(current_step_id)s, %(started_at)s, %(completed_at)s, %(error)s,
-                %(retry_count)s, %(last_retry_at)s, %(metadata)s, %(trace_id)s,
-                %(correlation_id)s, %(business_id)s, %(priority)s, %(queue)s,
-                %(idempotency_key)s, %(run_mode)s, %(created_at)s, %(updated_at)s)
-        ON CONFLICT (id) DO UPDATE SET
-            workflow_id = EXCLUDED.workflow_id, status = EXCLUDED.status,
-            input = EXCLUDED.input, output = EXCLUDED.output, context = EXCLUDED.context,
-            current_step_id = EXCLUDED.current_step_id, started_at = EXCLUDED.started_at,
-            completed_at = EXCLUDED.completed_at, error = EXCLUDED.error,
-            retry_count = EXCLUDED.retry_count, last_retry_at = EXCLUDED.last_retry_at,
-            metadata = EXCLUDED.metadata, trace_id = EXCLUDED.trace_id,
-            correlation_id = EXCLUDED.correlation_id, business_id = EXCLUDED.business_id,
-            priority = EXCLUDED.priority, queue = EXCLUDED.queue,
-            idempotency_key = EXCLUDED.idempotency_key, run_mode = EXCLUDED.run_mode,
-            created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at
-    """,
-    "get_workflow": "SELECT {wf_cols} FROM {wi} WHERE id = %s",
-    "workflow_exists": "SELECT 1 FROM {wi} WHERE id = %s",
-    "update_workflow_status": """
-        UPDATE {wi} SET status = %(status)s,
-            completed_at = CASE WHEN %(terminal)s THEN %(now)s ELSE completed_at END,
-            updated_at = %(now)s
-        WHERE id = %(id)s
-    """,
-    "update_workflow_output": "UPDATE {wi} SET output = %s, updated_at = %s WHERE id = %s",
-    "update_workflow_error": """
-        UPDATE {wi} SET error = %(error)s, status = 'failed', completed_at = %(now)s,
-            updated_at = %(now)s
-        WHERE id = %(id)s
-    """,
-    # Steps: the EXISTS guard turns a missing workflow into "0 rows" (a WorkflowNotFoundError),
-    # and its KEY SHARE lock keeps the instance from being deleted before this commits (what
-    # a foreign key would do; steps have none, see sql/004). created_at is set on insert
-    # only (clock_timestamp: insertion order breaks execution_order ties, as in memory).
-    "save_step": """
-        INSERT INTO {si} ({step_cols}, created_at, updated_at)
-        SELECT %(id)s::uuid, %(step_id)s::text, %(workflow_inst_id)s::uuid, %(status)s::text,
-               %(input)s::jsonb, %(output)s::jsonb, %(started_at)s::timestamptz,
-               %(completed_at)s::timestamptz, %(error)s::text, %(retry_count)s::integer,
-               %(last_retry_at)s::timestamptz, %(duration_ms)s::bigint,
-               %(execution_order)s::integer, %(priority)s::integer, %(attempts)s::integer,
-               clock_timestamp(), %(now)s::timestamptz
-        WHERE EXISTS (SELECT 1 FROM {wi} WHERE id = %(workflow_inst_id)s::uuid FOR KEY SHARE)
-        ON CONFLICT (id) DO UPDATE SET
-            step_id = EXCLUDED.step_id, workflow_inst_id = EXCLUDED.workflow_inst_id,
-            status = EXCLUDED.status, input = EXCLUDED.input, output = EXCLUDED.output,
-            started_at = EXCLUDED.started_at, completed_at = EXCLUDED.completed_at,
-            error = EXCLUDED.error, retry_count = EXCLUDED.retry_count,
-            last_retry_at = EXCLUDED.last_retry_at, duration_ms = EXCLUDED.duration_ms,
-            execution_order = EXCLUDED.execution_order, priority = EXCLUDED.priority,
-            attempts = EXCLUDED.attempts, updated_at = EXCLUDED.updated_at
-    """,
-    "get_step": "SELECT {step_cols} FROM {si} WHERE id = %s",
-    "step_exists": "SELECT 1 FROM {si} WHERE id = %s",
-    "workflow_steps": """
-        SELECT {step_cols} FROM {si} WHERE workflow_inst_id = %s
-        ORDER BY execution_order, created_at, id
-    """,
-    "update_step_status": """
-        UPDATE {si} SET status = %(status)s,
-            started_at = CASE WHEN %(running)s THEN coalesce(started_at, %(now)s) ELSE started_at END,
-            completed_at = CASE WHEN %(terminal)s THEN %(now)s ELSE completed_at END,
-            updated_at = %(now)s
-        WHERE id = %(id)s
-    """,
-    "update_step_output": "UPDATE {si} SET output = %s, updated_at = %s WHERE id = %s",
-    "update_step_error": """
-        UPDATE {si} SET error = %(error)s, status = 'failed', completed_at = %(now)s,
-            updated_at = %(now)s
-        WHERE id = %(id)s
-    """,
-    # Events: saving the same event twice is a no-op (idempotent for retried writes).
-    "save_event": """
-        INSERT INTO {ev} ({event_cols})
-        SELECT %(id)s::uuid, %(workflow_inst_id)s::uuid, %(step_inst_id)s::uuid,
-               %(event_type)s::text, %(event_data)s::jsonb, %(timestamp)s::timestamptz
-        WHERE EXISTS (SELECT 1 FROM {wi} WHERE id = %(workflow_inst_id)s::uuid)
-          AND (%(step_inst_id)s::uuid IS NULL
-               OR EXISTS (SELECT 1 FROM {si} WHERE id = %(step_inst_id)s::uuid))
-        ON CONFLICT (id) DO NOTHING
-    """,
-    "event_exists": "SELECT 1 FROM {ev} WHERE id = %s",
-    "workflow_events": """
-        SELECT {event_cols} FROM {ev} WHERE workflow_inst_id = %s
-        ORDER BY "timestamp", seq
-    """,
-    "list_workflows": "SELECT {wf_cols} FROM {wi}",
-    "count_workflows": "SELECT count(*) AS n FROM {wi}",
-}
-
-
-def _compile(schema: str) -> dict[str, sql.Composed]:
-    parts = {
-        "wi": sql.Identifier(schema, "orchwf_workflow_instances"),
-        "si": sql.Identifier(schema, "orchwf_step_instances"),
-        "ev": sql.Identifier(schema, "orchwf_workflow_events"),
-        "wf_cols": sql.SQL(_WF_COLUMNS),  # type: ignore[arg-type]
-        "step_cols": sql.SQL(_STEP_COLUMNS),  # type: ignore[arg-type]
-        "event_cols": sql.SQL(_EVENT_COLUMNS),  # type: ignore[arg-type]
-    }
-    return {name: sql.SQL(text).format(**parts) for name, text in _QUERIES.items()}  # type: ignore[arg-type]
 
 
 # -- value conversion ---------------------------------------------------------------------
@@ -381,7 +246,7 @@ class DBStateManager:
         max_size: int = 10,
     ) -> None:
         self._schema = validate_schema(schema)
-        self._q = _compile(schema)
+        self._q = Queries.of(schema)
         self._conninfo: str | None = None
         self._conn: psycopg.Connection[Any] | None = None
         self._pool: ConnectionPool | None = None
@@ -441,17 +306,8 @@ class DBStateManager:
         with self._pool_lock:
             if self._pool is None:
                 assert self._conninfo is not None
-                # Connect once directly: a bad DSN fails now with libpq's reason (password
-                # redacted), instead of a pool timeout 30 seconds later.
-                connect(self._conninfo, application_name="orchwf", keepalive=False).close()
-                self._pool = ConnectionPool(
-                    self._conninfo,
-                    min_size=self._min_size,
-                    max_size=self._max_size,
-                    kwargs={"autocommit": True},
-                    name=f"orchwf-{os.getpid()}",
-                    open=True,
-                )
+                self._pool = pool(self._conninfo, name=f"orchwf-{os.getpid()}", min_size=self._min_size,
+                                  max_size=self._max_size)
             return self._pool
 
     @contextmanager
@@ -473,8 +329,9 @@ class DBStateManager:
                 yield conn
 
     @contextmanager
-    def _cursor(self, atomic: bool = False) -> Iterator[psycopg.Cursor[Row]]:
-        """A dict-row cursor; ``atomic``: several statements that must see one state.
+    def _db(self, atomic: bool = False) -> Iterator[psycopg.Connection[Any]]:
+        """A connection for the store's statements; ``atomic``: several statements that
+        must see one state.
 
         Inside with_transaction, statements join that transaction directly. Outside, a
         single statement runs in autocommit; a connection the caller configured without
@@ -483,11 +340,10 @@ class DBStateManager:
         with self.connection() as conn:
             in_tx = getattr(self._local, "conn", None) is conn
             if not in_tx and (atomic or not conn.autocommit):
-                with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-                    yield cur
+                with conn.transaction():
+                    yield conn
             else:
-                with conn.cursor(row_factory=dict_row) as cur:
-                    yield cur
+                yield conn
 
     def with_transaction(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` in one database transaction; an exception rolls it back and propagates.
@@ -526,8 +382,8 @@ class DBStateManager:
     def save_workflow(self, workflow: WorkflowInstance) -> None:
         params = _workflow_params(workflow, utcnow())
         try:
-            with self._cursor() as cur:
-                cur.execute(self._q["save_workflow"], params)
+            with self._db() as conn:
+                self._q.save_workflow(conn, params)
         except pg_errors.UniqueViolation as exc:
             raise ValidationError(
                 f"workflow {workflow.workflow_id!r} already has an instance with idempotency key "
@@ -537,49 +393,34 @@ class DBStateManager:
             raise ValidationError(f"invalid workflow instance: {exc.diag.message_primary}") from exc
 
     def get_workflow(self, workflow_inst_id: str) -> WorkflowInstance:
-        if not is_uuid(workflow_inst_id):
-            raise WorkflowNotFoundError(str(workflow_inst_id))
-        key = uuid.UUID(workflow_inst_id)
-        with self._cursor(atomic=True) as cur:
-            cur.execute(self._q["get_workflow"], (key,))
-            row = cur.fetchone()
+        key = _instance_key(workflow_inst_id)
+        with self._db(atomic=True) as conn:
+            row = self._q.get_workflow(conn, key)
             if row is None:
                 raise WorkflowNotFoundError(workflow_inst_id)
             workflow = _workflow_out(row)
-            cur.execute(self._q["workflow_steps"], (key,))
-            workflow.steps = [_step_out(r) for r in cur.fetchall()]
+            workflow.steps = [_step_out(r) for r in self._q.workflow_steps(conn, key)]
         return workflow
 
-    def _update_workflow(self, workflow_inst_id: str, query: str, params: Any) -> None:
-        with self._cursor() as cur:
-            cur.execute(self._q[query], params)
-            if cur.rowcount == 0:
+    def _update_workflow(self, workflow_inst_id: str, what: str, params: dict[str, Any]) -> None:
+        with self._db() as conn:
+            if self._q.update_workflow(conn, what, params) == 0:
                 raise WorkflowNotFoundError(workflow_inst_id)
 
     def update_workflow_status(self, workflow_inst_id: str, status: WorkflowStatus) -> None:
         status = _workflow_status(status)
-        if not is_uuid(workflow_inst_id):
-            raise WorkflowNotFoundError(str(workflow_inst_id))
-        params = {
-            "id": uuid.UUID(workflow_inst_id),
-            "status": status.value,
-            "terminal": status in _TERMINAL_WF,
-            "now": utcnow(),
-        }
-        self._update_workflow(workflow_inst_id, "update_workflow_status", params)
+        params = {"id": _instance_key(workflow_inst_id), "status": status.value,
+                  "terminal": status in _TERMINAL_WF, "now": utcnow()}
+        self._update_workflow(workflow_inst_id, "status", params)
 
     def update_workflow_output(self, workflow_inst_id: str, output: Mapping[str, Any]) -> None:
         value = _json_in(dict(output) if output is not None else None, "workflow output")
-        if not is_uuid(workflow_inst_id):
-            raise WorkflowNotFoundError(str(workflow_inst_id))
-        params = (value, utcnow(), uuid.UUID(workflow_inst_id))
-        self._update_workflow(workflow_inst_id, "update_workflow_output", params)
+        params = {"id": _instance_key(workflow_inst_id), "output": value, "now": utcnow()}
+        self._update_workflow(workflow_inst_id, "output", params)
 
     def update_workflow_error(self, workflow_inst_id: str, error: BaseException | str) -> None:
-        if not is_uuid(workflow_inst_id):
-            raise WorkflowNotFoundError(str(workflow_inst_id))
-        params = {"id": uuid.UUID(workflow_inst_id), "error": _error_in(error), "now": utcnow()}
-        self._update_workflow(workflow_inst_id, "update_workflow_error", params)
+        params = {"id": _instance_key(workflow_inst_id), "error": _error_in(error), "now": utcnow()}
+        self._update_workflow(workflow_inst_id, "error", params)
 
     def list_workflows(
         self, filters: Mapping[str, Any] | None = None, limit: int = 50, offset: int = 0
@@ -590,30 +431,10 @@ class DBStateManager:
         """
         wanted = normalize_filters(filters)
         check_page(limit, offset)
-        conditions: list[sql.Composable] = []
-        params: list[Any] = []
         for key, value in wanted.items():
-            column = sql.Identifier(FILTER_COLUMNS[key])
             _text(value, f"filter {key!r}")
-            if key in _EMPTY_IS_NULL and value == "":
-                conditions.append(sql.SQL("{} IS NULL").format(column))
-            else:
-                conditions.append(sql.SQL("{} = %s").format(column))
-                params.append(value)
-        where = sql.Composed([])
-        if conditions:
-            where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions)
-        page = (
-            self._q["list_workflows"]
-            + where
-            + sql.SQL(" ORDER BY created_at DESC, id DESC LIMIT %s OFFSET %s")
-        )
-        with self._cursor(atomic=True) as cur:
-            cur.execute(self._q["count_workflows"] + where, params)
-            count_row = cur.fetchone()
-            total = int(count_row["n"]) if count_row else 0
-            cur.execute(page, [*params, limit, offset])
-            rows = cur.fetchall()
+        with self._db(atomic=True) as conn:
+            rows, total = self._q.list_workflows(conn, dict(wanted), limit, offset)
         return [_workflow_out(r) for r in rows], total
 
     # -- steps ----------------------------------------------------------------------------
@@ -623,11 +444,8 @@ class DBStateManager:
             raise WorkflowNotFoundError(str(step.workflow_inst_id))
         params = _step_params(step, utcnow())
         try:
-            with self._cursor() as cur:
-                cur.execute(self._q["save_step"], params)
-                saved = cur.rowcount
-        except pg_errors.ForeignKeyViolation as exc:  # the schema before migration 004 had a foreign key
-            raise WorkflowNotFoundError(step.workflow_inst_id) from exc
+            with self._db() as conn:
+                saved = self._q.save_step(conn, params)
         except pg_errors.UniqueViolation as exc:
             raise ValidationError(
                 f"workflow instance {step.workflow_inst_id} already has a step {step.step_id!r}"
@@ -640,65 +458,42 @@ class DBStateManager:
     def get_step(self, step_inst_id: str) -> StepInstance:
         if not is_uuid(step_inst_id):
             raise StepNotFoundError(str(step_inst_id))
-        with self._cursor() as cur:
-            cur.execute(self._q["get_step"], (uuid.UUID(step_inst_id),))
-            row = cur.fetchone()
+        with self._db() as conn:
+            row = self._q.get_step(conn, uuid.UUID(step_inst_id))
         if row is None:
             raise StepNotFoundError(step_inst_id)
         return _step_out(row)
 
     def get_workflow_steps(self, workflow_inst_id: str) -> list[StepInstance]:
         """The instance's steps by execution_order; WorkflowNotFoundError if it is unknown."""
-        return self._children(workflow_inst_id, "workflow_steps", _step_out)
+        key = _instance_key(workflow_inst_id)
+        with self._db(atomic=True) as conn:
+            rows = self._q.workflow_steps(conn, key)
+            if not rows and not self._q.workflow_exists(conn, key):
+                raise WorkflowNotFoundError(workflow_inst_id)
+        return [_step_out(r) for r in rows]
 
-    def _children(self, workflow_inst_id: str, query: str, convert: Callable[[Row], T]) -> list[T]:
-        if not is_uuid(workflow_inst_id):
-            raise WorkflowNotFoundError(str(workflow_inst_id))
-        key = uuid.UUID(workflow_inst_id)
-        with self._cursor(atomic=True) as cur:
-            cur.execute(self._q[query], (key,))
-            rows = cur.fetchall()
-            if not rows:
-                cur.execute(self._q["workflow_exists"], (key,))
-                if cur.fetchone() is None:
-                    raise WorkflowNotFoundError(workflow_inst_id)
-        return [convert(r) for r in rows]
-
-    def _update_step(self, step_inst_id: str, query: str, params: Any) -> None:
+    def _update_step(self, step_inst_id: str, what: str, params: dict[str, Any]) -> None:
         try:
-            with self._cursor() as cur:
-                cur.execute(self._q[query], params)
-                if cur.rowcount == 0:
+            with self._db() as conn:
+                if self._q.update_step(conn, what, params) == 0:
                     raise StepNotFoundError(step_inst_id)
         except pg_errors.CheckViolation as exc:
             raise _leased(step_inst_id, exc) from exc
 
     def update_step_status(self, step_inst_id: str, status: StepStatus) -> None:
         status = _step_status(status)
-        if not is_uuid(step_inst_id):
-            raise StepNotFoundError(str(step_inst_id))
-        params = {
-            "id": uuid.UUID(step_inst_id),
-            "status": status.value,
-            "running": status == StepStatus.RUNNING,
-            "terminal": status in _TERMINAL_STEP,
-            "now": utcnow(),
-        }
-        self._update_step(step_inst_id, "update_step_status", params)
+        params = {"id": _step_key(step_inst_id), "status": status.value, "running": status == StepStatus.RUNNING,
+                  "terminal": status in _TERMINAL_STEP, "now": utcnow()}
+        self._update_step(step_inst_id, "status", params)
 
     def update_step_output(self, step_inst_id: str, output: Mapping[str, Any]) -> None:
         value = _json_in(dict(output) if output is not None else None, "step output")
-        if not is_uuid(step_inst_id):
-            raise StepNotFoundError(str(step_inst_id))
-        self._update_step(
-            step_inst_id, "update_step_output", (value, utcnow(), uuid.UUID(step_inst_id))
-        )
+        self._update_step(step_inst_id, "output", {"id": _step_key(step_inst_id), "output": value, "now": utcnow()})
 
     def update_step_error(self, step_inst_id: str, error: BaseException | str) -> None:
-        if not is_uuid(step_inst_id):
-            raise StepNotFoundError(str(step_inst_id))
-        params = {"id": uuid.UUID(step_inst_id), "error": _error_in(error), "now": utcnow()}
-        self._update_step(step_inst_id, "update_step_error", params)
+        params = {"id": _step_key(step_inst_id), "error": _error_in(error), "now": utcnow()}
+        self._update_step(step_inst_id, "error", params)
 
     # -- events ---------------------------------------------------------------------------
 
@@ -707,39 +502,46 @@ class DBStateManager:
 
         Unknown workflow -> WorkflowNotFoundError; unknown step -> StepNotFoundError.
         """
-        if not is_uuid(event.workflow_inst_id):
-            raise WorkflowNotFoundError(str(event.workflow_inst_id))
+        key = _instance_key(event.workflow_inst_id)
+        step_key = _uuid(event.step_inst_id, "event step_inst_id") if event.step_inst_id is not None else None
         params = {
             "id": _uuid(event.id, "event id"),
-            "workflow_inst_id": uuid.UUID(event.workflow_inst_id),
-            "step_inst_id": (
-                _uuid(event.step_inst_id, "event step_inst_id")
-                if event.step_inst_id is not None
-                else None
-            ),
+            "workflow_inst_id": key,
+            "step_inst_id": step_key,
             "event_type": _text(event.event_type, "event_type"),
             "event_data": _json_in(event.event_data, "event data"),
             "timestamp": _ts_in(event.timestamp),
         }
-        try:
-            with self._cursor() as cur:
-                cur.execute(self._q["save_event"], params)
-                if cur.rowcount == 1:
-                    return
-                cur.execute(self._q["workflow_exists"], (params["workflow_inst_id"],))
-                if cur.fetchone() is None:
-                    raise WorkflowNotFoundError(event.workflow_inst_id)
-                if params["step_inst_id"] is not None:
-                    cur.execute(self._q["step_exists"], (params["step_inst_id"],))
-                    if cur.fetchone() is None:
-                        raise StepNotFoundError(str(event.step_inst_id))
-                # else: the event was already stored
-        except pg_errors.ForeignKeyViolation as exc:  # deleted meanwhile
-            raise WorkflowNotFoundError(event.workflow_inst_id) from exc
+        with self._db() as conn:
+            if self._q.save_event(conn, params) == 1:
+                return
+            if not self._q.workflow_exists(conn, key):
+                raise WorkflowNotFoundError(event.workflow_inst_id)
+            if step_key is not None and not self._q.step_exists(conn, step_key):
+                raise StepNotFoundError(str(event.step_inst_id))
+            # else: the event was already stored
 
     def get_workflow_events(self, workflow_inst_id: str) -> list[WorkflowEvent]:
         """The instance's events, oldest first (ties in emission order)."""
-        return self._children(workflow_inst_id, "workflow_events", _event_out)
+        key = _instance_key(workflow_inst_id)
+        with self._db(atomic=True) as conn:
+            rows = self._q.workflow_events(conn, key)
+            if not rows and not self._q.workflow_exists(conn, key):
+                raise WorkflowNotFoundError(workflow_inst_id)
+        return [_event_out(r) for r in rows]
+
+
+def _instance_key(workflow_inst_id: str) -> uuid.UUID:
+    """An instance ID as the database keys it; anything that is not a UUID is unknown."""
+    if not is_uuid(workflow_inst_id):
+        raise WorkflowNotFoundError(str(workflow_inst_id))
+    return uuid.UUID(workflow_inst_id)
+
+
+def _step_key(step_inst_id: str) -> uuid.UUID:
+    if not is_uuid(step_inst_id):
+        raise StepNotFoundError(str(step_inst_id))
+    return uuid.UUID(step_inst_id)
 
 
 def _leased(step_inst_id: str, exc: pg_errors.CheckViolation) -> Exception:

@@ -711,7 +711,8 @@ def test_a_whole_workflow_is_persisted(store):
     assert trail == [
         "workflow.started",
         "step.started", "step.completed",                                  # reserve
-        "step.started", "step.retry", "step.retry", "step.completed",      # charge
+        "step.started", "step.attempt_failed", "step.retry",               # charge
+        "step.attempt_failed", "step.retry", "step.completed",
         "step.started", "step.failed", "step.skipped",                     # notify
         "step.started", "step.failed",                                     # ship
         "step.compensated", "step.compensated",

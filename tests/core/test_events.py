@@ -45,7 +45,9 @@ def test_failure_and_retry_sequence(orch):
     assert [(e.event_type, e.event_data) for e in events] == [
         ("workflow.started", {"workflow_id": "w"}),
         ("step.started", {"step_id": "a"}),
+        ("step.attempt_failed", {"error": "nope", "attempt": 1, "retry_in_seconds": 0.0}),
         ("step.retry", {"attempt": 2}),
+        ("step.attempt_failed", {"error": "nope", "attempt": 2, "retry_in_seconds": 0.0}),
         ("step.retry", {"attempt": 3}),
         ("step.failed", {"error": "nope", "retries": 2}),
         ("workflow.failed", {"error": "step a failed after 3 attempts: nope"}),

@@ -123,7 +123,7 @@ def test_retries_of_an_optional_step_then_skip(orch):
     assert result.success and result.output == {"b": 1}
     assert flaky.attempts == [1, 2]
     types = [e.event_type for e in orch.get_workflow_events(result.workflow_inst.id)]
-    assert types.count("step.retry") == 1
+    assert types.count("step.retry") == 1 and types.count("step.attempt_failed") == 1
     assert "step.failed" in types and "step.skipped" in types
 
 

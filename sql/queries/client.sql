@@ -1,0 +1,26 @@
+-- The producer and operator API (orchwf/client.py, the CLI, the dashboard's actions).
+
+-- name: register_workflow
+-- Upsert a definition so producers can enqueue it by ID without importing its code.
+INSERT INTO {schema}.orchwf_workflow_definitions (workflow_id, name, version, version_hash, definition)
+VALUES (%(workflow_id)s, %(name)s, %(version)s, %(version_hash)s, %(definition)s)
+ON CONFLICT (workflow_id) DO UPDATE SET name = EXCLUDED.name, version = EXCLUDED.version,
+    version_hash = EXCLUDED.version_hash, definition = EXCLUDED.definition, updated_at = now()
+WHERE orchwf_workflow_definitions.version_hash IS DISTINCT FROM EXCLUDED.version_hash
+
+-- name: enqueue_many
+SELECT {schema}.orchwf_enqueue_many(%(workflow_id)b, %(inputs)b::jsonb[], %(metadata)b, %(priority)b::integer,
+                                    %(keys)b::text[], %(queue)b::text, %(run_after)b::timestamptz) AS ids
+
+-- name: cancel_workflow
+SELECT {schema}.orchwf_cancel_workflow(%(id)s) AS status
+
+-- name: resume_workflow
+SELECT {schema}.orchwf_resume_workflow(%(id)s) AS status
+
+-- name: retry_step
+SELECT {schema}.orchwf_retry_step(%(id)s, %(step_id)s) AS status
+
+-- name: listen
+-- Channels are constants of db/queries.py (LISTEN takes no parameters).
+LISTEN {channel}

@@ -1,0 +1,108 @@
+-- The web dashboard's reads (orchwf/dashboard/). Big JSON documents are cut in the
+-- database (%(max_json)s bytes) so a 100 MB output is never shipped to a browser: each
+-- document comes as X (if small), X_head (pretty text, cut) and X_size.
+
+-- name: dashboard_overview
+SELECT
+  (SELECT coalesce(jsonb_object_agg(a.status, a.n), '{{}}') FROM (
+      SELECT status, count(*) AS n FROM {schema}.orchwf_workflow_instances
+      WHERE status IN ('pending', 'running', 'retrying') GROUP BY status) a) AS active,
+  (SELECT coalesce(jsonb_object_agg(f.status, f.n), '{{}}') FROM (
+      SELECT status, count(*) AS n FROM {schema}.orchwf_workflow_instances
+      WHERE status IN ('completed', 'failed', 'cancelled')
+        AND completed_at >= now() - %(hour)s * interval '1 second'
+      GROUP BY status) f) AS last_hour,
+  (SELECT coalesce(jsonb_object_agg(f.status, f.n), '{{}}') FROM (
+      SELECT status, count(*) AS n FROM {schema}.orchwf_workflow_instances
+      WHERE status IN ('completed', 'failed', 'cancelled')
+        AND completed_at >= now() - %(window)s * interval '1 second'
+      GROUP BY status) f) AS last_window,
+  (SELECT coalesce(jsonb_agg(jsonb_build_object(
+        'queue', q.queue, 'ready', q.ready,
+        'oldest_age', extract(epoch FROM now() - q.oldest_ready_at)::float8) ORDER BY q.queue), '[]')
+   FROM {schema}.orchwf_queue_stats(%(cap)s) q) AS queues,
+  (SELECT count(*) FROM {schema}.orchwf_running_steps r
+   JOIN {schema}.orchwf_step_instances s
+     ON s.id = r.step_inst_id AND s.lease_token = r.lease_token AND s.status = 'running') AS running_steps,
+  (SELECT count(*) FROM {schema}.orchwf_step_instances WHERE run_after IS NOT NULL) AS scheduled_steps,
+  (SELECT count(*) FROM {schema}.orchwf_workers
+   WHERE role = 'worker' AND heartbeat_at > now() - %(live)s * interval '1 second') AS live_workers
+
+-- name: dashboard_list
+-- {where} is built from db/queries.py's constant filter columns; values are parameters.
+SELECT id::text AS id, workflow_id, status, queue, priority, run_mode, created_at, started_at,
+       completed_at, left(error, 300) AS error, retry_count, trace_id, correlation_id, business_id
+FROM {schema}.orchwf_workflow_instances {where}
+ORDER BY created_at DESC, id DESC
+LIMIT %(limit)s OFFSET %(offset)s
+
+-- name: dashboard_count
+SELECT count(*) AS n FROM (SELECT 1 FROM {schema}.orchwf_workflow_instances {where} LIMIT %(cap)s) c
+
+-- name: dashboard_workflow_ids
+SELECT workflow_id FROM {schema}.orchwf_workflow_definitions ORDER BY workflow_id LIMIT 500
+
+-- name: dashboard_instance
+SELECT i.id::text AS id, i.workflow_id, i.status, i.queue, i.priority, i.run_mode, i.created_at,
+       i.started_at, i.completed_at, left(i.error, %(max_error)s) AS error, i.retry_count,
+       i.trace_id, i.correlation_id, i.business_id, i.idempotency_key, i.steps_remaining,
+       CASE WHEN pg_column_size(i.input) <= %(max_json)s THEN i.input END AS input,
+       CASE WHEN pg_column_size(i.input) > %(max_json)s THEN left(jsonb_pretty(i.input), %(max_json)s) END AS input_head,
+       pg_column_size(i.input) AS input_size,
+       CASE WHEN pg_column_size(i.output) <= %(max_json)s THEN i.output END AS output,
+       CASE WHEN pg_column_size(i.output) > %(max_json)s THEN left(jsonb_pretty(i.output), %(max_json)s) END AS output_head,
+       pg_column_size(i.output) AS output_size,
+       CASE WHEN pg_column_size(i.metadata) <= %(max_json)s THEN i.metadata END AS metadata,
+       CASE WHEN pg_column_size(i.metadata) > %(max_json)s THEN left(jsonb_pretty(i.metadata), %(max_json)s) END AS metadata_head,
+       pg_column_size(i.metadata) AS metadata_size,
+       d.name AS workflow_name,
+       (SELECT jsonb_object_agg(s->>'id', s->'dependencies')
+        FROM jsonb_array_elements(d.definition->'steps') s) AS definition_deps
+FROM {schema}.orchwf_workflow_instances i
+LEFT JOIN {schema}.orchwf_workflow_definitions d ON d.workflow_id = i.workflow_id
+WHERE i.id = %(id)s
+
+-- name: dashboard_steps
+SELECT s.id::text AS id, s.step_id, s.status, s.attempts, s.max_attempts, s.retry_count, s.crashes,
+       s.required, s.duration_ms, s.started_at, s.completed_at, s.last_retry_at, s.run_after,
+       s.lease_owner, s.lease_expires_at, s.dependencies, s.execution_order,
+       left(s.error, %(max_error)s) AS error,
+       CASE WHEN pg_column_size(s.input) <= %(max_json)s THEN s.input END AS input,
+       CASE WHEN pg_column_size(s.input) > %(max_json)s THEN left(jsonb_pretty(s.input), %(max_json)s) END AS input_head,
+       pg_column_size(s.input) AS input_size,
+       CASE WHEN pg_column_size(s.output) <= %(max_json)s THEN s.output END AS output,
+       CASE WHEN pg_column_size(s.output) > %(max_json)s THEN left(jsonb_pretty(s.output), %(max_json)s) END AS output_head,
+       pg_column_size(s.output) AS output_size
+FROM {schema}.orchwf_step_instances s
+WHERE s.workflow_inst_id = %(id)s
+ORDER BY s.execution_order, s.step_id
+
+-- name: dashboard_events
+SELECT * FROM (
+    SELECT e.seq, e.step_inst_id::text AS step_inst_id, e.event_type, e."timestamp" AS at,
+           CASE WHEN pg_column_size(e.event_data) <= %(max_json)s THEN e.event_data END AS data,
+           CASE WHEN pg_column_size(e.event_data) > %(max_json)s
+                THEN left(jsonb_pretty(e.event_data), %(max_json)s) END AS data_head,
+           pg_column_size(e.event_data) AS data_size
+    FROM {schema}.orchwf_workflow_events e
+    WHERE e.workflow_inst_id = %(id)s
+    ORDER BY e."timestamp" DESC, e.seq DESC
+    LIMIT %(max_events)s) newest
+ORDER BY at, seq
+
+-- name: dashboard_event_count
+SELECT count(*) AS n FROM {schema}.orchwf_workflow_events WHERE workflow_inst_id = %(id)s
+
+-- name: dashboard_claims
+SELECT s.lease_owner, s.workflow_inst_id::text AS instance_id, i.workflow_id, s.step_id, s.attempts,
+       s.started_at, extract(epoch FROM s.lease_expires_at - now())::float8 AS lease_expires_in
+FROM {schema}.orchwf_running_steps r
+JOIN {schema}.orchwf_step_instances s ON s.id = r.step_inst_id AND s.lease_token = r.lease_token
+                                      AND s.status = 'running'
+JOIN {schema}.orchwf_workflow_instances i ON i.id = s.workflow_inst_id
+ORDER BY s.lease_owner, s.lease_expires_at
+LIMIT %(max_claims)s
+
+-- name: snapshot
+-- Several reads that must see one state (an instance, its steps and its events).
+SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY
