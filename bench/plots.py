@@ -105,6 +105,8 @@ def _soak(soak: dict[str, Any], outdir: Path) -> dict[str, str]:
     ax2.plot([t / 60 for t, _ in soak["backlog_samples"]], [b for _, b in soak["backlog_samples"]],
              color="tab:red", alpha=0.5, linewidth=0.8, label="backlog (ready jobs)")
     ax2.set_ylabel("backlog, jobs")
+    ax.set_ylim(bottom=0)
+    ax2.set_ylim(bottom=0)
     lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
     ax.legend(lines, [str(ln.get_label()) for ln in lines], fontsize=8)
     ax.set_xlabel("minutes")
@@ -131,11 +133,15 @@ def _soak(soak: dict[str, Any], outdir: Path) -> dict[str, str]:
     made["soak_latency"] = "soak_latency.png"
 
     tables = sorted({t for m in minutes for t in m["tables"]})
+    snapshots = [soak["start_tables"], *(m["tables"] for m in minutes)]  # minute 0: the start
+    xs = [0.0, *x]
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    for name in tables:
-        ax.plot(x, [m["tables"].get(name, {}).get("heap_bytes", 0) / 2**20 for m in minutes], label=f"{name} heap")
-        ax.plot(x, [m["tables"].get(name, {}).get("index_bytes", 0) / 2**20 for m in minutes], linestyle="--",
-                label=f"{name} indexes")
+    for i, name in enumerate(tables):
+        color = f"C{i}"
+        ax.plot(xs, [s.get(name, {}).get("heap_bytes", 0) / 2**20 for s in snapshots], color=color,
+                label=f"{name} heap")
+        ax.plot(xs, [s.get(name, {}).get("index_bytes", 0) / 2**20 for s in snapshots], color=color,
+                linestyle="--", label=f"{name} indexes")
     ax.set_ylabel("MiB")
     ax.set_xlabel("minutes")
     ax.set_title(title + ": table and index sizes")
@@ -148,7 +154,7 @@ def _soak(soak: dict[str, Any], outdir: Path) -> dict[str, str]:
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
     for name in tables:
-        ax.plot(x, [m["tables"].get(name, {}).get("dead", 0) for m in minutes], marker="o", markersize=3, label=name)
+        ax.plot(xs, [s.get(name, {}).get("dead", 0) for s in snapshots], marker="o", markersize=3, label=name)
     ax.set_ylabel("dead tuples")
     ax.set_xlabel("minutes")
     ax.set_title(title + ": dead tuples (autovacuum runs in the report)")

@@ -189,12 +189,27 @@ def soak_minutes_table(soak: dict[str, Any]) -> str:
     for m in soak["minutes"]:
         vac = m.get("autovacuums") or {}
         elapsed = m.get("vacuum_elapsed_s") or {}
-        vac_text = ", ".join(f"{t.removeprefix('orchwf_')} {n}" + (f" ({elapsed[t]:.1f})" if t in elapsed else "")
+        vac_text = ", ".join(f"{t} {n}" + (f" ({elapsed[t]:.1f})" if t in elapsed else "")
                              for t, n in sorted(vac.items()) if n) or "–"
         label = f"{m['minute']}" + (f" ({m['seconds']:.0f} s)" if m["partial"] else "")
         lines.append(f"| {label} | {_f(m['completed_per_s'])} | {_f(m['wait_p50_ms'], 1)} | {_f(m['wait_p99_ms'], 1)} | "
                      f"{_f(m['backlog_max'])} | {_f(m['longest_growth_s'])} | {_mib(m['runtime_bytes'])} | "
                      f"{_f(m['runtime_dead'])} | {_mib(m['wal_bytes'])} | {_f(m['wal_bytes_per_workflow'])} | {vac_text} |")
+    return "\n".join(lines)
+
+
+def soak_sizes_table(soak: dict[str, Any]) -> str:
+    """Per minute and runtime table: total size (heap / indexes) in MiB, and dead tuples."""
+    names = soak["runtime_tables"]
+    lines = ["| minute | " + " | ".join(f"{t}: MiB total (heap / indexes), dead" for t in names) + " |",
+             "|---:|" + "---:|" * len(names)]
+    for m in soak["minutes"]:
+        cells = []
+        for t in names:
+            st = m["tables"].get(t)
+            cells.append("–" if not st else f"{_mib(st['total_bytes'])} ({_mib(st['heap_bytes'])} / "
+                         f"{_mib(st['index_bytes'])}), {st['dead']:,}")
+        lines.append(f"| {m['minute']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -231,7 +246,8 @@ def soak_text(soak: dict[str, Any] | None) -> str:
         f"{soak['drained_after_s']:.1f} s after the producer stopped. Queue wait: ready (the enqueue transaction) → "
         "started (the claim transaction); the backlog is the ready jobs no worker has taken, sampled every "
         f"{soak['sample_interval']:g} s.",
-        soak_minutes_table(soak), "Tables (runtime: churned by running work; history: finished work until retention):",
+        soak_minutes_table(soak), "Runtime tables per minute (sampled at the end of each minute):",
+        soak_sizes_table(soak), "Tables (runtime: churned by running work; history: finished work until retention):",
         soak_tables_table(soak), soak_targets_table(soak)])
 
 

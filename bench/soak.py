@@ -59,7 +59,9 @@ def longest_growth(samples: list[tuple[float, int]]) -> tuple[float, float]:
 
 def soak(system: System, rate: float, sizes: Sizes, logdir: Path, server: Server,
          vacuum_naptime: float | None = None) -> dict[str, Any]:
-    """Run the soak on a freshly set-up ``system``; see the module docstring."""
+    """Run the soak on a freshly set-up ``system``; see the module docstring. The
+    backlog is sampled just before a batch is enqueued, so it counts the jobs of earlier
+    batches that no worker has taken yet."""
     autovacuum_on, naptime = autovacuum_setting(system.dsn)
     emulation: AutovacuumEmulation | None = None
     if autovacuum_on:
@@ -78,8 +80,8 @@ def soak(system: System, rate: float, sizes: Sizes, logdir: Path, server: Server
     with emulation or contextlib.nullcontext():
         out = _run(system, rate, sizes, logdir)
     out["autovacuum"] = autovacuum
-    if watcher:
-        out["vacuum_runs"] = [r.as_dict() for r in watcher.runs()]
+    if watcher:  # the system's own tables (not the catalogs autovacuum also visits)
+        out["vacuum_runs"] = [r.as_dict() for r in watcher.runs() if r.table in system.tables()]
     elif emulation:
         out["vacuum_runs"] = [r.as_dict() for r in emulation.runs]
     else:
@@ -107,15 +109,15 @@ def _run(system: System, rate: float, sizes: Sizes, logdir: Path) -> dict[str, A
         next_sample, next_minute = t0 + sizes.soak_sample, t0 + 60.0
         log(f"{system.name}: soak of {sizes.soak_seconds:,.0f}s at {offered:,.0f}/s ({per_tick} every {TICK:g}s)")
         for i in steady_ticks(1.0 / TICK, ticks):
+            now = time.time()
+            if now >= next_sample:  # before this tick's batch: what the workers have not taken yet
+                next_sample += sizes.soak_sample
+                backlog.append((now - t0, system.backlog()))
             ids, t_commit = system.enqueue_timed_batch(per_tick)
             enqueued += len(ids)
             if i % 5 == 0:
                 samples.append((ids, t_commit))
-            now = time.time()
-            if now >= next_sample:
-                next_sample += sizes.soak_sample
-                backlog.append((now - t0, system.backlog()))
-            if now >= next_minute:
+            if t_commit >= next_minute:
                 next_minute += 60.0
                 minutes.append({"t": now - t0, "enqueued": enqueued, "wal": wal_lsn(observer),
                                 "tables": table_stats(system.dsn, tables)})

@@ -78,6 +78,12 @@ DAG_DELAYS_SQL = """
     GROUP BY workflow_inst_id
 """
 
+# The daemon's hot path, called directly by ``python -m bench sqlcost`` (bench/sqlcost.py
+# builds the arguments: they follow the functions' signatures in sql/004_lean_hot_path.sql).
+CLAIM_SQL = "SELECT * FROM orchwf_claim_steps(%b, %b, %b, %b, %b, false)"
+FINISH_AND_CLAIM_SQL = ("SELECT * FROM orchwf_finish_and_claim(%b, %b, %b, %b::jsonb[], %b, %b, %b, %b::jsonb[],"
+                        " %b, %b, %b, %b, %b, false)")
+
 # -- history ----------------------------------------------------------------------------------
 
 # One finished single-step workflow per row of generate_series, as the daemon leaves it:
