@@ -16,6 +16,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from .common import one, rows
+
 # PostgreSQL 15, log_line_prefix '%m [%p] ':
 #   2026-12-02 18:42:37.123 UTC [123] LOG:  automatic vacuum of table "db.public.t": index scans: 1
 #   ...
@@ -77,18 +79,17 @@ class LogWatcher:
 def autovacuum_counts(dsn: str, tables: Sequence[str]) -> dict[str, int]:
     """``pg_stat_user_tables.autovacuum_count`` of ``tables``."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute("SELECT relname, autovacuum_count FROM pg_stat_user_tables WHERE relname = ANY(%s)",
-                            (list(tables),)).fetchall()
-    return {str(name): int(count) for name, count in rows}
+        counts = rows(conn, "SELECT relname, autovacuum_count FROM pg_stat_user_tables WHERE relname = ANY(%s)",
+                      (list(tables),))
+    return {str(r["relname"]): int(r["autovacuum_count"]) for r in counts}
 
 
 def autovacuum_setting(dsn: str) -> tuple[bool, float]:
     """(autovacuum on?, autovacuum_naptime in seconds) of the server."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("SELECT current_setting('autovacuum') = 'on',"
-                           " (SELECT setting::float8 FROM pg_settings WHERE name = 'autovacuum_naptime')").fetchone()
-    assert row is not None
-    return bool(row[0]), float(row[1])
+        row = one(conn, "SELECT current_setting('autovacuum') = 'on' AS on,"
+                  " (SELECT setting::float8 FROM pg_settings WHERE name = 'autovacuum_naptime') AS naptime")
+    return bool(row["on"]), float(row["naptime"])
 
 
 class AutovacuumEmulation:
@@ -117,16 +118,18 @@ class AutovacuumEmulation:
             defaults: dict[str, float] = {}
             for name in ("autovacuum_vacuum_threshold", "autovacuum_vacuum_scale_factor",
                          "autovacuum_vacuum_cost_delay"):
-                row = conn.execute("SELECT setting::float8 FROM pg_settings WHERE name = %s", (name,)).fetchone()
-                defaults[name] = float(row[0]) if row else 0.0
+                defaults[name] = float(one(conn, "SELECT setting::float8 AS value FROM pg_settings WHERE name = %s",
+                                           (name,))["value"])
             database = conn.info.dbname
             while not self.stop_event.wait(self.naptime):
-                rows = conn.execute(
-                    "SELECT c.relname, s.n_live_tup, s.n_dead_tup, coalesce(c.reloptions, '{}') AS reloptions"
+                tables = rows(
+                    conn, "SELECT c.relname, s.n_live_tup AS live, s.n_dead_tup AS dead,"
+                    " coalesce(c.reloptions, '{}') AS reloptions"
                     " FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid WHERE c.relname = ANY(%s)",
-                    (self.tables,)).fetchall()
-                for name, live, dead, reloptions in rows:
-                    opts = dict(o.split("=", 1) for o in reloptions)
+                    (self.tables,))
+                for t in tables:
+                    name, live, dead = t["relname"], t["live"], t["dead"]
+                    opts = dict(o.split("=", 1) for o in t["reloptions"])
                     threshold = (float(opts.get("autovacuum_vacuum_threshold", defaults["autovacuum_vacuum_threshold"]))
                                  + float(opts.get("autovacuum_vacuum_scale_factor",
                                                   defaults["autovacuum_vacuum_scale_factor"])) * live)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import psycopg
 
-from .common import log
+from .common import log, one
 
 RUN_AS_USER = "orchwf-bench"
 BASE_DIR = Path("/var/lib/orchwf-bench")
@@ -187,8 +187,8 @@ class Cluster:
         else:
             raise RuntimeError(f"pg_ctl start failed: {self.log_tail()}")
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            version = conn.execute("SHOW server_version").fetchone()
-        log(f"own cluster: PostgreSQL {version[0] if version else '?'} in {self.workdir}, port {self.port}, "
+            version = one(conn, "SELECT current_setting('server_version') AS v")["v"]
+        log(f"own cluster: PostgreSQL {version} in {self.workdir}, port {self.port}, "
             f"running as {self.user.pw_name if self.user else 'me'}")
         return self.dsn
 

@@ -31,6 +31,20 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------- databases
 
 
+def rows(conn: psycopg.Connection[Any], query: str, params: Any = None) -> list[dict[str, Any]]:
+    """The rows of ``query``, each a dict by column name."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query, params).fetchall()  # type: ignore[arg-type]
+
+
+def one(conn: psycopg.Connection[Any], query: str, params: Any = None) -> dict[str, Any]:
+    """The single row of ``query``, by column name."""
+    result = rows(conn, query, params)
+    if len(result) != 1:
+        raise RuntimeError(f"expected one row, got {len(result)}: {query}")
+    return result[0]
+
+
 def dsn_for(server_dsn: str, dbname: str) -> str:
     return make_conninfo(server_dsn, dbname=dbname)
 
@@ -55,11 +69,10 @@ SERVER_SETTINGS = ("shared_buffers", "synchronous_commit", "fsync", "wal_level",
 
 def server_info(server_dsn: str) -> dict[str, str]:
     with psycopg.connect(server_dsn, autocommit=True) as conn:
-        rows = conn.execute("SELECT name, current_setting(name) AS value FROM unnest(%s::text[]) AS name",
-                            (list(SERVER_SETTINGS),)).fetchall()
-        version = conn.execute("SELECT version()").fetchone()
-    info = {"version": str(version[0]) if version else "?"}
-    info.update({str(name): str(value) for name, value in rows})
+        settings = rows(conn, "SELECT name, current_setting(name) AS value FROM unnest(%s::text[]) AS name",
+                        (list(SERVER_SETTINGS),))
+        info = {"version": str(one(conn, "SELECT version() AS version")["version"])}
+    info.update({str(r["name"]): str(r["value"]) for r in settings})
     return info
 
 
@@ -89,14 +102,14 @@ def table_stats(dsn: str, tables: Sequence[str]) -> dict[str, dict[str, int]]:
     ``pg_relation_size``; ``indexes``: ``pg_indexes_size``), updates, HOT updates and
     autovacuum runs."""
     out: dict[str, dict[str, int]] = {}
-    with psycopg.connect(dsn, autocommit=True) as conn, conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        stats = rows(
+            conn,
             "SELECT relname, n_live_tup AS live, n_dead_tup AS dead, pg_total_relation_size(relid) AS total_bytes,"
             " pg_relation_size(relid) AS heap_bytes, pg_indexes_size(relid) AS index_bytes,"
             " n_tup_upd AS updates, n_tup_hot_upd AS hot_updates, autovacuum_count AS autovacuums"
-            " FROM pg_stat_user_tables WHERE relname = ANY(%s)", (list(tables),)
-        ).fetchall()
-    for row in rows:
+            " FROM pg_stat_user_tables WHERE relname = ANY(%s)", (list(tables),))
+    for row in stats:
         name = row.pop("relname")
         out[name] = {k: int(v) for k, v in row.items()}
     return out
@@ -104,9 +117,7 @@ def table_stats(dsn: str, tables: Sequence[str]) -> dict[str, dict[str, int]]:
 
 def wal_lsn(conn: psycopg.Connection[Any]) -> int:
     """The server's current WAL position, in bytes since its start (cluster-wide)."""
-    row = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint").fetchone()
-    assert row is not None
-    return int(row[0])
+    return int(one(conn, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint AS lsn")["lsn"])
 
 
 def vacuum_analyze(dsn: str, tables: Sequence[str]) -> None:
@@ -225,9 +236,8 @@ def cpu_seconds(pid: int) -> float:
 def backend_pids(dsn: str) -> list[int]:
     dbname = conninfo_to_dict(dsn).get("dbname")
     with psycopg.connect(dsn, autocommit=True) as conn:
-        return [r[0] for r in conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            (dbname,)).fetchall()]
+        return [int(r["pid"]) for r in rows(
+            conn, "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (dbname,))]
 
 
 def wait_until(pred: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "") -> Any:

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 
-from ..common import WORKERS, Proc, children, fresh_database, log, spawn, wait_until
+from ..common import WORKERS, Proc, children, fresh_database, log, one, rows, spawn, wait_until
 from .base import System
 
 APP = "bench.apps.orchwf_app"
@@ -197,13 +196,11 @@ class OrchwfSystem(System):
     def _rows(self, query: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Rows by name, on the harness's connection."""
         assert self.conn is not None
-        with self.conn.cursor(row_factory=dict_row) as cur:
-            return cur.execute(query, params).fetchall()
+        return rows(self.conn, query, params)
 
     def _one(self, query: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        rows = self._rows(query, params)
-        assert len(rows) == 1
-        return rows[0]
+        assert self.conn is not None
+        return one(self.conn, query, params)
 
     # -- enqueue --------------------------------------------------------------------------
 

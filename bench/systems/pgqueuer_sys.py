@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from ..common import WORKERS, Proc, fresh_database, spawn, wait_until
+from ..common import WORKERS, Proc, fresh_database, one, rows, spawn, wait_until
 from .base import System
 
 # The queue (a row per job waiting or running) and where finished jobs are logged.
@@ -143,21 +143,19 @@ class PgqueuerSystem(System):
     def _listeners(self) -> int:
         assert self.conn is not None
         mine = [self.conn.info.backend_pid, self.aconn.get_server_pid()]
-        return self.conn.execute(  # type: ignore[index]
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND backend_type = 'client backend' AND pid <> ALL (%s)", (mine,)
-        ).fetchone()[0]
+        return int(one(self.conn, "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database()"
+                       " AND backend_type = 'client backend' AND pid <> ALL (%s)", (mine,))["n"])
 
     def process_roles(self, proc: Proc) -> dict[str, list[int]]:
         return {"worker": [p.pid for p in proc.all]}
 
     def remaining(self) -> int:
         assert self.conn is not None
-        return self.conn.execute("SELECT count(*) FROM pgqueuer").fetchone()[0]  # type: ignore[index]
+        return int(one(self.conn, "SELECT count(*) AS n FROM pgqueuer")["n"])
 
     def backlog(self) -> int:
         assert self.conn is not None
-        return self.conn.execute("SELECT count(*) FROM pgqueuer WHERE status = 'queued'").fetchone()[0]  # type: ignore[index]
+        return int(one(self.conn, "SELECT count(*) AS n FROM pgqueuer WHERE status = 'queued'")["n"])
 
     def _starts(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -173,22 +171,17 @@ class PgqueuerSystem(System):
     def last_completion(self, since: float) -> float:
         """The log row written by the statement that deletes the finished job."""
         assert self.conn is not None
-        row = self.conn.execute(
-            "SELECT extract(epoch FROM max(created))::float8 FROM pgqueuer_log"
-            " WHERE status = 'successful' AND created >= to_timestamp(%s)", (since,)).fetchone()
-        assert row is not None and row[0] is not None
-        return float(row[0])
+        return float(one(self.conn, "SELECT extract(epoch FROM max(created))::float8 AS t FROM pgqueuer_log"
+                         " WHERE status = 'successful' AND created >= to_timestamp(%s)", (since,))["t"])
 
     def completions_per_second(self, since: float, seconds: int) -> list[int]:
         assert self.conn is not None
         counts = [0] * seconds
-        rows = self.conn.execute(
-            "SELECT floor(extract(epoch FROM created) - %(since)s)::int AS sec, count(*) FROM pgqueuer_log"
-            " WHERE status = 'successful' AND created >= to_timestamp(%(since)s)"
-            " AND created < to_timestamp(%(until)s) GROUP BY 1", {"since": since, "until": since + seconds}).fetchall()
-        for sec, n in rows:
-            if 0 <= sec < seconds:
-                counts[sec] = int(n)
+        for r in rows(self.conn, "SELECT floor(extract(epoch FROM created) - %(since)s)::int AS sec, count(*) AS n"
+                      " FROM pgqueuer_log WHERE status = 'successful' AND created >= to_timestamp(%(since)s)"
+                      " AND created < to_timestamp(%(until)s) GROUP BY 1", {"since": since, "until": since + seconds}):
+            if 0 <= r["sec"] < seconds:
+                counts[r["sec"]] = int(r["n"])
         return counts
 
     def start_times(self, ids: list[Any], proc: Proc | None = None) -> dict[str, float]:

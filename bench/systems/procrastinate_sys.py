@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 
 from ..apps.procrastinate_worker import pool_size
-from ..common import WORKERS, Proc, fresh_database, spawn, wait_until
+from ..common import WORKERS, Proc, fresh_database, one, rows, spawn, wait_until
 from .base import System
 
 # Jobs stay in procrastinate_jobs when they finish (delete_jobs=never, the default): the
@@ -136,26 +136,22 @@ class ProcrastinateSystem(System):
 
     def _workers(self) -> int:
         assert self.conn is not None
-        return self.conn.execute("SELECT count(*) FROM procrastinate_workers").fetchone()[0]  # type: ignore[index]
+        return int(one(self.conn, "SELECT count(*) AS n FROM procrastinate_workers")["n"])
 
     def process_roles(self, proc: Proc) -> dict[str, list[int]]:
         return {"worker": [p.pid for p in proc.all]}
 
     def remaining(self) -> int:
         assert self.conn is not None
-        return self.conn.execute(  # type: ignore[index]
-            "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
-        ).fetchone()[0]
+        return int(one(self.conn, "SELECT count(*) AS n FROM procrastinate_jobs WHERE status IN ('todo', 'doing')")["n"])
 
     def backlog(self) -> int:
         assert self.conn is not None
-        return self.conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo'").fetchone()[0]  # type: ignore[index]
+        return int(one(self.conn, "SELECT count(*) AS n FROM procrastinate_jobs WHERE status = 'todo'")["n"])
 
     def failed(self) -> int:
         assert self.conn is not None
-        return self.conn.execute(  # type: ignore[index]
-            "SELECT count(*) FROM procrastinate_jobs WHERE status NOT IN ('todo', 'doing', 'succeeded')"
-        ).fetchone()[0]
+        return int(one(self.conn, "SELECT count(*) AS n FROM procrastinate_jobs WHERE status NOT IN ('todo', 'doing', 'succeeded')")["n"])
 
     def _starts(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -170,22 +166,17 @@ class ProcrastinateSystem(System):
 
     def last_completion(self, since: float) -> float:
         assert self.conn is not None
-        row = self.conn.execute(
-            "SELECT extract(epoch FROM max(at))::float8 FROM procrastinate_events"
-            " WHERE type = 'succeeded' AND at >= to_timestamp(%s)", (since,)).fetchone()
-        assert row is not None and row[0] is not None
-        return float(row[0])
+        return float(one(self.conn, "SELECT extract(epoch FROM max(at))::float8 AS t FROM procrastinate_events"
+                         " WHERE type = 'succeeded' AND at >= to_timestamp(%s)", (since,))["t"])
 
     def completions_per_second(self, since: float, seconds: int) -> list[int]:
         assert self.conn is not None
         counts = [0] * seconds
-        rows = self.conn.execute(
-            "SELECT floor(extract(epoch FROM at) - %(since)s)::int AS sec, count(*) FROM procrastinate_events"
-            " WHERE type = 'succeeded' AND at >= to_timestamp(%(since)s) AND at < to_timestamp(%(until)s)"
-            " GROUP BY 1", {"since": since, "until": since + seconds}).fetchall()
-        for sec, n in rows:
-            if 0 <= sec < seconds:
-                counts[sec] = int(n)
+        for r in rows(self.conn, "SELECT floor(extract(epoch FROM at) - %(since)s)::int AS sec, count(*) AS n"
+                      " FROM procrastinate_events WHERE type = 'succeeded' AND at >= to_timestamp(%(since)s)"
+                      " AND at < to_timestamp(%(until)s) GROUP BY 1", {"since": since, "until": since + seconds}):
+            if 0 <= r["sec"] < seconds:
+                counts[r["sec"]] = int(r["n"])
         return counts
 
     def start_times(self, ids: list[Any], proc: Proc | None = None) -> dict[str, float]:
