@@ -215,9 +215,9 @@ class Cluster:
                     os.kill(pid, signal.SIGQUIT)
                 time.sleep(2)
         if keep:
+            owner = (self.user or pwd.getpwuid(os.getuid())).pw_name
             log(f"own cluster kept (stopped) in {self.workdir}; start it with: "
-                f"sudo -u {self.user.pw_name if self.user else os.getlogin()} {self.pg_bin}/pg_ctl "
-                f"-D {self.data_dir} start")
+                f"sudo -u {owner} {self.pg_bin}/pg_ctl -D {self.data_dir} -l {self.log_file} start")
         else:
             shutil.rmtree(self.workdir, ignore_errors=True)
             log(f"own cluster stopped and deleted ({self.workdir})")

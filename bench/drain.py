@@ -9,6 +9,12 @@ Two figures per run:
   connections, the first claim) counts, as it does for a user.
 * **window**: first job start -> last completion, the steady rate once running.
 
+Completion times are the ones each system writes itself: orchwf's step ``completed_at``,
+pgqueuer's ``pgqueuer_log`` row of status ``successful``, procrastinate's ``succeeded``
+event; each is its transaction's ``now()``, a little before that transaction commits.
+A job's start is orchwf's step ``started_at`` (its claim transaction), and for the
+peers the wall time the job function recorded when it ran.
+
 Cases: each system at its own defaults (no flag) and all at concurrency/batch 50, for
 every N; systems interleaved in rounds, so that a change of load on the shared machine
 hits every system alike; median and min-max per case. procrastinate, ~15x slower, runs at

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from .autovacuum import AutovacuumEmulation, LogWatcher, autovacuum_setting
 from .common import log, steady_ticks, table_stats, wal_lsn
@@ -73,8 +74,8 @@ def soak(system: System, rate: float, sizes: Sizes, logdir: Path, server: Server
     else:
         autovacuum = "off on the server and not emulated: NO vacuum during the soak (pass --vacuum-naptime)"
     log(f"soak: autovacuum {autovacuum}")
-    watcher = LogWatcher(server.log_file, str(psycopg.conninfo.conninfo_to_dict(system.dsn)["dbname"])) \
-        if autovacuum_on and server.log_file else None
+    database = str(conninfo_to_dict(system.dsn)["dbname"])
+    watcher = LogWatcher(server.log_file, database) if autovacuum_on and server.log_file else None
     if watcher:
         watcher.start()
     with emulation or contextlib.nullcontext():
