@@ -137,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         with server_under_test(a) as server:
             host = Server("host server", a.host_dsn) if a.host_dsn else None
             results = runner.run(server, host, opts)
+            if server.log_file is not None:  # the own cluster
+                results["meta"]["cluster_settings"] = dict(cl.SETTINGS)
     finally:
         if a.command == "all" or os.environ.get("ORCHWF_BENCH_KEEP_LOGS"):
             log(f"worker logs kept in {work / 'logs'}")

@@ -330,6 +330,9 @@ def results_markdown(results: dict[str, Any], images: dict[str, str], image_pref
              "", "### Machine and servers", "",
              f"- CPU: {mach['cpu']}, {mach['cores']} cores; memory {mach['memory']}; {mach['os']}; Python {mach['python']}",
              f"- {m.get('server_name', 'server')}: {_server_line(m['server'])}"]
+    if m.get("cluster_settings"):
+        parts.append("- own cluster's settings (bench/cluster.py, each with its reason there): "
+                     + ", ".join(f"{k}={v}" for k, v in m["cluster_settings"].items()))
     if m.get("host_server"):
         parts.append(f"- host server (drain comparison only): {_server_line(m['host_server'])}")
     parts += ["- Postgres, the workers and the harness share the same cores; load average "
