@@ -1,32 +1,91 @@
-"""``python -m bench all|smoke|run`` -- see docs/benchmarks.md.
+"""``python -m bench all|smoke|run|drain|sqlcost`` -- see docs/benchmarks.md.
 
-  all     every scenario, full size; writes docs/benchmarks.md (the generated section),
-          docs/benchmarks/*.png and docs/benchmarks/results.json
-  smoke   every scenario at a tiny size (under a minute), for CI; peers that are not
-          installed are skipped; writes to a temporary directory unless --out is given
-  run     chosen scenarios (--scenarios drain,latency ...), full size unless --small;
-          writes its results next to --out (default: a temporary directory)
+  all     every scenario, full size, on the benchmark's own cluster; writes docs/benchmarks.md
+          (the generated section), docs/benchmarks/*.png and docs/benchmarks/results.json
+          (--out DIR to write elsewhere)
+  smoke   every scenario at a tiny size (under a minute on --dsn), for CI; peers that are
+          not installed are skipped
+  run     chosen scenarios (--scenarios drain,soak ...), full size unless --small
+  drain   the drain cases only: 20,000 and 100,000 jobs x (each system's defaults, all at 50),
+          rounds of the systems in turn; prints medians, spreads and orchwf/pgqueuer ratios
   sqlcost instructions per step of the SQL hot path, under callgrind (see bench/sqlcost.py)
+
+By default the benchmark starts its own PostgreSQL 15 cluster with production settings
+(bench/cluster.py: autovacuum on, 1 GB shared_buffers, ...) and deletes it at the end;
+--dsn benchmarks an existing server instead, --host-dsn adds the drains on a second one.
+Everything but `all` writes its report into a scratch directory unless --out is given.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from . import report
+from . import cluster as cl
+from . import plots, report
 from . import run as runner
 from . import scenarios as sc
-from .common import DEFAULT_DSN, ROOT, log
+from .common import ROOT, log
+from .soak import Server
 
 
 def _stop(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)  # unwinds: workers are stopped and databases dropped
+    raise SystemExit(128 + signum)  # unwinds: workers are stopped, databases dropped, the cluster deleted
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=["all", "smoke", "run", "drain"])
+    p.add_argument("--dsn", default=os.environ.get("ORCHWF_BENCH_DSN"),
+                   help="benchmark this existing server (its admin database; every system gets fresh "
+                        "databases on it) instead of the benchmark's own cluster [env ORCHWF_BENCH_DSN]")
+    p.add_argument("--host-dsn", default=None,
+                   help="also run the drain cases on this server, reported as a 'host server' comparison")
+    p.add_argument("--keep-cluster", action="store_true", help="leave the own cluster's directory (stopped)")
+    p.add_argument("--pg-bin", default=None, help="PostgreSQL binaries of the own cluster [/usr/lib/postgresql/15/bin]")
+    p.add_argument("--cluster-dir", default=str(cl.BASE_DIR), help="parent of the own cluster's directory [%(default)s]")
+    p.add_argument("--systems", default="orchwf,pgqueuer,procrastinate")
+    p.add_argument("--scenarios", default=",".join(runner.ALL_SCENARIOS),
+                   help="for `run`: a comma-separated subset of %(default)s")
+    p.add_argument("--small", action="store_true", help="for `run` and `drain`: small sizes (drains of 2,000 and 10,000)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="drain rounds, systems interleaved [all, drain: 3; drain --small, run, smoke: 1]")
+    p.add_argument("--host-rounds", type=int, default=1, help="drain rounds on --host-dsn [1]")
+    p.add_argument("--drain-sizes", default=None, help="comma-separated N for the drain [20000,100000]")
+    p.add_argument("--drain-concurrency", type=int, default=None,
+                   help="the common concurrency/batch of the second drain case [50]")
+    p.add_argument("--concurrency", type=int, default=None,
+                   help="workers' concurrency/batch in latency, DAG, soak and history [each system's default]")
+    p.add_argument("--soak-seconds", type=float, default=None, help="soak duration [1800; --small 120; smoke 6]")
+    p.add_argument("--soak-rate", type=float, default=None,
+                   help=f"soak jobs/s [{runner.SOAK_SHARE:.0%} of orchwf's drain rate measured on the same server]")
+    p.add_argument("--vacuum-naptime", type=float, default=None,
+                   help="soak on a server with autovacuum off: emulate autovacuum with this naptime "
+                        "(opt-in; the own cluster runs the real autovacuum)")
+    p.add_argument("--history-seed", type=int, default=None,
+                   help="finished workflows seeded for the history scenario [2,000,000; smoke 20,000]")
+    p.add_argument("--orchwf-setup-sql", default="",
+                   help="SQL run on orchwf's databases after the migrations (for ablation experiments)")
+    p.add_argument("--out", default=None, help="where to write the report (a directory)")
+    p.add_argument("--keep-databases", action="store_true")
+    return p
+
+
+@contextlib.contextmanager
+def server_under_test(a: argparse.Namespace) -> Iterator[Server]:
+    if a.dsn:
+        yield Server("dsn", a.dsn)
+        return
+    with cl.running(a.pg_bin, keep=a.keep_cluster, base_dir=Path(a.cluster_dir)) as cluster:
+        yield Server("own cluster", cluster.dsn, cluster.log_file)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,50 +95,31 @@ def main(argv: list[str] | None = None) -> int:
         from . import sqlcost
 
         return sqlcost.main(args[1:])
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["all", "smoke", "run"])
-    p.add_argument("--dsn", default=os.environ.get("ORCHWF_BENCH_DSN", DEFAULT_DSN),
-                   help="a server's admin database; each system gets its own fresh database "
-                        "[env ORCHWF_BENCH_DSN; default %(default)s]")
-    p.add_argument("--systems", default="orchwf,pgqueuer,procrastinate")
-    p.add_argument("--scenarios", default=",".join(runner.ALL_SCENARIOS),
-                   help="for `run`: a comma-separated subset of %(default)s")
-    p.add_argument("--small", action="store_true", help="for `run`: the smoke sizes")
-    p.add_argument("--soak-seconds", type=float, default=None, help="soak duration [600; smoke: 6]")
-    p.add_argument("--soak-rate", type=float, default=None,
-                   help="soak jobs/s [50%% of orchwf's measured drain rate]")
-    p.add_argument("--repeat", type=int, default=None,
-                   help="drain rounds, systems interleaved; the median is reported [all: 3; else 1]")
-    p.add_argument("--vacuum-naptime", type=float, default=None,
-                   help="soak on a server with autovacuum off: naptime of the harness's autovacuum "
-                        "emulation [the server's autovacuum_naptime]")
-    p.add_argument("--drain-sizes", default=None, help="comma-separated N for drain [20000,100000]")
-    p.add_argument("--orchwf-concurrency", type=int, default=50, help="orchwf worker --concurrency [50]")
-    p.add_argument("--orchwf-sweep", default=None,
-                   help="extra orchwf drains at these --concurrency values [all: 100,200; else none]")
-    p.add_argument("--orchwf-setup-sql", default="",
-                   help="SQL run on orchwf's database after the migrations (for ablation experiments)")
-    p.add_argument("--pgqueuer-batch", type=int, default=50, help="pgqueuer batch_size [50]")
-    p.add_argument("--procrastinate-concurrency", type=int, default=10, help="procrastinate concurrency [10]")
-    p.add_argument("--out", default=None, help="where to write the report (a directory)")
-    p.add_argument("--keep-databases", action="store_true")
+    p = parser()
     a = p.parse_args(args)
 
-    sizes = sc.SMOKE if a.command == "smoke" or a.small else sc.Sizes()
+    sizes = sc.SMOKE if a.command == "smoke" else sc.SMALL if a.small else sc.Sizes()
+    changes: dict[str, object] = {}
     if a.soak_seconds is not None:
-        sizes = dataclasses.replace(sizes, soak_seconds=a.soak_seconds)
+        changes["soak_seconds"] = a.soak_seconds
     if a.drain_sizes:
-        sizes = dataclasses.replace(sizes, drain=tuple(int(x) for x in a.drain_sizes.split(",")))
-    scenarios = list(runner.ALL_SCENARIOS) if a.command != "run" else [s for s in a.scenarios.split(",") if s]
+        changes["drain"] = tuple(int(x) for x in a.drain_sizes.split(","))
+    if a.drain_concurrency:
+        changes["drain_concurrency"] = a.drain_concurrency
+    if a.history_seed is not None:
+        changes["history_seed"] = a.history_seed
+    sizes = dataclasses.replace(sizes, **changes)  # type: ignore[arg-type]
+    if a.command == "run":
+        scenarios = [s for s in a.scenarios.split(",") if s]
+    elif a.command == "drain":
+        scenarios = ["drain"]
+    else:
+        scenarios = list(runner.ALL_SCENARIOS)
     unknown = set(scenarios) - set(runner.ALL_SCENARIOS)
     if unknown:
         p.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
-    options = {
-        "orchwf": {"concurrency": a.orchwf_concurrency, "setup_sql": a.orchwf_setup_sql},
-        "pgqueuer": {"batch_size": a.pgqueuer_batch},
-        "procrastinate": {"concurrency": a.procrastinate_concurrency},
-    }
+    rounds = a.rounds or (3 if a.command == "all" or (a.command == "drain" and not a.small) else 1)
+
     if a.command == "all":
         out = Path(a.out) if a.out else ROOT / "docs"
         doc, imgdir, prefix = out / "benchmarks.md", out / "benchmarks", "benchmarks/"
@@ -87,23 +127,26 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(a.out) if a.out else runner.scratch()
         doc, imgdir, prefix = out / "benchmarks.md", out, ""
 
-    sweep_text = a.orchwf_sweep if a.orchwf_sweep is not None else ("100,200" if a.command == "all" else "")
-    sweep = tuple(int(x) for x in sweep_text.split(",") if x)
     t0 = time.monotonic()
     work = runner.scratch()
+    opts = runner.Options(scenarios=scenarios, systems=a.systems.split(","), sizes=sizes, rounds=rounds,
+                          workdir=work, concurrency=a.concurrency, soak_rate=a.soak_rate,
+                          vacuum_naptime=a.vacuum_naptime, orchwf_setup_sql=a.orchwf_setup_sql,
+                          keep_databases=a.keep_databases, host_rounds=a.host_rounds)
     try:
-        results = runner.run(dsn=a.dsn, scenarios=scenarios, systems=a.systems.split(","), sizes=sizes,
-                             options=options, soak_rate=a.soak_rate, workdir=work,
-                             keep_databases=a.keep_databases, orchwf_sweep=sweep,
-                             vacuum_naptime=a.vacuum_naptime,
-                             repeat=a.repeat or (3 if a.command == "all" else 1))
+        with server_under_test(a) as server:
+            host = Server("host server", a.host_dsn) if a.host_dsn else None
+            results = runner.run(server, host, opts)
+            if server.log_file is not None:  # the own cluster
+                results["meta"]["cluster_settings"] = dict(cl.SETTINGS)
     finally:
         if a.command == "all" or os.environ.get("ORCHWF_BENCH_KEEP_LOGS"):
             log(f"worker logs kept in {work / 'logs'}")
         else:
             runner.cleanup(work)
-    runner.save(results, (imgdir if a.command == "all" else out) / "results.json")
-    images = report.plots(results, imgdir)
+    results["meta"]["command"] = " ".join(["python -m bench", *args])
+    runner.save(results, imgdir / "results.json")
+    images = plots.plots(results, imgdir)
     report.write_markdown(results, doc, images, prefix)
     print()
     print(report.console(results))
@@ -111,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"report: {doc} ({time.monotonic() - t0:.0f}s)")
     if results["errors"]:
         for e in results["errors"]:
-            print(f"ERROR {e['system']}/{e['scenario']}: {e['error']}", file=sys.stderr)
+            print(f"ERROR {e['server']}: {e['system']}/{e['scenario']}: {e['error']}", file=sys.stderr)
         return 1
     return 0
 

@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import dict_row
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +29,20 @@ def log(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- databases
+
+
+def rows(conn: psycopg.Connection[Any], query: str, params: Any = None) -> list[dict[str, Any]]:
+    """The rows of ``query``, each a dict by column name."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query, params).fetchall()  # type: ignore[arg-type]
+
+
+def one(conn: psycopg.Connection[Any], query: str, params: Any = None) -> dict[str, Any]:
+    """The single row of ``query``, by column name."""
+    result = rows(conn, query, params)
+    if len(result) != 1:
+        raise RuntimeError(f"expected one row, got {len(result)}: {query}")
+    return result[0]
 
 
 def dsn_for(server_dsn: str, dbname: str) -> str:
@@ -47,12 +62,17 @@ def drop_database(server_dsn: str, name: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+SERVER_SETTINGS = ("shared_buffers", "synchronous_commit", "fsync", "wal_level", "max_connections", "work_mem",
+                   "maintenance_work_mem", "checkpoint_timeout", "max_wal_size", "autovacuum",
+                   "autovacuum_naptime", "autovacuum_vacuum_cost_limit", "autovacuum_max_workers")
+
+
 def server_info(server_dsn: str) -> dict[str, str]:
     with psycopg.connect(server_dsn, autocommit=True) as conn:
-        info = {"version": conn.execute("SELECT version()").fetchone()[0]}  # type: ignore[index]
-        for name in ("shared_buffers", "synchronous_commit", "fsync", "wal_level", "max_connections",
-                     "work_mem", "checkpoint_timeout", "max_wal_size", "autovacuum", "autovacuum_naptime"):
-            info[name] = conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()[0]  # type: ignore[index]
+        settings = rows(conn, "SELECT name, current_setting(name) AS value FROM unnest(%s::text[]) AS name",
+                        (list(SERVER_SETTINGS),))
+        info = {"version": str(one(conn, "SELECT version() AS version")["version"])}
+    info.update({str(r["name"]): str(r["value"]) for r in settings})
     return info
 
 
@@ -77,18 +97,34 @@ def machine_info() -> dict[str, str]:
 
 
 def table_stats(dsn: str, tables: Sequence[str]) -> dict[str, dict[str, int]]:
-    """Live/dead tuples and heap/index sizes of ``tables`` (missing tables are skipped)."""
+    """Per table of ``tables`` (missing ones are skipped): live and dead tuples, sizes
+    (``total``: heap + TOAST + indexes, ``pg_total_relation_size``; ``heap``:
+    ``pg_relation_size``; ``indexes``: ``pg_indexes_size``), updates, HOT updates and
+    autovacuum runs."""
     out: dict[str, dict[str, int]] = {}
     with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT relname, n_live_tup, n_dead_tup, pg_table_size(relid), pg_indexes_size(relid),"
-            " n_tup_upd, n_tup_hot_upd, autovacuum_count"
-            " FROM pg_stat_user_tables WHERE relname = ANY(%s)", (list(tables),)
-        ).fetchall()
-    for name, live, dead, heap, idx, upd, hot, av in rows:
-        out[name] = {"live": live, "dead": dead, "heap_bytes": heap, "index_bytes": idx,
-                     "updates": upd, "hot_updates": hot, "autovacuums": av}
+        stats = rows(
+            conn,
+            "SELECT relname, n_live_tup AS live, n_dead_tup AS dead, pg_total_relation_size(relid) AS total_bytes,"
+            " pg_relation_size(relid) AS heap_bytes, pg_indexes_size(relid) AS index_bytes,"
+            " n_tup_upd AS updates, n_tup_hot_upd AS hot_updates, autovacuum_count AS autovacuums"
+            " FROM pg_stat_user_tables WHERE relname = ANY(%s)", (list(tables),))
+    for row in stats:
+        name = row.pop("relname")
+        out[name] = {k: int(v) for k, v in row.items()}
     return out
+
+
+def wal_lsn(conn: psycopg.Connection[Any]) -> int:
+    """The server's current WAL position, in bytes since its start (cluster-wide)."""
+    return int(one(conn, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint AS lsn")["lsn"])
+
+
+def vacuum_analyze(dsn: str, tables: Sequence[str]) -> None:
+    """``VACUUM (ANALYZE)`` of ``tables``: the same housekeeping before every measured drain."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for name in tables:
+            conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(name)))
 
 
 # --------------------------------------------------------------------------- statistics
@@ -200,9 +236,8 @@ def cpu_seconds(pid: int) -> float:
 def backend_pids(dsn: str) -> list[int]:
     dbname = conninfo_to_dict(dsn).get("dbname")
     with psycopg.connect(dsn, autocommit=True) as conn:
-        return [r[0] for r in conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            (dbname,)).fetchall()]
+        return [int(r["pid"]) for r in rows(
+            conn, "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (dbname,))]
 
 
 def wait_until(pred: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "") -> Any:
@@ -233,60 +268,3 @@ def steady_ticks(rate: float, count: int) -> Iterator[int]:
         if delay > 0:
             time.sleep(delay)
         yield i
-
-
-# --------------------------------------------------------------------------- autovacuum
-
-
-class AutovacuumEmulation:
-    """For a server running with ``autovacuum = off`` (this machine's CI configuration):
-    VACUUM (ANALYZE) each of ``tables`` whenever its dead rows pass the threshold that
-    autovacuum would use (the table's reloptions, else the server's defaults), checked
-    every ``naptime`` seconds, throttled by the table's autovacuum cost delay like the
-    real thing. A soak without any vacuum measures the configuration, not the design."""
-
-    def __init__(self, dsn: str, tables: Sequence[str], naptime: float) -> None:
-        import threading
-
-        self.dsn, self.tables, self.naptime = dsn, list(tables), naptime
-        self.stop_event = threading.Event()
-        self.runs: list[dict[str, Any]] = []
-        self.thread = threading.Thread(target=self._run, name="autovacuum-emulation", daemon=True)
-
-    def __enter__(self) -> AutovacuumEmulation:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_event.set()
-        self.thread.join(60)
-
-    def _run(self) -> None:
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            defaults = {name: float(conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()[0].rstrip("ms"))  # type: ignore[index]
-                        for name in ("autovacuum_vacuum_threshold", "autovacuum_vacuum_scale_factor",
-                                     "autovacuum_vacuum_cost_delay")}
-            while not self.stop_event.wait(self.naptime):
-                rows = conn.execute(
-                    "SELECT c.relname, s.n_live_tup, s.n_dead_tup, coalesce(c.reloptions, '{}')"
-                    " FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid WHERE c.relname = ANY(%s)",
-                    (self.tables,)).fetchall()
-                for name, live, dead, reloptions in rows:
-                    opts = dict(o.split("=", 1) for o in reloptions)
-                    threshold = (float(opts.get("autovacuum_vacuum_threshold", defaults["autovacuum_vacuum_threshold"]))
-                                 + float(opts.get("autovacuum_vacuum_scale_factor", defaults["autovacuum_vacuum_scale_factor"])) * live)
-                    if dead <= threshold or self.stop_event.is_set():
-                        continue
-                    delay = float(opts.get("autovacuum_vacuum_cost_delay", defaults["autovacuum_vacuum_cost_delay"]))
-                    conn.execute(sql.SQL("SET vacuum_cost_delay = {}").format(sql.Literal(f"{delay}ms")))
-                    t0 = time.monotonic()
-                    conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(name)))
-                    self.runs.append({"table": name, "at": time.time(), "dead_before": dead,
-                                      "seconds": time.monotonic() - t0})
-
-
-def autovacuum_setting(dsn: str) -> tuple[bool, float]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        on = conn.execute("SHOW autovacuum").fetchone()[0] == "on"  # type: ignore[index]
-        nap = conn.execute("SELECT setting::float8 FROM pg_settings WHERE name = 'autovacuum_naptime'").fetchone()[0]  # type: ignore[index]
-    return on, float(nap)

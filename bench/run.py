@@ -1,4 +1,5 @@
-"""Run scenarios against every system, each in its own fresh database, and collect results."""
+"""Run the chosen scenarios against every system, each in its own fresh database on the
+server under test, and collect the results in one JSON-able dict."""
 
 from __future__ import annotations
 
@@ -9,18 +10,37 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from . import drain as dr
+from . import history as hi
 from . import scenarios as sc
+from . import soak as so
 from .common import drop_database, log, machine_info, server_info
 from .systems import FACTORIES, make, missing_packages
 from .systems.base import System
 
-# Memory is measured inside latency (idle, after the workers settled) and drain (peak
-# under load), so it needs no worker start of its own.
-ALL_SCENARIOS = ("enqueue", "drain", "latency", "dag", "soak")
-ORCHWF_ONLY = ("dag", "soak")
+ALL_SCENARIOS = ("drain", "enqueue", "web_enqueue", "latency", "dag", "soak", "history")
+ORCHWF_ONLY = ("dag", "soak", "history")
+SOAK_SHARE = 0.6  # the soak's default rate: this share of orchwf's drain rate on the same server
+
+
+@dataclass
+class Options:
+    scenarios: list[str]
+    systems: list[str]
+    sizes: sc.Sizes
+    rounds: int
+    workdir: Path
+    concurrency: int | None = None  # workers of latency, DAG, soak and history (None: defaults)
+    soak_rate: float | None = None
+    vacuum_naptime: float | None = None
+    orchwf_setup_sql: str = ""
+    keep_databases: bool = False
+    host_rounds: int = 1
 
 
 def available_systems(wanted: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -36,141 +56,126 @@ def available_systems(wanted: list[str]) -> tuple[list[str], dict[str, str]]:
     return ok, skipped
 
 
-def run(
-    *,
-    dsn: str,
-    scenarios: list[str],
-    systems: list[str],
-    sizes: sc.Sizes,
-    options: dict[str, dict[str, Any]],
-    soak_rate: float | None,
-    workdir: Path,
-    keep_databases: bool = False,
-    orchwf_sweep: tuple[int, ...] = (),
-    vacuum_naptime: float | None = None,
-    repeat: int = 1,
-) -> dict[str, Any]:
-    names, skipped = available_systems(systems)
+class Runner:
+    """Fresh database per (system, scenario) on one server; failures are recorded, not raised."""
+
+    def __init__(self, server: so.Server, opts: Options, results: dict[str, Any]) -> None:
+        self.server, self.opts, self.results = server, opts, results
+        self.logdir = opts.workdir / "logs" / server.name
+        self.logdir.mkdir(parents=True, exist_ok=True)
+
+    def with_system(self, name: str, label: str, concurrency: int | None, body: Callable[[System], Any]) -> Any:
+        dbname = f"orchwf_bench_{name}_{label}_{os.getpid()}"
+        kw: dict[str, Any] = {"concurrency": concurrency}
+        if name == "orchwf" and self.opts.orchwf_setup_sql:
+            kw["setup_sql"] = self.opts.orchwf_setup_sql
+        system = make(name, **kw)
+        self.results["settings"].setdefault(self.server.name, {}).setdefault(name, {})[
+            system.knob_label()] = system.settings
+        try:
+            system.setup(self.server.dsn, dbname)
+            return body(system)
+        except Exception as exc:  # noqa: BLE001 - one failing scenario must not lose the others
+            log(f"{name}/{label} on {self.server.name} FAILED: {exc}")
+            self.results["errors"].append({"server": self.server.name, "system": name, "scenario": label,
+                                           "error": repr(exc), "traceback": traceback.format_exc()})
+            return None
+        finally:
+            system.close()
+            if not self.opts.keep_databases:
+                try:
+                    drop_database(self.server.dsn, dbname)
+                except Exception as exc:  # noqa: BLE001
+                    log(f"could not drop {dbname}: {exc}")
+
+    def drains(self, names: list[str], rounds: int) -> dict[str, Any]:
+        sizes = self.opts.sizes
+        return dr.run_cases(
+            systems=names, sizes=sizes.drain, case_list=dr.cases(sizes.drain_concurrency), rounds=rounds,
+            logdir=self.logdir, batch=sizes.batch, timeout=sizes.drain_timeout,
+            with_system=lambda name, label, case, body: self.with_system(name, label, case.concurrency, body))
+
+    def soak_rate(self) -> tuple[float | None, str]:
+        """--soak-rate, else SOAK_SHARE of orchwf's drain window rate at the first N, in
+        the case whose workers match the soak's, measured in this run on this server;
+        without one, a calibration drain first."""
+        if self.opts.soak_rate:
+            return self.opts.soak_rate, "--soak-rate"
+        c = self.opts.concurrency
+        case = "defaults" if c is None else f"c{c}"
+        for entry in (self.results.get("drain") or {}).get("cases", []):
+            r = entry["systems"].get("orchwf")
+            if entry["case"] == case and r:
+                rate = float(r["window_per_s"]["median"])
+                return SOAK_SHARE * rate, (f"{SOAK_SHARE:.0%} of orchwf's drain rate in this run "
+                                           f"({rate:,.0f}/s, {entry['n']:,} jobs, {entry['label']}, steady window)")
+        n = self.opts.sizes.drain[0]
+        log(f"soak: no drain of orchwf measured yet; calibrating with a drain of {n:,}")
+        r = self.with_system("orchwf", "calibration", c, lambda s: dr.drain_once(
+            s, n, self.logdir, batch=self.opts.sizes.batch, timeout=self.opts.sizes.drain_timeout))
+        if r is None:
+            return None, "the calibration drain failed (see the errors); pass --soak-rate"
+        return SOAK_SHARE * r["window_per_s"], (f"{SOAK_SHARE:.0%} of a calibration drain on this server "
+                                                f"({r['window_per_s']:,.0f}/s, {n:,} jobs, steady window)")
+
+
+def run(server: so.Server, host: so.Server | None, opts: Options) -> dict[str, Any]:
+    names, skipped = available_systems(opts.systems)
     if "orchwf" not in names:
         raise SystemExit("orchwf must be among the systems")
     for name, why in skipped.items():
         log(f"skipping {name}: {why}")
     results: dict[str, Any] = {
         "meta": {"started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine_info(),
-                 "server": server_info(dsn), "sizes": sizes.__dict__, "scenarios": scenarios,
-                 "skipped": skipped},
+                 "server": server_info(server.dsn), "server_name": server.name,
+                 "host_server": server_info(host.dsn) if host else None,
+                 "sizes": opts.sizes.__dict__, "scenarios": opts.scenarios, "skipped": skipped,
+                 "rounds": opts.rounds, "loadavg_start": _loadavg()},
         "settings": {},
         "errors": [],
     }
-    results["meta"]["loadavg_start"] = _loadavg()
-    logdir = workdir / "logs"
-    logdir.mkdir(parents=True, exist_ok=True)
-    token = f"{os.getpid()}"
-
-    def with_system(name: str, scenario: str, body: Callable[[System], Any]) -> Any:
-        dbname = f"orchwf_bench_{name}_{scenario}_{token}"
-        system = make(name, **options.get(name, {}))
-        results["settings"][name] = system.settings
-        try:
-            system.setup(dsn, dbname)
-            return body(system)
-        except Exception as exc:  # noqa: BLE001 - one failing scenario must not lose the others
-            log(f"{name}/{scenario} FAILED: {exc}")
-            results["errors"].append({"system": name, "scenario": scenario, "error": repr(exc),
-                                      "traceback": traceback.format_exc()})
-            return None
-        finally:
-            system.close()
-            if not keep_databases:
-                try:
-                    drop_database(dsn, dbname)
-                except Exception as exc:  # noqa: BLE001
-                    log(f"could not drop {dbname}: {exc}")
-
-    for scenario in scenarios:
+    runner = Runner(server, opts, results)
+    for scenario in opts.scenarios:
         targets = ["orchwf"] if scenario in ORCHWF_ONLY else names
-        out: dict[str, Any] = {}
         if scenario == "drain":
-            out = _drains(targets, sizes, repeat, logdir, with_system)
-            if "orchwf" in targets and orchwf_sweep:
-                results["orchwf_concurrency_sweep"] = _sweep(orchwf_sweep, sizes, options, logdir, with_system,
-                                                             results)
-            results[scenario] = out
+            results["drain"] = runner.drains(names, opts.rounds)
+            if host is not None:
+                log(f"--- drain on the host server ({host.dsn})")
+                results["drain_host"] = Runner(host, opts, results).drains(names, opts.host_rounds)
             continue
+        out: dict[str, Any] = {}
         for name in targets:
             log(f"--- {scenario}: {name}")
+            c = opts.concurrency
             if scenario == "enqueue":
-                out[name] = with_system(name, scenario, lambda s: sc.enqueue(s, sizes))
+                out[name] = runner.with_system(name, scenario, c, lambda s: sc.enqueue(s, opts.sizes))
+            elif scenario == "web_enqueue":
+                out[name] = runner.with_system(name, scenario, c, lambda s: sc.web_enqueue(s, opts.sizes))
             elif scenario == "latency":
-                out[name] = with_system(name, scenario, lambda s: sc.latency(s, sizes, logdir))
+                out[name] = runner.with_system(name, scenario, c,
+                                               lambda s: sc.latency(s, opts.sizes, runner.logdir))
             elif scenario == "dag":
-                out[name] = with_system(name, scenario, lambda s: sc.dag(s, sizes, logdir))
+                out[name] = runner.with_system(name, scenario, c, lambda s: sc.dag(s, opts.sizes, runner.logdir))
             elif scenario == "soak":
-                rate = soak_rate or _half_peak(results)
-                out[name] = with_system(name, scenario,
-                                        lambda s, r=rate: sc.soak(s, r, sizes, logdir, vacuum_naptime))
+                rate, why = runner.soak_rate()
+                if rate is None:
+                    log(f"soak skipped: {why}")
+                    out[name] = None
+                    continue
+                log(f"soak rate {rate:,.0f}/s: {why}")
+                r = runner.with_system(name, scenario, c, partial(
+                    so.soak, rate=rate, sizes=opts.sizes, logdir=runner.logdir, server=server,
+                    vacuum_naptime=opts.vacuum_naptime))
+                if r is not None:
+                    r["rate_source"] = why
+                out[name] = r
+            elif scenario == "history":
+                out[name] = runner.with_system(name, scenario, c,
+                                               lambda s: hi.history(s, opts.sizes, runner.logdir))
         results[scenario] = out
     results["meta"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     results["meta"]["loadavg_end"] = _loadavg()
     return results
-
-
-SLOW_RUN_SECONDS = 60.0  # a system whose drain took longer is not repeated at that size
-
-
-def _drains(targets: list[str], sizes: sc.Sizes, repeat: int, logdir: Path,
-            with_system: Callable[..., Any]) -> dict[str, Any]:
-    """Every drain size, ``repeat`` rounds, the systems interleaved within a round, so
-    that a change of load on a shared machine hits every system alike. The reported
-    run of a system is its median by rate; all rates are kept."""
-    out: dict[str, Any] = {name: {} for name in targets}
-    for n in sizes.drain:
-        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
-        for rnd in range(repeat):
-            for name in targets:
-                if rnd > 0 and (not runs[name] or runs[name][0]["seconds"] > SLOW_RUN_SECONDS):
-                    continue
-                log(f"--- drain {n:,}: {name} (round {rnd + 1} of {repeat})")
-                r = with_system(name, f"drain{n}", lambda s, n=n: sc.drain(s, n, sizes, logdir))
-                if r is not None:
-                    runs[name].append(r)
-        for name in targets:
-            ok = sorted(runs[name], key=lambda r: r["per_s"])
-            if ok:
-                median = dict(ok[len(ok) // 2])
-                median["all_per_s"] = [r["per_s"] for r in runs[name]]
-                out[name][str(n)] = median
-            else:
-                out[name][str(n)] = None
-    return out
-
-
-def _sweep(concurrencies: tuple[int, ...], sizes: sc.Sizes, options: dict[str, dict[str, Any]], logdir: Path,
-           with_system: Callable[..., Any], results: dict[str, Any]) -> dict[str, Any]:
-    sweep: dict[str, Any] = {}
-    base = dict(options.get("orchwf", {}))
-    for conc in concurrencies:
-        options["orchwf"] = {**base, "concurrency": conc}
-        try:
-            for n in sizes.drain:
-                log(f"--- drain {n:,}: orchwf --concurrency {conc}")
-                r = with_system("orchwf", f"drain{n}c{conc}", lambda s, n=n: sc.drain(s, n, sizes, logdir))
-                sweep[f"{conc}/{n}"] = None if r is None else {
-                    k: r[k] for k in ("n", "per_s", "cpu_us_per_job", "seconds")}
-        finally:
-            options["orchwf"] = base
-            results["settings"]["orchwf"] = make("orchwf", **base).settings
-    return sweep
-
-
-def _half_peak(results: dict[str, Any]) -> float:
-    """50% of orchwf's measured drain rate (the first drain size), else a default."""
-    runs = (results.get("drain") or {}).get("orchwf") or {}
-    rates = [r["per_s"] for r in runs.values() if r]
-    if rates:
-        return 0.5 * rates[0]
-    log("soak: no drain measured in this run; using 2,000/s (pass --soak-rate)")
-    return 2000.0
 
 
 def save(results: dict[str, Any], path: Path) -> None:

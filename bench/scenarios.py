@@ -2,45 +2,43 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import (
-    AutovacuumEmulation,
-    autovacuum_setting,
-    backend_pids,
-    cpu_seconds,
-    log,
-    memory_of,
-    percentile,
-    steady_ticks,
-    table_stats,
-)
+from .common import log, memory_of, percentile, steady_ticks
 from .systems.base import System
 
 
 @dataclass
 class Sizes:
     drain: tuple[int, ...] = (20_000, 100_000)
+    drain_concurrency: int = 50  # the "all at 50" case beside each system's defaults
     enqueue_single: int = 2_000
     enqueue_batched: int = 50_000
+    web_enqueue: int = 2_000
     batch: int = 1_000
     latency_samples: int = 1_000
     latency_rate: float = 100.0
     dag_instances: int = 5_000
     dag_light_instances: int = 200
     dag_light_rate: float = 20.0
-    soak_seconds: float = 600.0
-    soak_interval: float = 10.0
+    soak_seconds: float = 1_800.0
+    soak_sample: float = 5.0  # backlog sampled this often (s)
+    history_drain: int = 20_000
+    history_seed: int = 2_000_000
     drain_timeout: float = 900.0
 
 
-SMOKE = Sizes(drain=(1_000,), enqueue_single=100, enqueue_batched=2_000, latency_samples=100,
+SMOKE = Sizes(drain=(1_000,), enqueue_single=100, enqueue_batched=2_000, web_enqueue=100, latency_samples=100,
               latency_rate=100.0, dag_instances=100, dag_light_instances=20, dag_light_rate=20.0,
-              soak_seconds=6.0, soak_interval=2.0, drain_timeout=120.0)
+              soak_seconds=6.0, soak_sample=1.0, history_drain=1_000, history_seed=20_000, drain_timeout=120.0)
+
+# --small: every scenario quick, the drain still at two sizes (its four cases).
+SMALL = Sizes(drain=(2_000, 10_000), enqueue_single=200, enqueue_batched=5_000, web_enqueue=300,
+              latency_samples=200, dag_instances=500, dag_light_instances=40, soak_seconds=120.0,
+              soak_sample=2.0, history_drain=2_000, history_seed=100_000, drain_timeout=300.0)
 
 
 def _summary(values_ms: list[float]) -> dict[str, float]:
@@ -52,11 +50,6 @@ def _summary(values_ms: list[float]) -> dict[str, float]:
 def _procs_memory(system: System, proc: Any) -> dict[str, list[dict[str, float]]]:
     return {role: [dict(memory_of(pid), pid=pid) for pid in pids]
             for role, pids in system.process_roles(proc).items()}
-
-
-def _worker_pids(system: System, proc: Any) -> list[int]:
-    roles = system.process_roles(proc)
-    return [pid for pids in roles.values() for pid in pids]
 
 
 def _wait_drained(system: System, total: int, timeout: float, series: list[tuple[float, int]] | None = None,
@@ -92,49 +85,16 @@ def enqueue(system: System, sizes: Sizes) -> dict[str, Any]:
             "batched_n": sizes.enqueue_batched, "batch": sizes.batch}
 
 
-# --------------------------------------------------------------------------- drain
+# --------------------------------------------------------------------------- web enqueue
 
 
-def drain(system: System, n: int, sizes: Sizes, logdir: Path) -> dict[str, Any]:
-    """Workers start idle; then ``n`` jobs appear at once (one transaction) and the
-    workers drain them. Rate: first job start to last completion commit."""
-    harness = set(backend_pids(system.dsn))
-    proc = system.start_workers(logdir)
-    series: list[tuple[float, int]] = []
-    peak_mem: dict[int, dict[str, float]] = {}
-    try:
-        time.sleep(1.0)
-        pids = _worker_pids(system, proc)
-        backends = [p for p in backend_pids(system.dsn) if p not in harness]
-        load_seconds = system.load(n, sizes.batch)
-        cpu0 = {p: cpu_seconds(p) for p in pids + backends}
-
-        def sample_memory() -> None:
-            for pid in pids:
-                m = memory_of(pid)
-                old = peak_mem.get(pid)
-                if old is None or m["rss_mib"] > old["rss_mib"]:
-                    peak_mem[pid] = m
-
-        t_start = time.time()
-        _wait_drained(system, n, sizes.drain_timeout, series, sample_memory)
-        elapsed_wall = time.time() - t_start
-        cpu_workers = sum(cpu_seconds(p) - cpu0[p] for p in pids)
-        cpu_backends = sum(cpu_seconds(p) - cpu0[p] for p in backends)
-        memory_load = {role: [dict(peak_mem.get(pid, memory_of(pid)), pid=pid) for pid in ps]
-                       for role, ps in system.process_roles(proc).items()}
-    finally:
-        proc.stop()
-    first, last = system.drain_window(proc)
-    rate = n / (last - first)
-    failed = system.failed()
-    log(f"{system.name}: drained {n:,} in {last - first:.2f}s = {rate:,.0f}/s"
-        f" (cpu per job: workers {cpu_workers / n * 1e6:.0f} us, postgres {cpu_backends / n * 1e6:.0f} us)"
-        + (f"; {failed} FAILED" if failed else ""))
-    return {"n": n, "seconds": last - first, "per_s": rate, "failed": failed, "load_seconds": load_seconds,
-            "series": [(t - first, left) for t, left in series], "wall_seconds": elapsed_wall,
-            "cpu_us_per_job": {"workers": cpu_workers / n * 1e6, "postgres": cpu_backends / n * 1e6},
-            "memory_load": memory_load, "tables": system.table_stats()}
+def web_enqueue(system: System, sizes: Sizes) -> dict[str, Any]:
+    """One job per transaction on a pooled connection, one request after the other, as a
+    web handler does (see each system's ``web_enqueue``)."""
+    seconds = system.web_enqueue(sizes.web_enqueue)
+    rate = sizes.web_enqueue / seconds
+    log(f"{system.name}: web enqueue (pooled connection, 1 transaction per job) {rate:,.0f}/s")
+    return {"per_s": rate, "n": sizes.web_enqueue}
 
 
 # --------------------------------------------------------------------------- latency
@@ -178,7 +138,7 @@ def dag(system: System, sizes: Sizes, logdir: Path) -> dict[str, Any]:
         system.load(n, sizes.batch, workflow="bench_dag")  # type: ignore[call-arg]
         log("orchwf DAG: draining")
         _wait_drained(system, n, sizes.drain_timeout, series)
-        first, last = system.drain_window(proc)
+        first, last = system.drain_window()  # type: ignore[attr-defined]
         steps = n * 10
         loaded = system.dag_delays()["delays_ms"]  # type: ignore[attr-defined]
         steps_series = system.steps_per_second(first)  # type: ignore[attr-defined]
@@ -204,83 +164,4 @@ def dag(system: System, sizes: Sizes, logdir: Path) -> dict[str, Any]:
             "light_rate_instances_per_s": sizes.dag_light_rate}
 
 
-# --------------------------------------------------------------------------- soak
-
-
-def soak(system: System, rate: float, sizes: Sizes, logdir: Path, vacuum_naptime: float | None = None) -> dict[str, Any]:
-    """A steady ``rate`` of single-step instances for ``sizes.soak_seconds``; every
-    interval: throughput, backlog, dead tuples and table sizes; p99 latency per minute.
-    If the server runs without autovacuum, an emulation of it runs alongside (see
-    AutovacuumEmulation); ``vacuum_naptime`` overrides the server's naptime for it."""
-    autovacuum_on, naptime = autovacuum_setting(system.dsn)
-    emulation = None
-    if not autovacuum_on:
-        naptime = vacuum_naptime or naptime
-        log(f"soak: the server runs with autovacuum = off; emulating autovacuum (naptime {naptime:g}s)")
-        emulation = AutovacuumEmulation(system.dsn, system.hot_tables, naptime)
-    with emulation or contextlib.nullcontext():
-        out = _soak(system, rate, sizes, logdir)
-    out["autovacuum"] = "on (server)" if autovacuum_on else f"off on the server; emulated by the harness, naptime {naptime:g}s"
-    out["vacuum_runs"] = emulation.runs if emulation else []
-    return out
-
-
-def _soak(system: System, rate: float, sizes: Sizes, logdir: Path) -> dict[str, Any]:
-    tick = 0.1
-    per_tick = max(1, round(rate * tick))
-    proc = system.start_workers(logdir)
-    intervals: list[dict[str, Any]] = []
-    sampled: list[tuple[list[Any], float]] = []  # every 5th batch: (ids, commit time)
-    enqueued = 0
-    ticks = int(sizes.soak_seconds / tick)
-    try:
-        t0 = time.time()
-        next_report = time.monotonic() + sizes.soak_interval
-        last_done, last_t = 0, time.time()
-        behind = 0
-        for i in steady_ticks(1.0 / tick, ticks):
-            ids, t_commit = system.enqueue_timed_batch(per_tick)
-            enqueued += len(ids)
-            if i % 5 == 0:
-                sampled.append((ids, t_commit))
-            if time.monotonic() >= next_report:
-                next_report += sizes.soak_interval
-                now = time.time()
-                left = system.remaining()
-                done = enqueued - left
-                stats = table_stats(system.dsn, system.hot_tables)
-                intervals.append({"t": now - t0, "completed_per_s": (done - last_done) / (now - last_t),
-                                  "backlog": left, "tables": stats})
-                last_done, last_t = done, now
-                if left > rate * 30:
-                    behind += 1
-        expected = per_tick * ticks / sizes.soak_seconds
-        _wait_drained(system, enqueued, max(60.0, sizes.soak_seconds), interval=0.5)
-        final_tables = table_stats(system.dsn, system.hot_tables)
-    finally:
-        proc.stop()
-    # Latency per minute of the run (by commit time of the sampled batches).
-    per_minute: dict[int, list[float]] = {}
-    if hasattr(system, "latencies"):
-        pairs = system.latencies(sampled)
-    else:
-        pairs = []
-        for ids, t_commit in sampled:
-            starts = system.start_times(ids, proc)
-            pairs.extend((t_commit, starts[str(k)]) for k in ids if str(k) in starts)
-    for t_commit, t_start in pairs:
-        per_minute.setdefault(int((t_commit - t0) // 60), []).append((t_start - t_commit) * 1000.0)
-    minutes = [{"minute": m, **_summary(v)} for m, v in sorted(per_minute.items())]
-    thr = [iv["completed_per_s"] for iv in intervals]
-    half = max(1, len(thr) // 2)
-    first_half = sum(thr[:half]) / half if thr else float("nan")
-    second_half = sum(thr[half:]) / max(1, len(thr) - half) if thr else float("nan")
-    log(f"{system.name}: soak {sizes.soak_seconds:.0f}s at {expected:,.0f}/s: throughput first half "
-        f"{first_half:,.0f}/s, second half {second_half:,.0f}/s; p99 per minute "
-        + ", ".join(f"{m['p99']:.0f}" for m in minutes) + " ms")
-    return {"rate": expected, "seconds": sizes.soak_seconds, "enqueued": enqueued, "intervals": intervals,
-            "minutes": minutes, "final_tables": final_tables, "first_half_per_s": first_half,
-            "second_half_per_s": second_half, "intervals_behind": behind}
-
-
-__all__ = ["Sizes", "SMOKE", "enqueue", "drain", "latency", "dag", "soak"]
+__all__ = ["Sizes", "SMOKE", "SMALL", "enqueue", "web_enqueue", "latency", "dag"]

@@ -37,10 +37,8 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from .common import log
-
-CLAIM = "SELECT * FROM orchwf_claim_steps(%b, %b, %b, %b, %b, false)"
-FINISH_AND_CLAIM = ("SELECT * FROM orchwf_finish_and_claim(%b, %b, %b, %b::jsonb[], %b, %b, %b, %b::jsonb[],"
-                    " %b, %b, %b, %b, %b, false)")
+from .systems.orchwf_sys import CLAIM_SQL as CLAIM
+from .systems.orchwf_sys import FINISH_AND_CLAIM_SQL as FINISH_AND_CLAIM
 
 
 def default_pg_bin() -> str | None:

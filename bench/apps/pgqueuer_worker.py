@@ -12,14 +12,14 @@ import asyncio
 import json
 import signal
 import time
-from datetime import timedelta
+from typing import Any
 
 import asyncpg
 from pgqueuer import AsyncpgDriver, Queries, QueueManager
 from pgqueuer.models import Job
 
 
-async def main(dsn: str, batch_size: int, dump: str) -> None:
+async def main(dsn: str, batch_size: int | None, dump: str) -> None:
     conn = await asyncpg.connect(dsn)
     qm = QueueManager(Queries(AsyncpgDriver(conn)))
     started: dict[int, float] = {}
@@ -32,7 +32,9 @@ async def main(dsn: str, batch_size: int, dump: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, qm.shutdown.set)
     try:
-        await qm.run(batch_size=batch_size, dequeue_timeout=timedelta(seconds=30))
+        # Without --batch-size: QueueManager.run's own defaults, nothing passed.
+        options: dict[str, Any] = {} if batch_size is None else {"batch_size": batch_size}
+        await qm.run(**options)
     finally:
         with open(dump, "w") as f:
             json.dump(started, f)
@@ -42,7 +44,7 @@ async def main(dsn: str, batch_size: int, dump: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--dsn", required=True)
-    parser.add_argument("--batch-size", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--dump", required=True)
     args = parser.parse_args()
     asyncio.run(main(args.dsn, args.batch_size, args.dump))

@@ -1,0 +1,42 @@
+"""History independence: does a drain slow down when millions of finished workflows sit
+in the history? Drain N on an empty history, seed M finished instances (server-side,
+the system's ``seed_history``), drain N again on the same database; both drains get the
+same housekeeping (VACUUM ANALYZE of every table between enqueue and launch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .common import log
+from .drain import drain_once
+from .scenarios import Sizes
+from .systems.base import System
+
+TARGET_RATIO = 0.9  # the drain on a full history keeps >= 90% of the rate on an empty one
+
+
+def _sizes(system: System) -> dict[str, int]:
+    stats = system.table_stats()
+    return {t: stats.get(t, {}).get("total_bytes", 0) for t in system.history_tables}
+
+
+def history(system: System, sizes: Sizes, logdir: Path) -> dict[str, Any]:
+    n, m = sizes.history_drain, sizes.history_seed
+    log(f"history: drain {n:,} on an empty history")
+    empty = drain_once(system, n, logdir, batch=sizes.batch, timeout=sizes.drain_timeout, housekeeping=True)
+    before = _sizes(system)
+    log(f"history: seeding {m:,} finished workflows")
+    seed_seconds = system.seed_history(m)
+    after = _sizes(system)
+    log(f"history: seeded in {seed_seconds:.1f}s; history tables {sum(before.values()) / 2**20:,.0f} -> "
+        f"{sum(after.values()) / 2**20:,.0f} MiB; drain {n:,} again")
+    full = drain_once(system, n, logdir, batch=sizes.batch, timeout=sizes.drain_timeout, housekeeping=True)
+    ratio = full["per_s"] / empty["per_s"]
+    window_ratio = full["window_per_s"] / empty["window_per_s"]
+    log(f"history: {empty['per_s']:,.0f}/s on an empty history, {full['per_s']:,.0f}/s after {m:,} "
+        f"= {ratio:.2f}x (window {window_ratio:.2f}x; target >= {TARGET_RATIO})")
+    return {"n": n, "seeded": m, "seed_seconds": seed_seconds, "knob": system.knob_label(),
+            "empty": empty, "full": full, "ratio": ratio, "window_ratio": window_ratio,
+            "history_bytes_before": before, "history_bytes_after": after,
+            "target": TARGET_RATIO, "ok": ratio >= TARGET_RATIO}
