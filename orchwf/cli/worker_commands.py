@@ -4,13 +4,42 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any, NoReturn
 
 import click
 
 from ..db.dsn import redact
 
 
-@click.command("worker")
+class _WorkerCommand(click.Command):
+    """With --log-format json a start-up error is a JSON log line too, not the CLI's plain
+    "error: ..." line (same exit codes), so that everything on stderr parses."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            if str(ctx.params.get("log_format", "")).lower() != "json":
+                raise
+            _fail_as_json(exc)
+
+
+def _fail_as_json(exc: Exception) -> NoReturn:
+    import psycopg
+
+    from ..errors import OrchwfError
+
+    if isinstance(exc, OrchwfError):
+        text, code = str(exc), 2 if type(exc).__name__ == "UsageError" else 1
+    elif isinstance(exc, psycopg.Error):
+        text, code = "database error: " + " ".join(redact(str(exc) or type(exc).__name__).split()), 1
+    else:
+        raise exc
+    logging.getLogger("orchwf").critical("cannot start: %s", text)
+    sys.exit(code)
+
+
+@click.command("worker", cls=_WorkerCommand)
 @click.option("--app", "app", required=True, metavar="MODULE[:ATTR]",
               help="Where the workflow definitions are: every WorkflowDefinition in MODULE, "
                    "or ATTR (an Orchestrator, a definition, or a list of them).")
@@ -37,18 +66,22 @@ from ..db.dsn import redact
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--log-format", envvar="ORCHWF_LOG_FORMAT", default="text", show_default=True,
+              type=click.Choice(["text", "json"], case_sensitive=False),
+              help="Log lines on stderr: human-readable text, or one JSON object per line "
+                   "[env ORCHWF_LOG_FORMAT].")
 def worker(app: str, dsn: str | None, schema: str, workers: int | None, concurrency: int,
            queues: tuple[str, ...], lease_seconds: float, shutdown_timeout: float, retention: float,
            no_listen: bool, poll_interval: float | None, hostname: str | None, metrics_port: int,
-           metrics_host: str, log_level: str) -> None:
+           metrics_host: str, log_level: str, log_format: str) -> None:
     """Run the orchwf-worker daemon: a supervisor forking worker processes."""
+    from .. import logs
     from ..daemon.app import load_definitions
     from ..daemon.config import DaemonConfig
     from ..daemon.run import run_daemon
     from ..db.resolve import resolve_dsn
 
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    logs.configure(log_level, log_format.lower())
     definitions = load_definitions(app)
     resolved = resolve_dsn(dsn)
     _check_migrated(resolved, schema)

@@ -37,6 +37,11 @@ STEPS_RETRIED = Counter("orchwf_steps_retried_total", "Failed attempts sent back
 STEPS_TIMED_OUT = Counter("orchwf_steps_timed_out_total", "Attempts that overran their timeout", ["workflow", "step"])
 STEPS_RELEASED = Counter("orchwf_steps_released_total", "Claims given back at shutdown", ["workflow", "step"])
 STEPS_RESCUED = Counter("orchwf_steps_rescued_total", "Claims taken back from dead or silent workers", ["cause"])
+# Both causes exist at 0 from the start: a labelled series appears with its first
+# increment, and rate()/increase() never count the value a series appears with, so the
+# first rescue of a run (often the only one) was invisible to every query.
+for _cause in ("worker_death", "lease_expired"):
+    STEPS_RESCUED.labels(_cause)
 STALE_RESULTS = Counter("orchwf_stale_results_total", "Results discarded because the lease was lost", ["workflow", "step"])
 STEP_DURATION = Histogram(
     "orchwf_step_duration_seconds", "Duration of step attempts", ["workflow", "step"],

@@ -42,10 +42,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20, what: str = "con
 
 
 class Daemon:
-    """``orchwf worker --app opsapp`` as a subprocess (its own session, killed at the end)."""
+    """``orchwf worker --app opsapp`` (or ``app``) as a subprocess (its own session, killed at the end)."""
 
     def __init__(self, dsn: str, *args: str, metrics_port: int | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, app: str = "opsapp") -> None:
         self.port = free_port() if metrics_port is None else metrics_port
         full_env = dict(os.environ, PYTHONPATH=str(HERE))
         for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "PROMETHEUS_MULTIPROC_DIR"):
@@ -54,7 +54,7 @@ class Daemon:
         # A file, not a pipe: a pipe nobody reads would block the daemon once full.
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in kill()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orchwf", "worker", "--app", "opsapp", "--dsn", dsn,
+            [sys.executable, "-m", "orchwf", "worker", "--app", app, "--dsn", dsn,
              "--metrics-port", str(self.port), "--lease-seconds", "5", "--shutdown-timeout", "5", *args],
             env=full_env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
