@@ -9,6 +9,7 @@ The workflow output is the flat merge of step outputs in completion order.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import copy
 import inspect
 import threading
@@ -113,7 +114,9 @@ def run_attempt(
         else:
             outcome.set_result(value)
 
-    thread = threading.Thread(target=target, name=f"orchwf-step-{ctx.step_id}", daemon=True)
+    # the caller's context variables (the step's log context) follow the attempt's thread
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(target,),
+                              name=f"orchwf-step-{ctx.step_id}", daemon=True)
     thread.start()
     waiting: list[Future[Any]] = [outcome] if cancel is None else [outcome, cancel]
     done, _ = wait(waiting, timeout=timeout, return_when=FIRST_COMPLETED)

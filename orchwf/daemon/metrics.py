@@ -63,6 +63,21 @@ LISTEN_UP = Gauge("orchwf_listen_connection_up", "1 when the supervisor's LISTEN
                   multiprocess_mode="livemax")
 
 
+def declare_steps(definitions: Iterable[Any]) -> None:
+    """Create every per-step series at 0 before the first scrape (and before fork, so the
+    supervisor's file holds them): Prometheus never counts the value a series first
+    appears with, so a series born at 1 would lose its first step from increase()."""
+    for definition in definitions:
+        for step in definition.steps:
+            key = (definition.id, step.id)
+            for counter in (STEPS_CLAIMED, STEPS_COMPLETED, STEPS_RETRIED, STEPS_TIMED_OUT, STEPS_RELEASED,
+                            STALE_RESULTS):
+                counter.labels(*key)
+            for outcome in ("failed", "skipped"):
+                STEPS_FAILED.labels(*key, outcome)
+            STEP_DURATION.labels(*key)
+
+
 def steps_claimed(steps: Iterable[tuple[str, str]]) -> None:
     """A claim's steps, (workflow, step) each: one counter update per label pair, since
     the label lookup costs more than the update."""
@@ -146,7 +161,7 @@ class SupervisorCollector:
         return []  # nothing to check at registration; collect() runs at scrape time only
 
     def collect(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily("orchwf_worker_processes", "Live worker processes of this supervisor",
+        yield GaugeMetricFamily("orchwf_worker_processes", "Live worker processes of this supervisor (not the quarantine worker, nor ones retiring)",
                                 value=self.processes())
         yield GaugeMetricFamily("orchwf_worker_processes_desired", "Worker processes this supervisor wants",
                                 value=self.desired())

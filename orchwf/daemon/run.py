@@ -39,11 +39,12 @@ def run_daemon(config: DaemonConfig, definitions: list[WorkflowDefinition]) -> i
     from .http import OpsServer
     from .supervisor import Supervisor
 
+    metrics.declare_steps(definitions)
     supervisor = Supervisor(config, definitions, notifier=SystemdNotifier())
     server = None
     if config.metrics_port:
         registry = metrics.daemon_registry([
-            metrics.SupervisorCollector(lambda: len(supervisor.children), lambda: supervisor.num_workers),
+            metrics.SupervisorCollector(lambda: len(supervisor.active_workers()), lambda: supervisor.num_workers),
             metrics.DatabaseCollector(config.schema, lambda: supervisor.conn, config.queues),
         ])
         server = OpsServer(config.metrics_host, config.metrics_port,

@@ -24,6 +24,7 @@ from ..db.queries import Queries
 from ..db.rows import StepResult
 from ..errors import StepTimeoutError
 from ..lifecycle import COMPENSATE_STEP, Event, Outcome, compensation_order, decide_failure
+from ..logs import step_log_context
 from ..semantics import (
     call_executor,
     merge_step_output,
@@ -126,8 +127,11 @@ class StepRunner:
 
     def _execute(self, claim: Claim) -> None:
         result = Result(claim, Outcome.RELEASE, error="orchwf internal error")
+        row = claim.row
         try:
-            result = self._run(claim)
+            with step_log_context(instance_id=claim.instance_id, workflow_id=row.workflow_id, step_id=row.step_id,
+                                  attempt=row.attempt, trace_id=row.trace_id):
+                result = self._run(claim)
         except BaseException as exc:  # noqa: BLE001 - a bug here must not lose the claim
             log.exception("worker %s: internal error running %s", self.worker_id, claim.step_id)
             result = Result(claim, Outcome.FAILED, error=f"orchwf internal error: {exc!r}")

@@ -196,7 +196,7 @@ class Supervisor:
         if self.num_workers <= 1:
             return
         self.num_workers -= 1
-        active = sorted(self._active(), key=lambda c: c.started)
+        active = sorted(self.active_workers(), key=lambda c: c.started)
         for child in active[self.num_workers:]:
             child.retiring = True
             self._signal(child, signal.SIGTERM)
@@ -241,13 +241,14 @@ class Supervisor:
 
     # -- children -------------------------------------------------------------------------
 
-    def _active(self) -> list[Child]:
+    def active_workers(self) -> list[Child]:
+        """Ordinary workers not on their way out (what --workers asks for)."""
         return [c for c in self.children.values() if not c.retiring and not c.quarantine]
 
     def _spawn_missing(self) -> None:
         if time.monotonic() < self.spawn_at:
             return
-        while len(self._active()) < self.num_workers:
+        while len(self.active_workers()) < self.num_workers:
             self._spawn()
         if self.suspects_waiting and not any(c.quarantine and not c.retiring for c in self.children.values()):
             self._spawn(quarantine=True)

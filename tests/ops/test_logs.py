@@ -246,9 +246,6 @@ def test_worker_log_format_json_end_to_end(daemon) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "orchwf/daemon/worker.py does not call orchwf.logs.step_log_context around step attempts yet "
-    "(it is being split; see orchwf/logs.py for where to set it); remove this mark once it does"))
 def test_step_log_lines_carry_the_step_in_the_daemon(daemon) -> None:
     d: Daemon = daemon("--workers", "1", "--log-format", "json", app="obsapp")
     iid = _run_logging_steps(d)
