@@ -17,7 +17,6 @@ import copy
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
@@ -33,7 +32,7 @@ from .errors import (
     WorkflowCancelledError,
     WorkflowNotFoundError,
 )
-from .ids import resolve_ids
+from .ids import new_id, new_instance_id, resolve_ids
 from .jsonvalue import check_json_object
 from .lifecycle import Event, Outcome, compensation_order, decide_failure
 from .semantics import call_executor, merge_step_output, prepare_step_input, run_attempt
@@ -65,7 +64,7 @@ class _Run:
     cancel: Future[None] = field(default_factory=Future)
     done: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    completion_order: list[str] = field(default_factory=list)  # completed, not yet compensated
+    completion_order: list[str] = field(default_factory=list)  # completed: compensated on failure
     running_contexts: dict[str, StepContext] = field(default_factory=dict)
     #: set (under ``lock``) by whoever takes charge of the run: its runner, or a cancel
     #: that arrives while a background run still waits in the pool's queue
@@ -281,9 +280,9 @@ class Orchestrator:
         data = check_json_object(input, "input")
         meta = check_json_object(metadata, "metadata")
         trace_id, correlation_id, business_id = resolve_ids(meta)
-        now = utcnow()
+        instance_id, now = new_instance_id()
         inst = WorkflowInstance(
-            id=str(uuid.uuid4()),
+            id=instance_id,
             workflow_id=definition.id,
             status=WorkflowStatus.PENDING,
             input=data,
@@ -297,7 +296,7 @@ class Orchestrator:
         )
         steps = {
             s.id: StepInstance(
-                id=str(uuid.uuid4()),
+                id=new_id(),
                 step_id=s.id,
                 workflow_inst_id=inst.id,
                 execution_order=i,
@@ -317,15 +316,26 @@ class Orchestrator:
         return _Run(definition=definition, inst=inst, steps=steps)
 
     def _prepare_resume(self, definition: WorkflowDefinition, inst: WorkflowInstance) -> _Run:
+        # A completed step whose compensator ran (its effect was undone) runs again, as in
+        # the daemon (orchwf_resume_workflow); its compensator runs again if this run fails.
+        compensated = {
+            e.step_inst_id
+            for e in self.state_manager.get_workflow_events(inst.id)
+            if e.event_type in (Event.STEP_COMPENSATED.value, Event.STEP_COMPENSATION_FAILED.value)
+            and (e.step_inst_id is not None)
+        }
         existing = {s.step_id: s for s in inst.steps}
         steps: dict[str, StepInstance] = {}
         for i, sdef in enumerate(definition.steps):
             step = existing.get(sdef.id)
             if step is None:
                 step = StepInstance(
-                    id=str(uuid.uuid4()), step_id=sdef.id, workflow_inst_id=inst.id, execution_order=i, priority=sdef.priority
+                    id=new_id(), step_id=sdef.id, workflow_inst_id=inst.id, execution_order=i, priority=sdef.priority
                 )
-            elif step.status not in (StepStatus.COMPLETED, StepStatus.SKIPPED):
+            elif step.status not in (StepStatus.COMPLETED, StepStatus.SKIPPED) or (
+                    step.status == StepStatus.COMPLETED and step.id in compensated):
+                if step.status == StepStatus.COMPLETED:
+                    step.output = {}
                 step.status = StepStatus.PENDING
                 step.error = None
                 step.completed_at = None
@@ -338,17 +348,9 @@ class Orchestrator:
             (s for s in steps.values() if s.status == StepStatus.COMPLETED),
             key=lambda s: (s.completed_at or inst.started_at, s.execution_order),
         )
-        # Steps already compensated when the instance failed or was cancelled are not
-        # compensated a second time if the resumed run fails too.
-        compensated = {
-            e.step_inst_id
-            for e in self.state_manager.get_workflow_events(inst.id)
-            if e.event_type in (Event.STEP_COMPENSATED.value, Event.STEP_COMPENSATION_FAILED.value)
-        }
         for s in completed:
             merge_step_output(inst.output, inst.context, s.step_id, s.output)
-            if s.id not in compensated:
-                run.completion_order.append(s.step_id)
+            run.completion_order.append(s.step_id)
         inst.status = WorkflowStatus.PENDING
         inst.error = None
         inst.completed_at = None
@@ -615,7 +617,7 @@ class Orchestrator:
 
     def _compensate(self, run: _Run) -> None:
         """Run the compensators of completed steps (lifecycle.compensation_order: newest
-        first); one failure stops none. Steps compensated before a resume are not again."""
+        first); one failure stops none."""
         steps = [run.steps[step_id] for step_id in run.completion_order]
         for step in compensation_order(steps, key=lambda s: (s.completed_at, s.execution_order)):
             step_id = step.step_id
@@ -653,7 +655,7 @@ class Orchestrator:
     def _event(self, workflow_inst_id: str, event_type: Event, data: dict[str, Any], step_inst_id: str | None = None) -> None:
         self.state_manager.save_event(
             WorkflowEvent(
-                id=str(uuid.uuid4()),
+                id=new_id(),
                 workflow_inst_id=workflow_inst_id,
                 step_inst_id=step_inst_id,
                 event_type=event_type.value,

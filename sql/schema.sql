@@ -1,24 +1,28 @@
 -- orchwf: the current schema, in one picture.
 --
--- A fresh install runs this file (then sql/api/); a database of an earlier release runs
--- the migrations in sql/migrations/ instead (then sql/api/). tests/test_schema.py checks
--- that both end with the same catalog. Functions and triggers live in sql/api/.
+-- A fresh install runs this file, then sql/api/; a database of an earlier release runs
+-- the migrations of sql/migrations/ instead, then sql/api/. tests/upgrade/ checks that
+-- both end with the same catalog. Functions and triggers live in sql/api/ (the history
+-- tables' partitions too: orchwf_ensure_partitions creates them ahead of time).
 --
--- Migrations hold DDL and data moves only. Functions and triggers live in sql/api/, which
--- `orchwf migrate up` applies after the migrations, every time; sql/schema.sql is the
--- current picture of the tables (what a fresh install runs instead of 001..latest).
+-- Names are unqualified: the migrator sets search_path to the target schema (default
+-- public, e.g. --schema orchwf), so orchwf can live beside an application's tables.
 --
--- Names are unqualified: the migrator sets search_path to the target schema
--- (default public, e.g. --schema orchwf), so orchwf can live beside an app's tables.
+-- Work in flight apart from history (docs/schema.md):
 --
--- Layout (see docs/schema.md):
---   orchwf_workflow_definitions  registered graphs, so producers enqueue by ID without step code
---   orchwf_workflow_instances    one row per run                       (warm: updated a few times)
---   orchwf_step_instances        one row per step per run              (hot: updated on every transition)
---   orchwf_ready_steps           the claim queue: only runnable steps  (hottest: insert + delete)
---   orchwf_running_steps         the claimed steps, for lease rescue    (hottest: insert + delete)
---   orchwf_workflow_events       append-only history
---   orchwf_workers               live worker processes (for operators and lease release)
+--   runtime: small, updated and deleted all the time; their size is the work in flight
+--     orchwf_live_instances     instances not finished yet (pending, running)
+--     orchwf_live_steps         the steps of those instances, with leases and pending deps
+--     orchwf_ready_steps        the claim queue: only steps that can run now
+--     orchwf_running_steps      the claimed steps, for lease rescue
+--     orchwf_workers            live processes
+--   history: written once when an instance finishes, never updated; partitioned by the
+--   instance's created_at, so retention drops whole partitions
+--     orchwf_instance_history   finished instances
+--     orchwf_step_history       their steps
+--     orchwf_event_history      every event, of live and finished instances (insert-only)
+--   readers: orchwf_workflow_instances, orchwf_step_instances, orchwf_workflow_events are
+--   views over both (live first), for operators' SQL and the readers of earlier releases.
 
 CREATE TABLE orchwf_workflow_definitions (
     workflow_id   text PRIMARY KEY CHECK (length(workflow_id) BETWEEN 1 AND 255),
@@ -30,7 +34,15 @@ CREATE TABLE orchwf_workflow_definitions (
     updated_at    timestamptz NOT NULL DEFAULT now()
 );
 
-CREATE TABLE orchwf_workflow_instances (
+-- ---------------------------------------------------------------------------------
+-- Runtime
+-- ---------------------------------------------------------------------------------
+
+-- An instance lives here from its creation until it finishes, then moves to
+-- orchwf_instance_history in the transaction that finishes it. created_at is the time
+-- of its (time-ordered) ID: orchwf_uuid7_time(id) for every instance orchwf creates, so
+-- a lookup by ID finds its history partition without a search.
+CREATE TABLE orchwf_live_instances (
     id              uuid PRIMARY KEY,
     workflow_id     text NOT NULL,
     status          text NOT NULL
@@ -48,7 +60,6 @@ CREATE TABLE orchwf_workflow_instances (
     trace_id        text,
     correlation_id  text,
     business_id     text,
-    -- added by orchwf (not in the seed):
     priority        integer NOT NULL DEFAULT 0,
     queue           text NOT NULL DEFAULT 'default',
     idempotency_key text,
@@ -58,35 +69,26 @@ CREATE TABLE orchwf_workflow_instances (
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now()
 ) WITH (
-    -- Rows are updated a few times each (running -> completed): leave room for HOT updates.
-    fillfactor = 85,
-    autovacuum_vacuum_scale_factor = 0.05,
-    autovacuum_analyze_scale_factor = 0.05
+    -- Inserted, updated a few times (the step counter) and deleted: a churning table whose
+    -- size is the work in flight. HOT room on the page, and a vacuum after 1% dead rows.
+    fillfactor = 80,
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_vacuum_cost_delay = 0
 );
-
--- list_workflows: ORDER BY created_at DESC, id DESC, optionally filtered.
-CREATE INDEX orchwf_wi_created_idx ON orchwf_workflow_instances (created_at DESC, id DESC)
-    WITH (deduplicate_items = off);
-CREATE INDEX orchwf_wi_workflow_idx ON orchwf_workflow_instances (workflow_id, created_at DESC);
-CREATE INDEX orchwf_wi_status_idx ON orchwf_workflow_instances (status, created_at DESC);
--- Unique keys and generated IDs: deduplication could only merge a row's old and new
--- versions, which bottom-up deletion removes anyway.
-CREATE INDEX orchwf_wi_trace_idx ON orchwf_workflow_instances (trace_id) WITH (deduplicate_items = off)
-    WHERE trace_id IS NOT NULL;
-CREATE INDEX orchwf_wi_correlation_idx ON orchwf_workflow_instances (correlation_id) WITH (deduplicate_items = off)
-    WHERE correlation_id IS NOT NULL;
-CREATE INDEX orchwf_wi_business_idx ON orchwf_workflow_instances (business_id) WHERE business_id IS NOT NULL AND business_id <> '';
--- prune: finished instances by age.
-CREATE INDEX orchwf_wi_finished_idx ON orchwf_workflow_instances (completed_at)
-    WHERE status IN ('completed', 'failed', 'cancelled');
--- enqueue: a duplicate idempotency key returns the existing instance.
-CREATE UNIQUE INDEX orchwf_wi_idempotency_idx ON orchwf_workflow_instances (workflow_id, idempotency_key)
+-- Listing (live instances first in created_at order) and retention's question "does any
+-- instance of this partition's range still run?".
+CREATE INDEX orchwf_li_created_idx ON orchwf_live_instances (created_at DESC, id DESC);
+-- A duplicate idempotency key among live instances: ON CONFLICT DO NOTHING (history is
+-- checked under an advisory lock, sql/api/enqueue.sql).
+CREATE UNIQUE INDEX orchwf_li_idempotency_idx ON orchwf_live_instances (workflow_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 
-CREATE TABLE orchwf_step_instances (
+CREATE TABLE orchwf_live_steps (
     id               uuid PRIMARY KEY,
     step_id          text NOT NULL,
-    workflow_inst_id uuid NOT NULL,   -- no foreign key: see below
+    workflow_inst_id uuid NOT NULL,    -- no foreign key: every writer holds the instance
     status           text NOT NULL
         CHECK (status IN ('pending', 'running', 'completed', 'failed', 'skipped', 'retrying', 'cancelled')),
     input            jsonb NOT NULL DEFAULT '{}',
@@ -99,7 +101,6 @@ CREATE TABLE orchwf_step_instances (
     duration_ms      bigint NOT NULL DEFAULT 0,
     execution_order  integer NOT NULL DEFAULT 0,
     priority         integer NOT NULL DEFAULT 0,
-    -- added by orchwf for the daemon:
     attempts         integer NOT NULL DEFAULT 0,     -- executions started (claims)
     crashes          integer NOT NULL DEFAULT 0,     -- executions lost to a dead worker or lease expiry
     max_attempts     integer NOT NULL DEFAULT 1,     -- copied from the definition at enqueue
@@ -119,37 +120,23 @@ CREATE TABLE orchwf_step_instances (
     updated_at       timestamptz NOT NULL DEFAULT now(),
     -- Only a running step may hold a lease: finishing or requeueing a step must clear it.
     -- (Running steps of in-process runs have no lease, so running does not require one.)
-    CONSTRAINT orchwf_si_lease_consistent CHECK (status = 'running' OR lease_token IS NULL)
+    CONSTRAINT orchwf_ls_lease_consistent CHECK (status = 'running' OR lease_token IS NULL)
 ) WITH (
     -- Each row is updated 2-4 times (claimed, heartbeats, finished). No index covers a
-    -- column those updates change (status, lease_*, started_at, completed_at, output...),
-    -- so they are HOT: the new row version goes on the same page and no index is written.
-    -- That needs free room on the page: steps are inserted (and claimed) in bulk, so a
-    -- page must hold a new version of most of its rows; fillfactor 70 leaves 30%.
-    -- Vacuum early and without throttling: the default 20% scale factor lets dead tuples
-    -- pile up to millions on a busy queue.
+    -- column those updates change, so they are HOT; fillfactor 70 leaves the room.
     fillfactor = 70,
-    autovacuum_vacuum_scale_factor = 0.02,
-    autovacuum_analyze_scale_factor = 0.05,
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_analyze_scale_factor = 0.02,
     autovacuum_vacuum_cost_delay = 0
 );
-
--- No foreign key to the instance: its check (a query and a KEY SHARE lock on the instance
--- for every step row) was 14% of enqueue's work. Deleting instances deletes their steps
--- through the statement-level trigger of sql/api/maintain.sql.
--- The lookup of a step by (instance, step id) when releasing dependents.
-CREATE UNIQUE INDEX orchwf_si_workflow_step_idx ON orchwf_step_instances (workflow_inst_id, step_id);
--- No index on lease_owner or lease_expires_at (or with status in a predicate): it would
--- make every claim and finish a non-HOT update that writes every index of this table.
--- orchwf_running_steps lists the claimed steps instead.
--- Stager: steps whose backoff or scheduled start is due (run_after changes only on retries).
-CREATE INDEX orchwf_si_run_after_idx ON orchwf_step_instances (run_after) WHERE run_after IS NOT NULL;
+CREATE UNIQUE INDEX orchwf_ls_workflow_step_idx ON orchwf_live_steps (workflow_inst_id, step_id);
+-- The scheduler: steps whose backoff or scheduled start is due.
+CREATE INDEX orchwf_ls_run_after_idx ON orchwf_live_steps (run_after) WHERE run_after IS NOT NULL;
 
 -- The claim queue. Only steps that can run now (or at ready_at) live here, so the claim
--- scans a small table whatever the size of history. Rows are inserted when a step becomes
--- runnable and deleted by the claim that takes them.
--- No foreign key: a per-row FK check on every insert costs more than the insert. Rows of
--- a deleted instance are removed by orchwf_workflow_instances' delete trigger.
+-- scans a small table whatever the size of history. Inserted when a step becomes
+-- runnable, deleted by the claim that takes it.
 CREATE TABLE orchwf_ready_steps (
     step_inst_id     uuid PRIMARY KEY,
     workflow_inst_id uuid NOT NULL,
@@ -168,23 +155,15 @@ CREATE TABLE orchwf_ready_steps (
     autovacuum_analyze_scale_factor = 0.02,
     autovacuum_vacuum_cost_delay = 0
 );
-
--- The claim: per queue, highest priority first, then oldest. Among steps that became
--- ready together (a fan-out released by one finish), one instance's steps come out
--- together: they are then finished together too, with one update of their instance
--- and of their join step instead of one per step.
+-- The claim: per queue, highest priority first, then oldest; one instance's steps together.
 CREATE INDEX orchwf_rs_claim_idx ON orchwf_ready_steps (queue, priority DESC, ready_at, workflow_inst_id, step_inst_id);
-
 -- The quarantine worker's claim; empty unless a worker died, so ordinary claims never touch it.
 CREATE INDEX orchwf_rs_suspect_idx ON orchwf_ready_steps (queue, priority DESC, ready_at, workflow_inst_id, step_inst_id)
     WHERE suspect;
 
--- The claimed (running) steps of the daemon: a row is inserted by the claim and deleted
--- by the finish, in the same transactions that change the step's status. The lease
--- itself (owner, token, expiry, deadline) lives on the step row, which stays the truth;
--- this small table lets the supervisor and the rescuer find running steps without an
--- index on the step table (see above). A row whose token no longer matches its step
--- is ignored, and removed by the rescuer.
+-- The claimed steps of the daemon: inserted by the claim, deleted by the finish. The lease
+-- itself lives on the step row, which stays the truth; this small table lets the rescuer
+-- and the supervisor find running steps without an index on the step table.
 CREATE TABLE orchwf_running_steps (
     step_inst_id     uuid PRIMARY KEY,
     workflow_inst_id uuid NOT NULL,
@@ -196,27 +175,6 @@ CREATE TABLE orchwf_running_steps (
     autovacuum_analyze_scale_factor = 0.02,
     autovacuum_vacuum_cost_delay = 0
 );
-
--- Append-only. No foreign keys: the daemon inserts 2 events per step and each FK check
--- is a per-row query plus a row lock on the parent; events of a deleted instance are
--- removed by orchwf_workflow_instances' delete trigger. (Events of a deleted step, such
--- as an earlier compensation run, stay: they are history.)
-CREATE TABLE orchwf_workflow_events (
-    id               uuid PRIMARY KEY DEFAULT gen_random_uuid(),  -- sql/api/util.sql makes it orchwf_uuid7()
-    seq              bigint GENERATED ALWAYS AS IDENTITY,   -- ties in emission order
-    workflow_inst_id uuid NOT NULL,
-    step_inst_id     uuid,
-    event_type       text NOT NULL,
-    event_data       jsonb NOT NULL DEFAULT '{}',
-    "timestamp"      timestamptz NOT NULL DEFAULT now(),
-    created_at       timestamptz NOT NULL DEFAULT now()
-) WITH (
-    autovacuum_vacuum_scale_factor = 0.05,
-    autovacuum_analyze_scale_factor = 0.05
-);
-
--- get_workflow_events: one instance's events, oldest first.
-CREATE INDEX orchwf_we_workflow_idx ON orchwf_workflow_events (workflow_inst_id, "timestamp", seq);
 
 CREATE TABLE orchwf_workers (
     worker_id     text PRIMARY KEY,                -- host:pid:start, unique per start
@@ -234,3 +192,162 @@ CREATE TABLE orchwf_workers (
 CREATE INDEX orchwf_workers_supervisor_idx ON orchwf_workers (supervisor_id);
 
 CREATE SEQUENCE orchwf_lease_token_seq AS bigint CACHE 100;
+
+-- ---------------------------------------------------------------------------------
+-- History: partitioned by the instance's created_at (RANGE), one partition per
+-- orchwf_partitioning.interval. Written once, never updated (an operator's resume moves
+-- an instance back to the runtime tables). Partitions get their storage settings when
+-- orchwf_ensure_partitions creates them: a partitioned table holds none.
+-- ---------------------------------------------------------------------------------
+
+CREATE TABLE orchwf_instance_history (
+    id              uuid NOT NULL,
+    workflow_id     text NOT NULL,
+    status          text NOT NULL
+        CHECK (status IN ('pending', 'running', 'completed', 'failed', 'cancelled', 'retrying')),
+    input           jsonb NOT NULL DEFAULT '{}',
+    output          jsonb NOT NULL DEFAULT '{}',
+    context         jsonb NOT NULL DEFAULT '{}',
+    current_step_id text,
+    started_at      timestamptz NOT NULL DEFAULT now(),
+    completed_at    timestamptz,
+    error           text,
+    retry_count     integer NOT NULL DEFAULT 0,
+    last_retry_at   timestamptz,
+    metadata        jsonb NOT NULL DEFAULT '{}',
+    trace_id        text,
+    correlation_id  text,
+    business_id     text,
+    priority        integer NOT NULL DEFAULT 0,
+    queue           text NOT NULL DEFAULT 'default',
+    idempotency_key text,
+    run_mode        text NOT NULL DEFAULT 'local' CHECK (run_mode IN ('local', 'daemon')),
+    definition_hash text,
+    steps_remaining integer NOT NULL DEFAULT 0,
+    created_at      timestamptz NOT NULL,
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    -- The lookup by ID with its created_at (pruned to one partition), and the listing in
+    -- created_at order (partitions in order: the newest first, and no further than needed).
+    CONSTRAINT orchwf_instance_history_pkey PRIMARY KEY (created_at, id)
+) PARTITION BY RANGE (created_at);
+-- An ID whose created_at is unknown (not one of orchwf's time-ordered IDs): one probe per partition.
+CREATE INDEX orchwf_ih_id_idx ON orchwf_instance_history (id);
+CREATE INDEX orchwf_ih_workflow_idx ON orchwf_instance_history (workflow_id, created_at DESC);
+CREATE INDEX orchwf_ih_status_idx ON orchwf_instance_history (status, created_at DESC);
+CREATE INDEX orchwf_ih_trace_idx ON orchwf_instance_history (trace_id) WHERE trace_id IS NOT NULL;
+CREATE INDEX orchwf_ih_correlation_idx ON orchwf_instance_history (correlation_id) WHERE correlation_id IS NOT NULL;
+CREATE INDEX orchwf_ih_business_idx ON orchwf_instance_history (business_id)
+    WHERE business_id IS NOT NULL AND business_id <> '';
+CREATE INDEX orchwf_ih_idempotency_idx ON orchwf_instance_history (workflow_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+-- Finished since T (metrics, stats, the dashboard, retention). Rows arrive in completion
+-- order, so a BRIN index of a few pages answers "completed after T" by skipping the rest.
+CREATE INDEX orchwf_ih_completed_idx ON orchwf_instance_history USING brin (completed_at)
+    WITH (pages_per_range = 32);
+
+CREATE TABLE orchwf_step_history (
+    id               uuid NOT NULL,
+    step_id          text NOT NULL,
+    workflow_inst_id uuid NOT NULL,
+    status           text NOT NULL
+        CHECK (status IN ('pending', 'running', 'completed', 'failed', 'skipped', 'retrying', 'cancelled')),
+    input            jsonb NOT NULL DEFAULT '{}',
+    output           jsonb NOT NULL DEFAULT '{}',
+    started_at       timestamptz,
+    completed_at     timestamptz,
+    error            text,
+    retry_count      integer NOT NULL DEFAULT 0,
+    last_retry_at    timestamptz,
+    duration_ms      bigint NOT NULL DEFAULT 0,
+    execution_order  integer NOT NULL DEFAULT 0,
+    priority         integer NOT NULL DEFAULT 0,
+    attempts         integer NOT NULL DEFAULT 0,
+    crashes          integer NOT NULL DEFAULT 0,
+    max_attempts     integer NOT NULL DEFAULT 1,
+    timeout_seconds  double precision,
+    required         boolean NOT NULL DEFAULT true,
+    crash_counts_as_attempt boolean NOT NULL DEFAULT false,
+    has_compensator  boolean NOT NULL DEFAULT false,
+    dependencies     text[] NOT NULL DEFAULT '{}',
+    dependents       text[] NOT NULL DEFAULT '{}',
+    pending_deps     integer NOT NULL DEFAULT 0,
+    run_after        timestamptz,
+    lease_owner      text,
+    lease_token      bigint,
+    lease_expires_at timestamptz,
+    deadline_at      timestamptz,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    instance_created_at timestamptz NOT NULL,     -- the partition key: its instance's created_at
+    -- An instance's steps: one probe per partition, or one in all with instance_created_at.
+    CONSTRAINT orchwf_step_history_pkey PRIMARY KEY (workflow_inst_id, step_id, instance_created_at)
+) PARTITION BY RANGE (instance_created_at);
+CREATE INDEX orchwf_sh_id_idx ON orchwf_step_history (id);
+
+-- Every event, written once: an in-flight instance's partition stays until it finishes.
+CREATE SEQUENCE orchwf_event_seq AS bigint;  -- no cache: seq orders events of one instance across sessions
+CREATE TABLE orchwf_event_history (
+    id               uuid NOT NULL DEFAULT gen_random_uuid(),  -- orchwf's own writers pass orchwf_uuid7()
+    seq              bigint NOT NULL DEFAULT nextval('orchwf_event_seq'),   -- ties in emission order
+    workflow_inst_id uuid NOT NULL,
+    step_inst_id     uuid,
+    event_type       text NOT NULL,
+    event_data       jsonb NOT NULL DEFAULT '{}',
+    "timestamp"      timestamptz NOT NULL DEFAULT now(),
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    instance_created_at timestamptz NOT NULL      -- the partition key: its instance's created_at
+) PARTITION BY RANGE (instance_created_at);
+-- One instance's events, oldest first (pruned to its partition by instance_created_at).
+CREATE INDEX orchwf_eh_workflow_idx ON orchwf_event_history (workflow_inst_id, "timestamp", seq);
+
+-- How history is cut: one partition per interval, created premake intervals ahead.
+CREATE TABLE orchwf_partitioning (
+    singleton bool PRIMARY KEY DEFAULT true CHECK (singleton),
+    "interval" interval NOT NULL DEFAULT '1 day' CHECK ("interval" >= '1 minute'),
+    premake    integer NOT NULL DEFAULT 3 CHECK (premake BETWEEN 1 AND 366),
+    horizon    timestamptz NOT NULL DEFAULT '-infinity'   -- partitions cover created_at up to here
+);
+INSERT INTO orchwf_partitioning DEFAULT VALUES;
+
+-- The partitions orchwf made: one row per range, for its three history tables.
+CREATE TABLE orchwf_partitions (
+    lower      timestamptz PRIMARY KEY,
+    upper      timestamptz NOT NULL,
+    suffix     text NOT NULL UNIQUE,          -- orchwf_instance_history_<suffix>, ...
+    created_at timestamptz NOT NULL DEFAULT now(),
+    CHECK (upper > lower)
+);
+
+-- ---------------------------------------------------------------------------------
+-- Readers: live and finished together, live first (an instance is in exactly one).
+-- ---------------------------------------------------------------------------------
+
+CREATE VIEW orchwf_workflow_instances AS
+    SELECT id, workflow_id, status, input, output, context, current_step_id, started_at, completed_at, error,
+           retry_count, last_retry_at, metadata, trace_id, correlation_id, business_id, priority, queue,
+           idempotency_key, run_mode, definition_hash, steps_remaining, created_at, updated_at
+    FROM orchwf_live_instances
+    UNION ALL
+    SELECT id, workflow_id, status, input, output, context, current_step_id, started_at, completed_at, error,
+           retry_count, last_retry_at, metadata, trace_id, correlation_id, business_id, priority, queue,
+           idempotency_key, run_mode, definition_hash, steps_remaining, created_at, updated_at
+    FROM orchwf_instance_history;
+
+CREATE VIEW orchwf_step_instances AS
+    SELECT id, step_id, workflow_inst_id, status, input, output, started_at, completed_at, error, retry_count,
+           last_retry_at, duration_ms, execution_order, priority, attempts, crashes, max_attempts,
+           timeout_seconds, required, crash_counts_as_attempt, has_compensator, dependencies, dependents,
+           pending_deps, run_after, lease_owner, lease_token, lease_expires_at, deadline_at, created_at, updated_at
+    FROM orchwf_live_steps
+    UNION ALL
+    SELECT id, step_id, workflow_inst_id, status, input, output, started_at, completed_at, error, retry_count,
+           last_retry_at, duration_ms, execution_order, priority, attempts, crashes, max_attempts,
+           timeout_seconds, required, crash_counts_as_attempt, has_compensator, dependencies, dependents,
+           pending_deps, run_after, lease_owner, lease_token, lease_expires_at, deadline_at, created_at, updated_at
+    FROM orchwf_step_history;
+
+-- Insertable (sql/api/events.sql fills in instance_created_at): writers of release 2 add
+-- compensation events through it during a rolling upgrade.
+CREATE VIEW orchwf_workflow_events AS
+    SELECT id, seq, workflow_inst_id, step_inst_id, event_type, event_data, "timestamp", created_at
+    FROM orchwf_event_history;

@@ -214,7 +214,7 @@ def test_embedded_server_restart_keeps_port_and_data(embedded_server: EmbeddedSe
 
 def test_db_dsn_is_migrated_and_private(db_dsn: str, pg_template_db: str) -> None:
     tables = _tables(db_dsn)
-    assert "orchwf_migrations" in tables and "orchwf_workflow_instances" in tables
+    assert "orchwf_migrations" in tables and "orchwf_live_instances" in tables
     with psycopg.connect(db_dsn) as conn:
         name = conn.execute("SELECT current_database()").fetchone()
         assert name is not None and name[0] != pg_template_db

@@ -35,10 +35,13 @@ ALL = [m.version for m in load_migrations()]
 TRACKING = {"orchwf_migrations", "orchwf_api_files"}  # the migrator's own tables
 ORCHWF_TABLES = {
     "orchwf_workflow_definitions",
-    "orchwf_workflow_instances",
-    "orchwf_step_instances",
+    "orchwf_live_instances",
+    "orchwf_live_steps",
     "orchwf_ready_steps",
-    "orchwf_workflow_events",
+    "orchwf_running_steps",
+    "orchwf_instance_history",
+    "orchwf_step_history",
+    "orchwf_event_history",
     "orchwf_workers",
 }
 
@@ -130,7 +133,7 @@ def test_dry_run_returns_sql_and_changes_nothing(empty_db_dsn: str) -> None:
     assert 'CREATE TABLE IF NOT EXISTS "dba_review".orchwf_migrations' in text
     # a fresh install: sql/schema.sql in one transaction, then the API files in another
     assert "-- orchwf fresh install (sql/schema.sql)" in text
-    assert "CREATE TABLE orchwf_workflow_instances" in text
+    assert "CREATE TABLE orchwf_live_instances" in text
     assert "CREATE OR REPLACE FUNCTION orchwf_claim_steps" in text
     assert text.count("BEGIN;") == 2 and text.count("COMMIT;") == 2
     for version in ALL:
@@ -456,7 +459,7 @@ def test_cli_dry_run_prints_sql_and_changes_nothing(empty_db_dsn: str) -> None:
     result = run_cli("migrate", "up", "--dry-run", "--schema", "dry", "--dsn", empty_db_dsn)
     assert result.exit_code == 0
     assert 'SET LOCAL search_path TO "dry";' in result.output
-    assert "CREATE TABLE orchwf_step_instances" in result.output
+    assert "CREATE TABLE orchwf_live_steps" in result.output
     assert not schema_exists(empty_db_dsn, "dry")
 
     result = run_cli("migrate", "status", "--dsn", empty_db_dsn, "--schema", "dry", "--dry-run")

@@ -494,7 +494,7 @@ def test_a_step_leased_by_a_daemon_worker_cannot_be_moved(store: DBStateManager)
     store.save_step(step)
     with store.connection() as conn:
         conn.execute(
-            "UPDATE orchwf_step_instances SET lease_token = 7, lease_owner = 'w' WHERE id = %s",
+            "UPDATE orchwf_live_steps SET lease_token = 7, lease_owner = 'w' WHERE id = %s",
             (uuid.UUID(step.id),),
         )
     with pytest.raises(InvalidStateError, match="leased"):

@@ -511,24 +511,25 @@ def workers_cmd(dsn: str | None, schema: str, max_claims: int, as_json: bool) ->
 @click.command("prune")
 @db_options
 @click.option("--older-than", "older_than", required=True, callback=_duration_option, metavar="DURATION",
-              help="Delete finished instances (with their steps and events) finished longer ago, e.g. 7d, 12h.")
-@click.option("--batch", type=click.IntRange(1, 100000), default=5000, show_default=True,
-              help="Instances deleted per transaction.")
+              help="Drop history whose instances all finished longer ago, e.g. 7d, 12h.")
 @json_option
-def prune_cmd(dsn: str | None, schema: str, older_than: float, batch: int, as_json: bool) -> None:
-    """Delete completed, failed and cancelled instances older than a duration."""
-    q = queries(schema)
-    total = 0
+def prune_cmd(dsn: str | None, schema: str, older_than: float, as_json: bool) -> None:
+    """Drop finished history older than a duration, a whole partition at a time.
+
+    History is partitioned by the instances' created_at (one partition a day by
+    default): a range goes once every instance created in it finished longer ago than
+    DURATION, with its steps and events; an instance still running, or finished more
+    recently, keeps its whole range. What the daemon's --retention does on its own.
+    """
+    from ..daemon.maintenance.pruner import Pruner
+
     with connection(dsn) as conn:
-        while True:
-            n = q.prune(conn, older_than, batch)
-            total += n
-            if n < batch:
-                break
+        result = Pruner(schema, older_than).drop_expired(conn, older_than)
     if as_json:
-        emit_json({"pruned": total, "older_than_seconds": older_than})
+        emit_json({"pruned": result.pruned, "partitions": result.partitions, "older_than_seconds": older_than})
     else:
-        click.echo(f"pruned {total} finished instances older than {age(older_than)}")
+        click.echo(f"pruned {result.pruned} finished instances ({result.partitions} partitions of history) "
+                   f"older than {age(older_than)}")
 
 
 COMMANDS = [list_cmd, show_cmd, cancel_cmd, resume_cmd, retry_step_cmd, enqueue_cmd, stats_cmd, workers_cmd,

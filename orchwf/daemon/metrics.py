@@ -168,8 +168,7 @@ class SupervisorCollector:
 
 
 #: The tables whose dead tuples are exported (the ones updated or deleted on every step).
-HOT_TABLES = ("orchwf_ready_steps", "orchwf_step_instances", "orchwf_workflow_instances",
-              "orchwf_workflow_events")
+HOT_TABLES = ("orchwf_ready_steps", "orchwf_running_steps", "orchwf_live_steps", "orchwf_live_instances")
 #: Ready steps are counted exactly up to this many per queue, then the gauge saturates.
 DEPTH_CAP = 50_000
 #: A worker row whose heartbeat is older than this is not counted as live.

@@ -24,7 +24,7 @@ import psycopg
 
 from ..db.dsn import redact
 from ..db.rows import ClaimedStep
-from ..lifecycle import Outcome
+from ..lifecycle import COMPENSATE_STEP, Outcome
 from ..types import WorkflowDefinition
 from . import metrics
 from .claim import Claim, Result
@@ -254,7 +254,8 @@ class Worker:
             claim = Claim(row)
             self.inflight[claim.key] = claim
             self.runner.submit(claim)
-        metrics.steps_claimed([(r.workflow_id, r.step_id) for r in rows])
+        # the compensation pseudo-step is no step of the user's: no step metrics, as no step events
+        metrics.steps_claimed([(r.workflow_id, r.step_id) for r in rows if r.step_id != COMPENSATE_STEP])
 
     def _collect_results(self) -> None:
         self._poked = False  # before draining: a result put after this line pokes again
@@ -310,7 +311,8 @@ class Worker:
                 completed.append(r)
             else:
                 self._retire(r, ok)
-        metrics.steps_completed([(r.claim.workflow_id, r.claim.step_id, r.duration_ms) for r in completed])
+        metrics.steps_completed([(r.claim.workflow_id, r.claim.step_id, r.duration_ms) for r in completed
+                                 if r.claim.step_id != COMPENSATE_STEP])
         self.more_work = True  # finishing may have released dependents
         if claimed is not None and free > 0:
             self._claimed(claimed, free, t0)

@@ -74,7 +74,8 @@ def _texts() -> dict[str, str]:
 
 #: Named queries with placeholders filled per call: filters, a channel, a database name.
 _PER_CALL: Final = frozenset({"list_workflows", "count_workflows", "dashboard_list", "dashboard_count",
-                              "listen", "create_database"})
+                              "listen", "create_database", "detach_partition", "finalize_detach",
+                              "drop_partition"})
 
 
 class Queries:
@@ -200,9 +201,8 @@ class Queries:
 
     def promote_scheduled(self, conn: Conn) -> tuple[int, float | None]:
         """(steps promoted, seconds until the next one is due or None)."""
-        row = self._one(conn, "promote_scheduled")
-        assert row is not None
-        return int(row["promoted"] or 0), row["next_due"]
+        promoted = int(self._value(conn, "promote_scheduled") or 0)
+        return promoted, self._value(conn, "next_due")
 
     def suspects_waiting(self, conn: Conn, queues: list[str], workflows: list[str]) -> bool:
         return bool(self._value(conn, "suspects_waiting", {"queues": queues, "workflows": workflows}))
@@ -221,6 +221,38 @@ class Queries:
 
     def prune(self, conn: Conn, older_than_seconds: float, limit: int = 5000) -> int:
         return int(self._value(conn, "prune", {"older_than": older_than_seconds, "limit": limit}) or 0)
+
+    def expired_partitions(self, conn: Conn, older_than_seconds: float) -> list[dict[str, Any]]:
+        """Ranges of history whose instances all finished more than ``older_than`` ago."""
+        return self._all(conn, "expired_partitions", {"older_than": older_than_seconds})
+
+    def partition_children(self, conn: Conn, suffix: str) -> list[dict[str, Any]]:
+        """Each history table's partition of a range: attached, detaching, detached or gone."""
+        return self._all(conn, "partition_children", {"suffix": suffix})
+
+    def partition_rows(self, conn: Conn, lower: datetime) -> int:
+        """A range's instances (an estimate for a large one)."""
+        return int(self._value(conn, "partition_rows", {"lower": lower}) or 0)
+
+    def detach_partition(self, conn: Conn, parent: str, child: str, *, finalize: bool = False) -> None:
+        """DETACH ... CONCURRENTLY (outside a transaction: ``conn`` in autocommit), or
+        FINALIZE one that was interrupted."""
+        name = "finalize_detach" if finalize else "detach_partition"
+        conn.execute(self._compose(name, parent=sql.Identifier(_history(parent)),
+                                   child=sql.Identifier(_partition(child))))
+
+    def drop_partition(self, conn: Conn, child: str) -> None:
+        conn.execute(self._compose("drop_partition", child=sql.Identifier(_partition(child))))
+
+    def forget_partition(self, conn: Conn, lower: datetime) -> None:
+        self._run(conn, "forget_partition", {"lower": lower})
+
+    def drop_expired_partitions(self, conn: Conn, older_than_seconds: float) -> int:
+        """Retention in one transaction, as the tables' owner (no CONCURRENTLY)."""
+        return int(self._value(conn, "drop_expired_partitions", {"older_than": older_than_seconds}) or 0)
+
+    def extend_partitions(self, conn: Conn) -> int:
+        return int(self._value(conn, "extend_partitions") or 0)
 
     def listen(self, conn: Conn, channel: str) -> None:
         if channel not in CHANNELS:
@@ -293,11 +325,14 @@ class Queries:
         return self._one(conn, "get_workflow", {"id": instance_id})
 
     def workflow_exists(self, conn: Conn, instance_id: uuid.UUID) -> bool:
-        return self._one(conn, "workflow_exists", {"id": instance_id}) is not None
+        return bool(self._value(conn, "workflow_exists", {"id": instance_id}))
 
-    def update_workflow(self, conn: Conn, what: str, params: dict[str, Any]) -> int:
-        """``what``: status, output or error. Returns the rows changed (0: unknown instance)."""
-        return self._run(conn, f"update_workflow_{_one_of(what, ('status', 'output', 'error'))}", params).rowcount
+    def update_workflow(self, conn: Conn, instance_id: uuid.UUID, now: datetime, *, status: str | None = None,
+                        output: Jsonb | None = None, error: str | None = None) -> int:
+        """Change the status, output or error of an instance, live or finished; 0: unknown.
+        A final status moves it to history, another one back to the runtime tables."""
+        params = {"id": instance_id, "status": status, "output": output, "error": error, "now": now}
+        return int(self._value(conn, "update_workflow", params) or 0)
 
     def list_workflows(self, conn: Conn, filters: dict[str, Any], limit: int, offset: int
                        ) -> tuple[list[dict[str, Any]], int]:
@@ -311,7 +346,8 @@ class Queries:
         return page, int(total[0]["n"])
 
     def save_step(self, conn: Conn, params: dict[str, Any]) -> int:
-        return self._run(conn, "save_step", params).rowcount
+        """Upsert a step where its instance lives; 0: the instance is unknown."""
+        return int(self._value(conn, "save_step", params) or 0)
 
     def get_step(self, conn: Conn, step_inst_id: uuid.UUID) -> dict[str, Any] | None:
         return self._one(conn, "get_step", {"id": step_inst_id})
@@ -322,12 +358,15 @@ class Queries:
     def workflow_steps(self, conn: Conn, instance_id: uuid.UUID) -> list[dict[str, Any]]:
         return self._all(conn, "workflow_steps", {"id": instance_id})
 
-    def update_step(self, conn: Conn, what: str, params: dict[str, Any]) -> int:
-        """``what``: status, output or error. Returns the rows changed (0: unknown step)."""
-        return self._run(conn, f"update_step_{_one_of(what, ('status', 'output', 'error'))}", params).rowcount
+    def update_step(self, conn: Conn, step_inst_id: uuid.UUID, now: datetime, *, status: str | None = None,
+                    output: Jsonb | None = None, error: str | None = None) -> int:
+        """Change the status, output or error of a step, live or finished; 0: unknown."""
+        params = {"id": step_inst_id, "status": status, "output": output, "error": error, "now": now}
+        return int(self._value(conn, "update_step", params) or 0)
 
     def save_event(self, conn: Conn, params: dict[str, Any]) -> int:
-        return self._run(conn, "save_event", params).rowcount
+        """1: stored; 0: the instance or step is unknown, or the event is there already."""
+        return int(self._value(conn, "save_event", params) or 0)
 
     def workflow_events(self, conn: Conn, instance_id: uuid.UUID) -> list[dict[str, Any]]:
         return self._all(conn, "workflow_events", {"id": instance_id})
@@ -395,6 +434,25 @@ FILTER_COLUMNS: Final[dict[str, str]] = {
 _EMPTY_IS_NULL: Final = frozenset({"trace_id", "correlation_id", "business_id"})
 
 
+#: The partitioned history tables (the only identifiers the partition statements take).
+HISTORY_TABLES: Final = ("orchwf_instance_history", "orchwf_step_history", "orchwf_event_history")
+
+
+_PARTITION_RE = re.compile(r"^orchwf_(instance|step|event)_history_p\d{8}t\d{6}$")
+
+
+def _history(parent: str) -> str:
+    if parent not in HISTORY_TABLES:
+        raise ValidationError(f"not a history table: {parent!r}")
+    return parent
+
+
+def _partition(child: str) -> str:
+    if not _PARTITION_RE.match(child):
+        raise ValidationError(f"not a partition of history: {child!r}")
+    return child
+
+
 def _where(filters: dict[str, Any]) -> tuple[sql.Composable, dict[str, Any]]:
     conditions: list[sql.Composable] = []
     params: dict[str, Any] = {}
@@ -408,12 +466,6 @@ def _where(filters: dict[str, Any]) -> tuple[sql.Composable, dict[str, Any]]:
     if not conditions:
         return sql.SQL(""), params
     return sql.SQL("WHERE ") + sql.SQL(" AND ").join(conditions), params
-
-
-def _one_of(value: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise ValueError(f"{value!r} is not one of {allowed}")
-    return value
 
 
 def _results(results: list[StepResult]) -> dict[str, Any]:

@@ -30,7 +30,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from typing import Any, Final, TypeVar, Union
+from typing import Any, TypeVar, Union
 
 import psycopg
 from psycopg import errors as pg_errors
@@ -56,13 +56,6 @@ __all__ = ["DBStateManager", "FILTER_COLUMNS"]
 T = TypeVar("T")
 Row = dict[str, Any]
 Target = Union[str, "psycopg.Connection[Any]", ConnectionPool]
-
-_TERMINAL_WF: Final = frozenset(
-    {WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED}
-)
-_TERMINAL_STEP: Final = frozenset(
-    {StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED}
-)
 
 # Pools opened before a fork(), kept referenced in the child so they are never
 # garbage-collected (and closed) there: their sockets belong to the parent.
@@ -402,25 +395,21 @@ class DBStateManager:
             workflow.steps = [_step_out(r) for r in self._q.workflow_steps(conn, key)]
         return workflow
 
-    def _update_workflow(self, workflow_inst_id: str, what: str, params: dict[str, Any]) -> None:
+    def _update_workflow(self, workflow_inst_id: str, **change: Any) -> None:
+        key = _instance_key(workflow_inst_id)
         with self._db() as conn:
-            if self._q.update_workflow(conn, what, params) == 0:
+            if self._q.update_workflow(conn, key, utcnow(), **change) == 0:
                 raise WorkflowNotFoundError(workflow_inst_id)
 
     def update_workflow_status(self, workflow_inst_id: str, status: WorkflowStatus) -> None:
-        status = _workflow_status(status)
-        params = {"id": _instance_key(workflow_inst_id), "status": status.value,
-                  "terminal": status in _TERMINAL_WF, "now": utcnow()}
-        self._update_workflow(workflow_inst_id, "status", params)
+        self._update_workflow(workflow_inst_id, status=_workflow_status(status).value)
 
     def update_workflow_output(self, workflow_inst_id: str, output: Mapping[str, Any]) -> None:
         value = _json_in(dict(output) if output is not None else None, "workflow output")
-        params = {"id": _instance_key(workflow_inst_id), "output": value, "now": utcnow()}
-        self._update_workflow(workflow_inst_id, "output", params)
+        self._update_workflow(workflow_inst_id, output=value)
 
     def update_workflow_error(self, workflow_inst_id: str, error: BaseException | str) -> None:
-        params = {"id": _instance_key(workflow_inst_id), "error": _error_in(error), "now": utcnow()}
-        self._update_workflow(workflow_inst_id, "error", params)
+        self._update_workflow(workflow_inst_id, status=WorkflowStatus.FAILED.value, error=_error_in(error))
 
     def list_workflows(
         self, filters: Mapping[str, Any] | None = None, limit: int = 50, offset: int = 0
@@ -473,27 +462,24 @@ class DBStateManager:
                 raise WorkflowNotFoundError(workflow_inst_id)
         return [_step_out(r) for r in rows]
 
-    def _update_step(self, step_inst_id: str, what: str, params: dict[str, Any]) -> None:
+    def _update_step(self, step_inst_id: str, **change: Any) -> None:
+        key = _step_key(step_inst_id)
         try:
             with self._db() as conn:
-                if self._q.update_step(conn, what, params) == 0:
+                if self._q.update_step(conn, key, utcnow(), **change) == 0:
                     raise StepNotFoundError(step_inst_id)
         except pg_errors.CheckViolation as exc:
             raise _leased(step_inst_id, exc) from exc
 
     def update_step_status(self, step_inst_id: str, status: StepStatus) -> None:
-        status = _step_status(status)
-        params = {"id": _step_key(step_inst_id), "status": status.value, "running": status == StepStatus.RUNNING,
-                  "terminal": status in _TERMINAL_STEP, "now": utcnow()}
-        self._update_step(step_inst_id, "status", params)
+        self._update_step(step_inst_id, status=_step_status(status).value)
 
     def update_step_output(self, step_inst_id: str, output: Mapping[str, Any]) -> None:
         value = _json_in(dict(output) if output is not None else None, "step output")
-        self._update_step(step_inst_id, "output", {"id": _step_key(step_inst_id), "output": value, "now": utcnow()})
+        self._update_step(step_inst_id, output=value)
 
     def update_step_error(self, step_inst_id: str, error: BaseException | str) -> None:
-        params = {"id": _step_key(step_inst_id), "error": _error_in(error), "now": utcnow()}
-        self._update_step(step_inst_id, "error", params)
+        self._update_step(step_inst_id, status=StepStatus.FAILED.value, error=_error_in(error))
 
     # -- events ---------------------------------------------------------------------------
 
@@ -515,6 +501,7 @@ class DBStateManager:
         with self._db() as conn:
             if self._q.save_event(conn, params) == 1:
                 return
+            # not stored: tell an unknown instance or step from an event already there
             if not self._q.workflow_exists(conn, key):
                 raise WorkflowNotFoundError(event.workflow_inst_id)
             if step_key is not None and not self._q.step_exists(conn, step_key):
@@ -545,7 +532,7 @@ def _step_key(step_inst_id: str) -> uuid.UUID:
 
 
 def _leased(step_inst_id: str, exc: pg_errors.CheckViolation) -> Exception:
-    if exc.diag.constraint_name == "orchwf_si_lease_consistent":
+    if exc.diag.constraint_name == "orchwf_ls_lease_consistent":
         return InvalidStateError(
             f"step {step_inst_id} is leased by a daemon worker; only the worker (or the "
             "daemon's rescue) may move it out of running"

@@ -67,7 +67,7 @@ BEGIN
         WHERE r.step_inst_id = ANY (ARRAY(SELECT p.step_inst_id FROM picked p))
         RETURNING r.step_inst_id),
     claimed AS (
-        UPDATE orchwf_step_instances s
+        UPDATE orchwf_live_steps s
         SET status = 'running',
             attempts = s.attempts + 1,
             lease_owner = p_worker,
@@ -86,22 +86,28 @@ BEGIN
             SET lease_owner = EXCLUDED.lease_owner, lease_token = EXCLUDED.lease_token
         RETURNING 1),
     events AS (
-        INSERT INTO orchwf_workflow_events (workflow_inst_id, step_inst_id, event_type, event_data)
-        SELECT c.workflow_inst_id, c.id,
+        -- The compensation pseudo-step writes no step events of its own: its compensators
+        -- write theirs, as in the in-process engine (lifecycle.py).
+        INSERT INTO orchwf_event_history (id, workflow_inst_id, step_inst_id, event_type, event_data,
+                                          instance_created_at)
+        SELECT orchwf_uuid7(), c.workflow_inst_id, c.id,
                CASE WHEN c.attempts = 1 THEN 'step.started' ELSE 'step.retry' END,
                CASE WHEN c.attempts = 1 THEN jsonb_build_object('step_id', c.step_id)
-                    ELSE jsonb_build_object('attempt', c.attempts) END
+                    ELSE jsonb_build_object('attempt', c.attempts) END,
+               i.created_at
         FROM claimed c
+        JOIN orchwf_live_instances i ON i.id = c.workflow_inst_id
+        WHERE c.step_id <> '$compensate'
         RETURNING 1)
     -- Empty documents come back as NULL (the worker reads NULL as empty): nothing to
     -- decode for the metadata, inputs and predecessors a step often does not have.
     SELECT c.id, c.workflow_inst_id, i.workflow_id, c.step_id, c.lease_token, c.attempts,
            c.retry_count, nullif(i.input, '{}'::jsonb), nullif(i.metadata, '{}'::jsonb), i.trace_id,
            (SELECT jsonb_agg(jsonb_build_array(p.step_id, p.output) ORDER BY p.completed_at, p.execution_order)
-            FROM orchwf_step_instances p
+            FROM orchwf_live_steps p
             WHERE p.workflow_inst_id = c.workflow_inst_id AND p.status = 'completed'),
            nullif(c.input, '{}'::jsonb)
     FROM claimed c
-    JOIN orchwf_workflow_instances i ON i.id = c.workflow_inst_id;
+    JOIN orchwf_live_instances i ON i.id = c.workflow_inst_id;
 END;
 $$;

@@ -20,6 +20,8 @@ DECLARE
     v_ids      uuid[];
     v_inserted uuid[];
     v_result   uuid[];
+    v_created  timestamptz[];
+    v_taken    text[];
     v_queue    text := coalesce(p_queue, 'default');
     v_priority integer := coalesce(p_priority, 0);
     v_meta     jsonb := coalesce(p_metadata, '{}');
@@ -57,21 +59,43 @@ BEGIN
         RAISE EXCEPTION 'got % idempotency keys for % inputs', cardinality(v_keys), v_n USING ERRCODE = 'OW400';
     END IF;
 
+    -- A new instance's partition of history must exist (it holds its events from now on):
+    -- maintenance keeps partitions ahead of now, and this covers a maintenance that has
+    -- been down for days.
+    IF clock_timestamp() + interval '1 minute' >= (SELECT p.horizon FROM orchwf_partitioning p) THEN
+        PERFORM orchwf_extend_partitions();
+    END IF;
+
+    -- Idempotency keys are unique per workflow among live and finished instances alike:
+    -- producers of the same key serialise on a lock, then look in both.
+    IF p_idempotency_keys IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended('orchwf_key:' || p_workflow_id || ':' || k.key, 0))
+        FROM (SELECT DISTINCT x.key FROM unnest(v_keys) AS x(key) WHERE x.key IS NOT NULL ORDER BY 1) k;
+        SELECT array_agg(DISTINCT o.idempotency_key) INTO v_taken
+        FROM orchwf_workflow_instances o
+        WHERE o.workflow_id = p_workflow_id AND o.idempotency_key = ANY (v_keys);
+    END IF;
+
+    -- created_at is the time of the ID (orchwf_uuid7_time): a lookup by ID finds the
+    -- instance's history partition from the ID alone.
     SELECT array_agg(orchwf_uuid7()) INTO v_ids FROM generate_series(1, v_n);
 
     WITH ins AS (
-        INSERT INTO orchwf_workflow_instances AS i (
+        INSERT INTO orchwf_live_instances AS i (
             id, workflow_id, status, input, metadata, trace_id, correlation_id, business_id,
-            priority, queue, idempotency_key, run_mode, definition_hash, steps_remaining)
+            priority, queue, idempotency_key, run_mode, definition_hash, steps_remaining, created_at)
         SELECT x.id, p_workflow_id, 'pending', x.input, v_meta,
                coalesce(nullif(v_meta->>'trace_id', ''), orchwf_uuid7()::text),
                coalesce(nullif(v_meta->>'correlation_id', ''), orchwf_uuid7()::text),
                coalesce(v_meta->>'business_id', ''),
-               v_priority, v_queue, x.key, 'daemon', v_hash, jsonb_array_length(v_def->'steps')
+               v_priority, v_queue, x.key, 'daemon', v_hash, jsonb_array_length(v_def->'steps'),
+               orchwf_uuid7_time(x.id)
         FROM unnest(v_ids, p_inputs, v_keys) AS x(id, input, key)
+        WHERE x.key IS NULL OR v_taken IS NULL OR x.key <> ALL (v_taken)
         ON CONFLICT (workflow_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-        RETURNING i.id)
-    SELECT coalesce(array_agg(ins.id), '{}') INTO v_inserted FROM ins;
+        RETURNING i.id, i.created_at)
+    SELECT coalesce(array_agg(ins.id), '{}'), coalesce(array_agg(ins.created_at), '{}')
+    INTO v_inserted, v_created FROM ins;
 
     IF cardinality(v_inserted) > 0 THEN
         -- MATERIALIZED: the definition is read once per call. Inlined (a CTE used once
@@ -89,7 +113,7 @@ BEGIN
                    coalesce((st.value->>'has_compensator')::boolean, false) AS has_compensator
             FROM jsonb_array_elements(v_def->'steps') WITH ORDINALITY AS st(value, ord)),
         new_steps AS (
-            INSERT INTO orchwf_step_instances AS s (
+            INSERT INTO orchwf_live_steps AS s (
                 id, step_id, workflow_inst_id, status, execution_order, priority, dependencies,
                 dependents, pending_deps, run_after, max_attempts, timeout_seconds, required,
                 crash_counts_as_attempt, has_compensator)
@@ -104,9 +128,9 @@ BEGIN
             SELECT n.id, n.workflow_inst_id, p_workflow_id, v_queue, n.priority + v_priority
             FROM new_steps n WHERE n.pending_deps = 0 AND n.run_after IS NULL
             RETURNING 1)
-        INSERT INTO orchwf_workflow_events (workflow_inst_id, event_type, event_data)
-        SELECT i.id, 'workflow.started', jsonb_build_object('workflow_id', p_workflow_id)
-        FROM unnest(v_inserted) AS i(id);
+        INSERT INTO orchwf_event_history (id, workflow_inst_id, event_type, event_data, instance_created_at)
+        SELECT orchwf_uuid7(), i.id, 'workflow.started', jsonb_build_object('workflow_id', p_workflow_id), i.at
+        FROM unnest(v_inserted, v_created) AS i(id, at);
 
         IF p_run_after IS NULL OR p_run_after <= now() THEN
             -- One notification per transaction and queue: Postgres folds identical payloads.
@@ -119,12 +143,13 @@ BEGIN
     IF p_idempotency_keys IS NULL THEN
         RETURN v_ids;  -- no keys, no conflicts: every instance was inserted, in input order
     END IF;
-    -- A new statement sees instances committed by a concurrent producer with the same key.
+    -- The instance each key already had (or the first one of this call that took it).
     SELECT array_agg(coalesce(ins.id, old.id) ORDER BY x.ord) INTO v_result
     FROM unnest(v_ids, v_keys) WITH ORDINALITY AS x(id, key, ord)
     LEFT JOIN unnest(v_inserted) AS ins(id) ON ins.id = x.id
-    LEFT JOIN orchwf_workflow_instances old
-           ON ins.id IS NULL AND old.workflow_id = p_workflow_id AND old.idempotency_key = x.key;
+    LEFT JOIN LATERAL (SELECT o.id FROM orchwf_workflow_instances o
+                       WHERE ins.id IS NULL AND o.workflow_id = p_workflow_id AND o.idempotency_key = x.key
+                       LIMIT 1) old ON true;
     RETURN v_result;
 END;
 $$;

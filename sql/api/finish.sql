@@ -1,5 +1,25 @@
 -- orchwf API: the finish. Results, retries, dependency release and instance completion,
--- in one transaction, each result fenced by its lease token.
+-- in one transaction, each result fenced by its lease token. An instance that ends here
+-- moves to history in the same transaction (orchwf_archive_instances).
+
+-- An instance's output and context, from its completed steps in completion order: the
+-- output is the flat merge of their outputs (a later key wins, as in a sequential merge);
+-- the context adds each output under its step ID. One pass gives both. A failed or
+-- cancelled instance keeps what its completed steps produced, as in-process.
+CREATE OR REPLACE FUNCTION orchwf_instance_documents(p_inst uuid)
+RETURNS TABLE (output jsonb, context jsonb)
+LANGUAGE sql
+STABLE
+SET search_path FROM CURRENT
+AS $$
+    SELECT coalesce(jsonb_object_agg(o.k, o.v ORDER BY s.completed_at, s.execution_order, o.ord)
+                        FILTER (WHERE o.ord = 1), '{}'),
+           coalesce(jsonb_object_agg(o.k, o.v ORDER BY s.completed_at, s.execution_order, o.ord), '{}')
+    FROM orchwf_live_steps s
+    CROSS JOIN LATERAL (SELECT s.step_id AS k, s.output AS v, 0 AS ord
+                        UNION ALL SELECT e.key, e.value, 1 FROM jsonb_each(s.output) e) o
+    WHERE s.workflow_inst_id = p_inst AND s.status = 'completed' AND s.step_id <> '$compensate'
+$$;
 
 -- Cancel what is left of an instance and end it (or hand it to its compensation step).
 -- The caller holds the instance's row lock.
@@ -14,18 +34,18 @@ BEGIN
     DELETE FROM orchwf_ready_steps WHERE workflow_inst_id = p_inst;
     -- Running steps lose their lease here: whatever their workers return is discarded.
     DELETE FROM orchwf_running_steps WHERE workflow_inst_id = p_inst;
-    UPDATE orchwf_step_instances
+    UPDATE orchwf_live_steps
     SET status = 'cancelled', completed_at = now(), updated_at = now(), run_after = NULL,
         lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, deadline_at = NULL
     WHERE workflow_inst_id = p_inst AND status IN ('pending', 'running', 'retrying')
       AND step_id <> '$compensate';
 
-    IF EXISTS (SELECT 1 FROM orchwf_step_instances
+    IF EXISTS (SELECT 1 FROM orchwf_live_steps
                WHERE workflow_inst_id = p_inst AND status = 'completed' AND has_compensator
                  AND step_id <> '$compensate') THEN
         -- Compensators are user code: a worker runs them as the '$compensate' step, which
         -- ends the instance with p_final when it finishes.
-        INSERT INTO orchwf_step_instances AS s (
+        INSERT INTO orchwf_live_steps AS s (
             id, step_id, workflow_inst_id, status, input, execution_order, max_attempts, required)
         VALUES (orchwf_uuid7(), '$compensate', p_inst, 'pending',
                 jsonb_build_object('final_status', p_final, 'error', p_error), 1000000, 1, true)
@@ -34,27 +54,36 @@ BEGIN
                 crashes = 0, error = NULL, completed_at = NULL, updated_at = now();
         INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
         SELECT s.id, i.id, i.workflow_id, i.queue, i.priority + 1000
-        FROM orchwf_step_instances s JOIN orchwf_workflow_instances i ON i.id = s.workflow_inst_id
+        FROM orchwf_live_steps s JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id
         WHERE s.workflow_inst_id = p_inst AND s.step_id = '$compensate'
         ON CONFLICT DO NOTHING
         RETURNING queue INTO v_queue;
-        UPDATE orchwf_workflow_instances
+        UPDATE orchwf_live_instances
         SET error = p_error, steps_remaining = 1, updated_at = now() WHERE id = p_inst;
         PERFORM pg_notify('orchwf_ready', coalesce(v_queue, 'default'));
         RETURN;
     END IF;
 
-    UPDATE orchwf_workflow_instances
+    UPDATE orchwf_live_instances i
     SET status = p_final, error = p_error, completed_at = now(), updated_at = now(),
-        steps_remaining = 0, current_step_id = NULL
-    WHERE id = p_inst;
-    INSERT INTO orchwf_workflow_events (workflow_inst_id, event_type, event_data)
-    VALUES (p_inst, 'workflow.' || p_final,
-            CASE WHEN p_final = 'failed' THEN jsonb_build_object('error', p_error) ELSE '{}'::jsonb END);
+        steps_remaining = 0, current_step_id = NULL, output = d.output, context = d.context
+    FROM orchwf_instance_documents(p_inst) d
+    WHERE i.id = p_inst;
+    PERFORM orchwf_record_event(p_inst, NULL, 'workflow.' || p_final,
+                                CASE WHEN p_final = 'failed' THEN jsonb_build_object('error', p_error)
+                                     ELSE '{}'::jsonb END);
+    PERFORM orchwf_archive_instances(ARRAY[p_inst]);
     PERFORM pg_notify('orchwf_done', '');
 END;
 $$;
 
+-- Record a batch of step results. Each row is fenced by its lease token: a result from
+-- a worker that lost its lease matches no row and is reported back as not accepted.
+-- Outcomes are orchwf.lifecycle.Outcome's:
+--   completed | failed | skipped  (final)
+--   retry     (a failed attempt; back to the queue after p_delays seconds)
+--   requeue   (the worker died: back to the queue; counts as a crash)
+--   release   (graceful shutdown: back to the queue, the attempt not counted)
 CREATE OR REPLACE FUNCTION orchwf_finish_steps(
     p_ids       uuid[],
     p_tokens    bigint[],
@@ -67,14 +96,15 @@ CREATE OR REPLACE FUNCTION orchwf_finish_steps(
 ) RETURNS TABLE (step_inst_id uuid, accepted boolean)
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
--- Key lookups only. The ready and running lists are emptied and refilled thousands of
--- times between two autovacuum runs, so their statistics lag: a stale estimate must not
--- turn a lookup by key into a sequential scan over dead rows.
+-- Key lookups only. The runtime tables are emptied and refilled thousands of times
+-- between two autovacuum runs, so their statistics lag: a stale estimate must not turn a
+-- lookup by key into a sequential scan over dead rows.
 SET enable_seqscan = off
 AS $$
 DECLARE
     v_accepted uuid[];
     v_insts    uuid[];
+    v_ended    uuid[];
     v_row      record;
     v_released integer := 0;
     v_n        integer;
@@ -91,21 +121,22 @@ BEGIN
 
     -- Instances first, in id order (the global lock order).
     SELECT array_agg(DISTINCT s.workflow_inst_id) INTO v_insts
-    FROM orchwf_step_instances s WHERE s.id = ANY (p_ids);
+    FROM orchwf_live_steps s WHERE s.id = ANY (p_ids);
     -- NO KEY UPDATE, not UPDATE: the in-process store's step writes take KEY SHARE locks
     -- on these rows, and must not queue behind (or deadlock with) a finish.
-    PERFORM 1 FROM orchwf_workflow_instances i WHERE i.id = ANY (v_insts) ORDER BY i.id FOR NO KEY UPDATE;
+    PERFORM 1 FROM orchwf_live_instances i WHERE i.id = ANY (v_insts) ORDER BY i.id FOR NO KEY UPDATE;
 
     WITH r AS (
         SELECT * FROM unnest(p_ids, p_tokens, p_outcomes, p_outputs, p_errors, p_durations, p_delays, p_inputs)
                  AS r(id, token, outcome, output, error, duration, delay, input)),
     done AS (
-        UPDATE orchwf_step_instances s
+        UPDATE orchwf_live_steps s
         SET status = CASE r.outcome WHEN 'retry' THEN 'retrying' WHEN 'requeue' THEN 'retrying'
                                     WHEN 'release' THEN 'pending' ELSE r.outcome END,
             output = CASE WHEN r.outcome = 'completed' THEN coalesce(r.output, '{}') ELSE s.output END,
             input = coalesce(r.input, s.input),
-            error = CASE WHEN r.outcome IN ('completed', 'release') THEN s.error ELSE r.error END,
+            -- A completed step keeps no error of an earlier attempt (as in-process).
+            error = CASE r.outcome WHEN 'completed' THEN NULL WHEN 'release' THEN s.error ELSE r.error END,
             completed_at = CASE WHEN r.outcome IN ('completed', 'failed', 'skipped') THEN now() END,
             duration_ms = coalesce(r.duration, s.duration_ms),
             retry_count = s.retry_count + (r.outcome = 'retry')::integer,
@@ -120,22 +151,27 @@ BEGIN
                   s.retry_count, s.attempts, cardinality(s.dependents) > 0 AS has_dependents),
     events AS (
         -- One event per result, and a second one (step.skipped) for a skipped step. Only
-        -- the document of the event written is built.
-        INSERT INTO orchwf_workflow_events (workflow_inst_id, step_inst_id, event_type, event_data)
-        SELECT d.workflow_inst_id, d.id,
-               CASE d.outcome WHEN 'completed' THEN 'step.completed' WHEN 'retry' THEN 'step.attempt_failed'
-                              WHEN 'requeue' THEN 'step.rescued' WHEN 'release' THEN 'step.released'
-                              ELSE 'step.failed' END,
-               CASE d.outcome WHEN 'completed' THEN jsonb_build_object('duration_ms', d.duration)
-                              WHEN 'retry' THEN jsonb_build_object('error', d.error, 'attempt', d.attempts,
-                                                                   'retry_in_seconds', d.delay)
-                              WHEN 'requeue' THEN jsonb_build_object('cause', d.error)
-                              WHEN 'release' THEN '{}'::jsonb
-                              ELSE jsonb_build_object('error', d.error, 'retries', d.retry_count) END
+        -- the document of the event written is built. The compensation pseudo-step
+        -- writes none (lifecycle.py).
+        INSERT INTO orchwf_event_history (id, workflow_inst_id, step_inst_id, event_type, event_data,
+                                          instance_created_at)
+        SELECT orchwf_uuid7(), d.workflow_inst_id, d.id, e.event_type, e.event_data, i.created_at
         FROM done d
-        UNION ALL
-        SELECT d.workflow_inst_id, d.id, 'step.skipped', jsonb_build_object('error', d.error)
-        FROM done d WHERE d.outcome = 'skipped'
+        JOIN orchwf_live_instances i ON i.id = d.workflow_inst_id
+        CROSS JOIN LATERAL (
+            SELECT CASE d.outcome WHEN 'completed' THEN 'step.completed' WHEN 'retry' THEN 'step.attempt_failed'
+                                  WHEN 'requeue' THEN 'step.rescued' WHEN 'release' THEN 'step.released'
+                                  ELSE 'step.failed' END,
+                   CASE d.outcome WHEN 'completed' THEN jsonb_build_object('duration_ms', d.duration)
+                                  WHEN 'retry' THEN jsonb_build_object('error', d.error, 'attempt', d.attempts,
+                                                                       'retry_in_seconds', d.delay)
+                                  WHEN 'requeue' THEN jsonb_build_object('cause', d.error)
+                                  WHEN 'release' THEN '{}'::jsonb
+                                  ELSE jsonb_build_object('error', d.error, 'retries', d.retry_count) END
+            UNION ALL
+            SELECT 'step.skipped', jsonb_build_object('error', d.error) WHERE d.outcome = 'skipped'
+        ) AS e(event_type, event_data)
+        WHERE d.step_id <> '$compensate'
         RETURNING 1),
     unlisted AS (
         -- "= ANY (p_ids)": an index scan whatever the planner guesses for r; the running
@@ -162,10 +198,10 @@ BEGIN
 
     -- Attempts that go straight back to the queue.
     IF v_requeue THEN
-        -- A step that was running in a process that died is a suspect (see 004's header).
+        -- A step that was running in a process that died is a suspect (docs/reliability.md).
         INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority, suspect)
         SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority, s.crashes > 0
-        FROM orchwf_step_instances s JOIN orchwf_workflow_instances i ON i.id = s.workflow_inst_id
+        FROM orchwf_live_steps s JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id
         WHERE s.id = ANY (v_accepted) AND s.status IN ('retrying', 'pending') AND s.run_after IS NULL
           AND i.status IN ('pending', 'running')
         ON CONFLICT DO NOTHING;
@@ -177,18 +213,18 @@ BEGIN
     IF v_parents THEN
         WITH dec AS (
             SELECT s.workflow_inst_id, c.child, count(*)::integer AS n
-            FROM orchwf_step_instances s, unnest(s.dependents) AS c(child)
+            FROM orchwf_live_steps s, unnest(s.dependents) AS c(child)
             WHERE s.id = ANY (v_accepted) AND s.status IN ('completed', 'skipped')
             GROUP BY 1, 2),
         released AS (
-            UPDATE orchwf_step_instances s
+            UPDATE orchwf_live_steps s
             SET pending_deps = s.pending_deps - dec.n, updated_at = now()
             FROM dec
             WHERE s.workflow_inst_id = dec.workflow_inst_id AND s.step_id = dec.child AND s.status = 'pending'
             RETURNING s.id, s.workflow_inst_id, s.priority, s.pending_deps)
         INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
         SELECT r.id, i.id, i.workflow_id, i.queue, r.priority + i.priority
-        FROM released r JOIN orchwf_workflow_instances i ON i.id = r.workflow_inst_id
+        FROM released r JOIN orchwf_live_instances i ON i.id = r.workflow_inst_id
         WHERE r.pending_deps = 0 AND i.status IN ('pending', 'running')
         ON CONFLICT DO NOTHING;
         GET DIAGNOSTICS v_n = ROW_COUNT;
@@ -202,28 +238,20 @@ BEGIN
     -- not completed here: the failure handling below ends it.
     WITH f AS (
         SELECT s.workflow_inst_id AS inst, count(*)::integer AS n, bool_or(s.status = 'failed') AS failed
-        FROM orchwf_step_instances s
+        FROM orchwf_live_steps s
         WHERE s.id = ANY (v_accepted) AND s.status IN ('completed', 'skipped', 'failed')
           AND s.step_id <> '$compensate'
         GROUP BY 1),
     c AS (
         SELECT f.inst, f.n, x.completing, m.output, m.context
         FROM f
-        JOIN orchwf_workflow_instances i ON i.id = f.inst
+        JOIN orchwf_live_instances i ON i.id = f.inst
         CROSS JOIN LATERAL (SELECT i.steps_remaining - f.n <= 0 AND NOT f.failed
                                    AND i.status IN ('pending', 'running') AS completing) x
-        -- One pass over the completed steps of a completing instance gives both documents
-        -- (a later key wins, as in a sequential merge).
-        LEFT JOIN LATERAL (
-            SELECT coalesce(jsonb_object_agg(o.k, o.v ORDER BY s.completed_at, s.execution_order, o.ord)
-                                FILTER (WHERE o.ord = 1), '{}') AS output,
-                   coalesce(jsonb_object_agg(o.k, o.v ORDER BY s.completed_at, s.execution_order, o.ord), '{}') AS context
-            FROM orchwf_step_instances s
-            CROSS JOIN LATERAL (SELECT s.step_id AS k, s.output AS v, 0 AS ord
-                                UNION ALL SELECT e.key, e.value, 1 FROM jsonb_each(s.output) e) o
-            WHERE x.completing AND s.workflow_inst_id = f.inst AND s.status = 'completed') m ON true),
+        LEFT JOIN LATERAL (SELECT d.output, d.context FROM orchwf_instance_documents(f.inst) d
+                           WHERE x.completing) m ON true),
     counted AS (
-        UPDATE orchwf_workflow_instances i
+        UPDATE orchwf_live_instances i
         SET steps_remaining = i.steps_remaining - c.n,
             status = CASE WHEN c.completing THEN 'completed'
                           WHEN i.status = 'pending' THEN 'running' ELSE i.status END,
@@ -234,13 +262,18 @@ BEGIN
             updated_at = now()
         FROM c
         WHERE i.id = c.inst
-        RETURNING i.id, i.started_at, c.completing)
-    INSERT INTO orchwf_workflow_events (workflow_inst_id, event_type, event_data)
-    SELECT f.id, 'workflow.completed',
-           jsonb_build_object('duration_ms', (extract(epoch FROM now() - f.started_at) * 1000)::bigint)
-    FROM counted f
-    WHERE f.completing;
-    IF FOUND THEN
+        RETURNING i.id, i.started_at, i.created_at, c.completing),
+    completed AS (
+        INSERT INTO orchwf_event_history (id, workflow_inst_id, event_type, event_data, instance_created_at)
+        SELECT orchwf_uuid7(), f.id, 'workflow.completed',
+               jsonb_build_object('duration_ms', (extract(epoch FROM now() - f.started_at) * 1000)::bigint),
+               f.created_at
+        FROM counted f
+        WHERE f.completing
+        RETURNING workflow_inst_id)
+    SELECT array_agg(completed.workflow_inst_id) INTO v_ended FROM completed;
+    IF v_ended IS NOT NULL THEN
+        PERFORM orchwf_archive_instances(v_ended);
         PERFORM pg_notify('orchwf_done', '');
     END IF;
 
@@ -249,10 +282,10 @@ BEGIN
         FOR v_row IN
             SELECT s.workflow_inst_id AS inst, min(s.step_id) AS step_id, min(s.error) AS error,
                    min(s.attempts) AS attempts
-            FROM orchwf_step_instances s JOIN orchwf_workflow_instances i ON i.id = s.workflow_inst_id
+            FROM orchwf_live_steps s JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id
             WHERE s.id = ANY (v_accepted) AND s.status = 'failed' AND s.step_id <> '$compensate'
               AND i.status IN ('pending', 'running') AND NOT EXISTS (
-                  SELECT 1 FROM orchwf_step_instances c
+                  SELECT 1 FROM orchwf_live_steps c
                   WHERE c.workflow_inst_id = s.workflow_inst_id AND c.step_id = '$compensate'
                     AND c.status IN ('pending', 'running', 'retrying'))
             GROUP BY s.workflow_inst_id
@@ -268,25 +301,27 @@ BEGIN
     IF v_comp THEN
         FOR v_row IN
             SELECT s.workflow_inst_id AS inst, s.input->>'final_status' AS final, s.input->>'error' AS error
-            FROM orchwf_step_instances s
+            FROM orchwf_live_steps s
             WHERE s.id = ANY (v_accepted) AND s.step_id = '$compensate'
               AND s.status IN ('completed', 'failed', 'skipped')
             ORDER BY s.workflow_inst_id
         LOOP
-            UPDATE orchwf_workflow_instances
-            SET status = v_row.final, completed_at = now(), updated_at = now(), steps_remaining = 0
-            WHERE id = v_row.inst;
-            INSERT INTO orchwf_workflow_events (workflow_inst_id, event_type, event_data)
-            VALUES (v_row.inst, 'workflow.' || v_row.final,
-                    CASE WHEN v_row.final = 'failed' THEN jsonb_build_object('error', v_row.error)
-                         ELSE '{}'::jsonb END);
+            UPDATE orchwf_live_instances i
+            SET status = v_row.final, completed_at = now(), updated_at = now(), steps_remaining = 0,
+                output = d.output, context = d.context
+            FROM orchwf_instance_documents(v_row.inst) d
+            WHERE i.id = v_row.inst;
+            PERFORM orchwf_record_event(v_row.inst, NULL, 'workflow.' || v_row.final,
+                                        CASE WHEN v_row.final = 'failed' THEN jsonb_build_object('error', v_row.error)
+                                             ELSE '{}'::jsonb END);
+            PERFORM orchwf_archive_instances(ARRAY[v_row.inst]);
             PERFORM pg_notify('orchwf_done', '');
         END LOOP;
     END IF;
 
     IF v_released > 0 THEN
         PERFORM pg_notify('orchwf_ready', q.queue)
-        FROM (SELECT DISTINCT i.queue FROM orchwf_workflow_instances i WHERE i.id = ANY (v_insts)) q;
+        FROM (SELECT DISTINCT i.queue FROM orchwf_live_instances i WHERE i.id = ANY (v_insts)) q;
     END IF;
 
     RETURN QUERY
@@ -294,6 +329,12 @@ BEGIN
 END;
 $$;
 
+-- A worker's group commit and its next claim in ONE transaction and round trip: the
+-- results are committed exactly as orchwf_finish_steps commits them, then steps are
+-- claimed as orchwf_claim_steps claims them (dependents released by the finish can be
+-- claimed at once). Rows with accepted NOT NULL answer the results, in p_ids order;
+-- the other rows are the claimed steps. The claimed steps take the slots of the results
+-- committed here, so a slot is still freed only when its result is durable.
 CREATE OR REPLACE FUNCTION orchwf_finish_and_claim(
     p_ids           uuid[],
     p_tokens        bigint[],

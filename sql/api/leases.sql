@@ -14,17 +14,17 @@ BEGIN
     UPDATE orchwf_workers SET heartbeat_at = now() WHERE worker_id = p_worker;
     -- SKIP LOCKED: a step row locked by a finish, cancel or rescue is not waited for (that
     -- would invert the lock order); it is either being finished or will be renewed next tick.
-    UPDATE orchwf_step_instances s
+    UPDATE orchwf_live_steps s
     SET lease_expires_at = now() + p_lease_seconds * interval '1 second'
     WHERE s.id IN (
-        SELECT l.id FROM orchwf_step_instances l
+        SELECT l.id FROM orchwf_live_steps l
         JOIN unnest(p_ids, p_tokens) AS h(id, token) ON l.id = h.id AND l.lease_token = h.token
         WHERE l.status = 'running'
         FOR NO KEY UPDATE OF l SKIP LOCKED);
     -- Lost: the token no longer matches (rescued, cancelled or finished elsewhere).
     RETURN QUERY
     SELECT h.id FROM unnest(p_ids, p_tokens) AS h(id, token)
-    WHERE NOT EXISTS (SELECT 1 FROM orchwf_step_instances s
+    WHERE NOT EXISTS (SELECT 1 FROM orchwf_live_steps s
                       WHERE s.id = h.id AND s.lease_token = h.token AND s.status = 'running');
 END;
 $$;
@@ -40,32 +40,35 @@ AS $$
 DECLARE
     v_insts uuid[]; v_ids uuid[]; v_tokens bigint[]; v_outcomes text[]; v_errors text[]; v_n integer;
 BEGIN
-    -- Candidates, without locks; then the instances in lock order; then re-check under them
-    -- (a heartbeat may have renewed the lease, or a finish taken the step, meanwhile).
+    -- Candidates, without locks, from the running list (never the step table's history);
+    -- then the instances in lock order; then re-check under them (a heartbeat may have
+    -- renewed the lease, or a finish taken the step, meanwhile).
     SELECT array_agg(DISTINCT s.workflow_inst_id) INTO v_insts
-    FROM (SELECT c.workflow_inst_id FROM orchwf_step_instances c
+    FROM (SELECT c.workflow_inst_id
+          FROM orchwf_running_steps r
+          JOIN orchwf_live_steps c ON c.id = r.step_inst_id AND c.lease_token = r.lease_token
           WHERE c.status = 'running'
-            AND ((p_owner IS NOT NULL AND c.lease_owner = p_owner)
+            AND ((p_owner IS NOT NULL AND r.lease_owner = p_owner)
                  OR (p_owner IS NULL AND c.lease_expires_at < now()))
           LIMIT p_limit) s;
     IF v_insts IS NULL THEN
         RETURN;
     END IF;
-    PERFORM 1 FROM orchwf_workflow_instances i WHERE i.id = ANY (v_insts) ORDER BY i.id FOR NO KEY UPDATE;
+    PERFORM 1 FROM orchwf_live_instances i WHERE i.id = ANY (v_insts) ORDER BY i.id FOR NO KEY UPDATE;
 
     -- A crash has its own budget, max(3, max_attempts), and does not use up the retry
     -- budget unless the step opted in (crash_counts_as_attempt).
     WITH lost AS (
         SELECT s.id, s.lease_token, s.lease_owner, s.lease_expires_at, s.crashes, s.retry_count,
                s.max_attempts, s.required, s.crash_counts_as_attempt
-        FROM orchwf_step_instances s
+        FROM orchwf_live_steps s
         WHERE s.workflow_inst_id = ANY (v_insts) AND s.status = 'running'
           AND ((p_owner IS NOT NULL AND s.lease_owner = p_owner)
                OR (p_owner IS NULL AND s.lease_expires_at < now()))
         ORDER BY s.id
         FOR NO KEY UPDATE OF s),
     counted AS (
-        UPDATE orchwf_step_instances s SET crashes = s.crashes + 1
+        UPDATE orchwf_live_steps s SET crashes = s.crashes + 1
         FROM lost WHERE s.id = lost.id
         RETURNING s.id)
     SELECT array_agg(l.id), array_agg(l.lease_token),
@@ -107,8 +110,9 @@ DECLARE
     v_ids uuid[]; v_tokens bigint[]; v_n integer;
 BEGIN
     SELECT array_agg(s.id), array_agg(s.lease_token) INTO v_ids, v_tokens
-    FROM orchwf_step_instances s
-    WHERE s.lease_owner = p_worker AND s.status = 'running' AND s.id <> ALL (coalesce(p_keep, '{}'));
+    FROM orchwf_running_steps r
+    JOIN orchwf_live_steps s ON s.id = r.step_inst_id AND s.lease_token = r.lease_token
+    WHERE r.lease_owner = p_worker AND s.status = 'running' AND s.id <> ALL (coalesce(p_keep, '{}'));
     v_n := coalesce(cardinality(v_ids), 0);
     IF v_n = 0 THEN
         RETURN 0;

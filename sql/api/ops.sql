@@ -8,9 +8,12 @@ AS $$
 DECLARE
     v_status text;
 BEGIN
-    SELECT status INTO v_status FROM orchwf_workflow_instances WHERE id = p_inst FOR NO KEY UPDATE;
+    SELECT status INTO v_status FROM orchwf_live_instances WHERE id = p_inst FOR NO KEY UPDATE;
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'workflow not found: %', p_inst USING ERRCODE = 'OW404';
+        SELECT status INTO v_status FROM orchwf_workflow_instances WHERE id = p_inst;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'workflow not found: %', p_inst USING ERRCODE = 'OW404';
+        END IF;
     END IF;
     IF v_status = 'cancelled' THEN
         RETURN v_status;
@@ -18,13 +21,77 @@ BEGIN
     IF v_status IN ('completed', 'failed') THEN
         RAISE EXCEPTION 'workflow % is already %', p_inst, v_status USING ERRCODE = 'OW409';
     END IF;
-    IF EXISTS (SELECT 1 FROM orchwf_step_instances WHERE workflow_inst_id = p_inst
+    IF EXISTS (SELECT 1 FROM orchwf_live_steps WHERE workflow_inst_id = p_inst
                AND step_id = '$compensate' AND status IN ('pending', 'running', 'retrying')) THEN
         RETURN v_status;  -- already compensating: let it finish
     END IF;
     PERFORM orchwf_end_instance(p_inst, 'cancelled', NULL);
     SELECT status INTO v_status FROM orchwf_workflow_instances WHERE id = p_inst;
     RETURN v_status;
+END;
+$$;
+
+-- A finished daemon instance an operator wants to run again: back in the runtime
+-- tables, locked, with its status and mode checked. Raises OW404 / OW409; an error rolls
+-- the move back with everything else.
+CREATE OR REPLACE FUNCTION orchwf_reopen_instance(p_inst uuid, p_what text)
+RETURNS timestamptz
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_status  text;
+    v_mode    text;
+    v_created timestamptz;
+BEGIN
+    SELECT status, run_mode, created_at INTO v_status, v_mode, v_created
+    FROM orchwf_live_instances WHERE id = p_inst FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        IF NOT orchwf_unarchive_instance(p_inst) THEN
+            RAISE EXCEPTION 'workflow not found: %', p_inst USING ERRCODE = 'OW404';
+        END IF;
+        SELECT status, run_mode, created_at INTO v_status, v_mode, v_created
+        FROM orchwf_live_instances WHERE id = p_inst FOR NO KEY UPDATE;
+    END IF;
+    IF v_mode <> 'daemon' THEN
+        RAISE EXCEPTION 'workflow % runs in-process; resume it with Orchestrator.resume_workflow', p_inst
+            USING ERRCODE = 'OW409';
+    END IF;
+    IF v_status NOT IN ('failed', 'cancelled') THEN
+        RAISE EXCEPTION 'workflow % is %; only % of failed or cancelled instances', p_inst, v_status, p_what
+            USING ERRCODE = 'OW409';
+    END IF;
+    RETURN v_created;
+END;
+$$;
+
+-- An instance about to run again: steps become ready by their dependencies, the
+-- instance counts its steps again, and an event says why.
+CREATE OR REPLACE FUNCTION orchwf_restart_instance(p_inst uuid, p_event jsonb)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    UPDATE orchwf_live_steps s
+    SET pending_deps = (SELECT count(*) FROM orchwf_live_steps d
+                        WHERE d.workflow_inst_id = p_inst AND d.step_id = ANY (s.dependencies)
+                          AND d.status NOT IN ('completed', 'skipped'))
+    WHERE s.workflow_inst_id = p_inst AND s.status = 'pending';
+    UPDATE orchwf_live_instances
+    SET status = 'running', error = NULL, completed_at = NULL, retry_count = retry_count + 1,
+        last_retry_at = now(), updated_at = now(),
+        steps_remaining = (SELECT count(*) FROM orchwf_live_steps
+                           WHERE workflow_inst_id = p_inst AND status = 'pending')
+    WHERE id = p_inst;
+    INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
+    SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority
+    FROM orchwf_live_steps s JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id
+    WHERE s.workflow_inst_id = p_inst AND s.status = 'pending' AND s.pending_deps = 0
+    ON CONFLICT DO NOTHING;
+    PERFORM orchwf_record_event(p_inst, NULL, 'workflow.resumed', p_event);
+    PERFORM pg_notify('orchwf_ready', (SELECT queue FROM orchwf_live_instances WHERE id = p_inst));
+    RETURN 'running';
 END;
 $$;
 
@@ -35,53 +102,23 @@ LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $$
 DECLARE
-    v_status text;
-    v_mode text;
+    v_created timestamptz;
 BEGIN
-    SELECT status, run_mode INTO v_status, v_mode FROM orchwf_workflow_instances WHERE id = p_inst FOR NO KEY UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'workflow not found: %', p_inst USING ERRCODE = 'OW404';
-    END IF;
-    IF v_mode <> 'daemon' THEN
-        RAISE EXCEPTION 'workflow % runs in-process; resume it with Orchestrator.resume_workflow', p_inst USING ERRCODE = 'OW409';
-    END IF;
-    IF v_status NOT IN ('failed', 'cancelled') THEN
-        RAISE EXCEPTION 'workflow % is %; only failed or cancelled instances can be resumed', p_inst, v_status USING ERRCODE = 'OW409';
-    END IF;
-
+    v_created := orchwf_reopen_instance(p_inst, 'failed or cancelled instances can be resumed');
     DELETE FROM orchwf_ready_steps WHERE workflow_inst_id = p_inst;
-    DELETE FROM orchwf_step_instances WHERE workflow_inst_id = p_inst AND step_id = '$compensate';
+    DELETE FROM orchwf_live_steps WHERE workflow_inst_id = p_inst AND step_id = '$compensate';
     -- A completed step whose effect a compensator undid runs again.
-    UPDATE orchwf_step_instances s
+    UPDATE orchwf_live_steps s
     SET status = 'pending', output = '{}', completed_at = NULL, updated_at = now()
     WHERE s.workflow_inst_id = p_inst AND s.status = 'completed' AND EXISTS (
-        SELECT 1 FROM orchwf_workflow_events e
-        WHERE e.workflow_inst_id = p_inst AND e.step_inst_id = s.id
+        SELECT 1 FROM orchwf_event_history e
+        WHERE e.instance_created_at = v_created AND e.workflow_inst_id = p_inst AND e.step_inst_id = s.id
           AND e.event_type = 'step.compensated' AND e."timestamp" >= s.completed_at);
-    UPDATE orchwf_step_instances s
+    UPDATE orchwf_live_steps s
     SET status = 'pending', error = NULL, completed_at = NULL, run_after = NULL, retry_count = 0,
         attempts = 0, crashes = 0, updated_at = now()
     WHERE s.workflow_inst_id = p_inst AND s.status IN ('failed', 'cancelled', 'pending', 'retrying');
-    UPDATE orchwf_step_instances s
-    SET pending_deps = (SELECT count(*) FROM orchwf_step_instances d
-                        WHERE d.workflow_inst_id = p_inst AND d.step_id = ANY (s.dependencies)
-                          AND d.status NOT IN ('completed', 'skipped'))
-    WHERE s.workflow_inst_id = p_inst AND s.status = 'pending';
-    UPDATE orchwf_workflow_instances
-    SET status = 'running', error = NULL, completed_at = NULL, retry_count = retry_count + 1,
-        last_retry_at = now(), updated_at = now(),
-        steps_remaining = (SELECT count(*) FROM orchwf_step_instances
-                           WHERE workflow_inst_id = p_inst AND status = 'pending')
-    WHERE id = p_inst;
-    INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
-    SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority
-    FROM orchwf_step_instances s JOIN orchwf_workflow_instances i ON i.id = s.workflow_inst_id
-    WHERE s.workflow_inst_id = p_inst AND s.status = 'pending' AND s.pending_deps = 0
-    ON CONFLICT DO NOTHING;
-    INSERT INTO orchwf_workflow_events (workflow_inst_id, event_type, event_data)
-    VALUES (p_inst, 'workflow.resumed', '{}');
-    PERFORM pg_notify('orchwf_ready', (SELECT queue FROM orchwf_workflow_instances WHERE id = p_inst));
-    RETURN 'running';
+    RETURN orchwf_restart_instance(p_inst, '{}');
 END;
 $$;
 
@@ -100,26 +137,12 @@ LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $$
 DECLARE
-    v_status      text;
-    v_mode        text;
     v_step_status text;
     v_others      text;
 BEGIN
-    SELECT status, run_mode INTO v_status, v_mode
-    FROM orchwf_workflow_instances WHERE id = p_inst FOR NO KEY UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'workflow not found: %', p_inst USING ERRCODE = 'OW404';
-    END IF;
-    IF v_mode <> 'daemon' THEN
-        RAISE EXCEPTION 'workflow % runs in-process; resume it with Orchestrator.resume_workflow', p_inst
-            USING ERRCODE = 'OW409';
-    END IF;
-    IF v_status NOT IN ('failed', 'cancelled') THEN
-        RAISE EXCEPTION 'workflow % is %; only steps of failed or cancelled instances can be retried', p_inst, v_status
-            USING ERRCODE = 'OW409';
-    END IF;
+    PERFORM orchwf_reopen_instance(p_inst, 'steps of failed or cancelled instances can be retried');
     SELECT status INTO v_step_status
-    FROM orchwf_step_instances
+    FROM orchwf_live_steps
     WHERE workflow_inst_id = p_inst AND step_id = p_step AND step_id <> '$compensate';
     IF NOT FOUND THEN
         RAISE EXCEPTION 'step not found: % (workflow %)', p_step, p_inst USING ERRCODE = 'OW400';
@@ -129,39 +152,20 @@ BEGIN
             USING ERRCODE = 'OW409';
     END IF;
     SELECT string_agg(step_id, ', ' ORDER BY step_id) INTO v_others
-    FROM orchwf_step_instances
+    FROM orchwf_live_steps
     WHERE workflow_inst_id = p_inst AND status = 'failed' AND step_id <> p_step AND step_id <> '$compensate';
     IF v_others IS NOT NULL THEN
         RAISE EXCEPTION 'other steps of workflow % failed too (%); resume the workflow to re-run them all', p_inst, v_others
             USING ERRCODE = 'OW409';
     END IF;
 
-    DELETE FROM orchwf_step_instances WHERE workflow_inst_id = p_inst AND step_id = '$compensate';
-    UPDATE orchwf_step_instances s
+    DELETE FROM orchwf_live_steps WHERE workflow_inst_id = p_inst AND step_id = '$compensate';
+    UPDATE orchwf_live_steps s
     SET status = 'pending', error = NULL, completed_at = NULL, run_after = NULL, retry_count = 0,
         attempts = 0, crashes = 0, updated_at = now()
     WHERE s.workflow_inst_id = p_inst
       AND (s.step_id = p_step OR s.status IN ('cancelled', 'pending', 'retrying'));
-    UPDATE orchwf_step_instances s
-    SET pending_deps = (SELECT count(*) FROM orchwf_step_instances d
-                        WHERE d.workflow_inst_id = p_inst AND d.step_id = ANY (s.dependencies)
-                          AND d.status NOT IN ('completed', 'skipped'))
-    WHERE s.workflow_inst_id = p_inst AND s.status = 'pending';
-    UPDATE orchwf_workflow_instances
-    SET status = 'running', error = NULL, completed_at = NULL, retry_count = retry_count + 1,
-        last_retry_at = now(), updated_at = now(),
-        steps_remaining = (SELECT count(*) FROM orchwf_step_instances
-                           WHERE workflow_inst_id = p_inst AND status = 'pending')
-    WHERE id = p_inst;
-    INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
-    SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority
-    FROM orchwf_step_instances s JOIN orchwf_workflow_instances i ON i.id = s.workflow_inst_id
-    WHERE s.workflow_inst_id = p_inst AND s.status = 'pending' AND s.pending_deps = 0
-    ON CONFLICT DO NOTHING;
-    INSERT INTO orchwf_workflow_events (workflow_inst_id, event_type, event_data)
-    VALUES (p_inst, 'workflow.resumed', jsonb_build_object('retry_step', p_step));
-    PERFORM pg_notify('orchwf_ready', (SELECT queue FROM orchwf_workflow_instances WHERE id = p_inst));
-    RETURN 'running';
+    RETURN orchwf_restart_instance(p_inst, jsonb_build_object('retry_step', p_step));
 END;
 $$;
 

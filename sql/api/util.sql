@@ -1,4 +1,4 @@
--- orchwf API: helpers used by the other API files.
+-- orchwf API: IDs, partitions of history, and where an instance lives.
 --
 -- Every file in sql/api/ holds the one current definition of its functions (CREATE OR
 -- REPLACE). `orchwf migrate up` applies them all after the migrations, every time, in
@@ -33,14 +33,340 @@ AS $$
                   'hex')::uuid
 $$;
 
--- Events get time-ordered IDs too (the table's DDL cannot name an API function).
-DO $$
+-- The millisecond a time-ordered ID was made, exactly (integer arithmetic); NULL for an
+-- ID of another version. orchwf's instances have created_at = orchwf_uuid7_time(id), so a
+-- lookup by ID knows its history partition.
+CREATE OR REPLACE FUNCTION orchwf_uuid7_time(p_id uuid) RETURNS timestamptz
+LANGUAGE sql
+IMMUTABLE PARALLEL SAFE STRICT
+AS $$
+    SELECT CASE WHEN substr(p_id::text, 15, 1) = '7'
+                THEN 'epoch'::timestamptz
+                     + ('x' || lpad(substr(replace(p_id::text, '-', ''), 1, 12), 16, '0'))::bit(64)::bigint
+                       * interval '1 millisecond' END
+$$;
+
+-- ---------------------------------------------------------------------------------
+-- Partitions of history
+-- ---------------------------------------------------------------------------------
+
+-- The start of the partition range holding p_at: a multiple of the interval since the
+-- epoch (days start at midnight UTC).
+CREATE OR REPLACE FUNCTION orchwf_partition_floor(p_at timestamptz, p_interval interval) RETURNS timestamptz
+LANGUAGE sql
+IMMUTABLE PARALLEL SAFE STRICT
+AS $$
+    SELECT 'epoch'::timestamptz
+           + floor(extract(epoch FROM p_at) / extract(epoch FROM p_interval)) * p_interval
+$$;
+
+-- Create the partitions of the three history tables that cover [p_from, p_to), in steps
+-- of orchwf_partitioning.interval; returns how many ranges it created. A new table is
+-- attached (SHARE UPDATE EXCLUSIVE on the parent: reads and writes go on) rather than
+-- created as a partition. Concurrent callers serialise on an advisory lock.
+-- SECURITY DEFINER: a producer or worker whose role owns nothing (docs/reliability.md)
+-- may need a partition made; it is made as the owner of the tables, whoever asks.
+CREATE OR REPLACE FUNCTION orchwf_ensure_partitions(p_from timestamptz, p_to timestamptz) RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_interval interval;
+    v_at       timestamptz;
+    v_upper    timestamptz;
+    v_next     timestamptz;
+    v_suffix   text;
+    v_made     integer := 0;
+    v_parent   text;
 BEGIN
-    IF (SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d
-        JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
-        WHERE d.adrelid = 'orchwf_workflow_events'::regclass AND a.attname = 'id')
-       IS DISTINCT FROM 'orchwf_uuid7()' THEN
-        ALTER TABLE orchwf_workflow_events ALTER COLUMN id SET DEFAULT orchwf_uuid7();
-    END IF;
+    PERFORM pg_advisory_xact_lock(hashtextextended('orchwf_partitions:' || current_schema(), 0));
+    SELECT p."interval" INTO v_interval FROM orchwf_partitioning p;
+    v_at := orchwf_partition_floor(p_from, v_interval);
+    WHILE v_at < p_to LOOP
+        SELECT x.upper INTO v_upper FROM orchwf_partitions x WHERE x.lower <= v_at AND x.upper > v_at;
+        IF FOUND THEN
+            v_at := v_upper;
+            CONTINUE;
+        END IF;
+        -- Up to the next aligned boundary, or the next existing range (after an interval change).
+        v_upper := orchwf_partition_floor(v_at, v_interval) + v_interval;
+        SELECT min(x.lower) INTO v_next FROM orchwf_partitions x WHERE x.lower > v_at;
+        IF v_next IS NOT NULL AND v_next < v_upper THEN
+            v_upper := v_next;
+        END IF;
+        v_suffix := 'p' || to_char(v_at AT TIME ZONE 'UTC', 'YYYYMMDD"t"HH24MISS');
+        FOREACH v_parent IN ARRAY ARRAY['orchwf_instance_history', 'orchwf_step_history', 'orchwf_event_history'] LOOP
+            -- Written once, read by key: vacuum when inserts pile up, and freeze at once, so
+            -- later vacuums skip these pages for good.
+            EXECUTE format('CREATE TABLE %I (LIKE %I INCLUDING DEFAULTS INCLUDING CONSTRAINTS) WITH ('
+                           'autovacuum_vacuum_insert_threshold = 50000, autovacuum_vacuum_insert_scale_factor = 0.05, '
+                           'autovacuum_freeze_min_age = 0, autovacuum_vacuum_cost_delay = 0)',
+                           v_parent || '_' || v_suffix, v_parent);
+            EXECUTE format('ALTER TABLE %I ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
+                           v_parent, v_parent || '_' || v_suffix, v_at, v_upper);
+        END LOOP;
+        INSERT INTO orchwf_partitions (lower, upper, suffix) VALUES (v_at, v_upper, v_suffix);
+        v_made := v_made + 1;
+        v_at := v_upper;
+    END LOOP;
+    UPDATE orchwf_partitioning
+    SET horizon = coalesce((SELECT max(x.upper) FROM orchwf_partitions x), '-infinity');
+    RETURN v_made;
 END;
 $$;
+
+-- Partitions reach premake intervals ahead of now: maintenance calls it each round, and
+-- an enqueue when now() has passed the horizon (maintenance down for days), so a new
+-- instance always finds its partition.
+CREATE OR REPLACE FUNCTION orchwf_extend_partitions() RETURNS integer
+LANGUAGE sql
+SET search_path FROM CURRENT
+AS $$
+    SELECT orchwf_ensure_partitions(now() - p."interval", now() + p.premake * p."interval")
+    FROM orchwf_partitioning p
+$$;
+
+-- The partitions retention may drop: every instance of the range finished more than
+-- p_retention ago. A range is kept while an instance created in it still runs (it moves to
+-- its partition when it finishes) or finished within p_retention (a long-running
+-- instance keeps its whole range). Index probes only: the live instances' created_at
+-- index, and each candidate's BRIN index on completed_at.
+CREATE OR REPLACE FUNCTION orchwf_expired_partitions(p_retention interval)
+RETURNS TABLE (lower timestamptz, upper timestamptz, suffix text)
+LANGUAGE sql
+STABLE
+SET search_path FROM CURRENT
+AS $$
+    SELECT x.lower, x.upper, x.suffix
+    FROM orchwf_partitions x
+    WHERE x.upper <= now() - p_retention
+      AND NOT EXISTS (SELECT 1 FROM orchwf_live_instances l
+                      WHERE l.created_at >= x.lower AND l.created_at < x.upper)
+      AND NOT EXISTS (SELECT 1 FROM orchwf_instance_history h
+                      WHERE h.created_at >= x.lower AND h.created_at < x.upper
+                        AND h.completed_at >= now() - p_retention)
+    ORDER BY x.lower
+$$;
+
+-- Where retention stands on one range: each history table's partition and whether it is
+-- still attached, detaching (a DETACH ... CONCURRENTLY interrupted), or gone.
+CREATE OR REPLACE FUNCTION orchwf_partition_children(p_suffix text)
+RETURNS TABLE (parent text, child text, state text)
+LANGUAGE sql
+STABLE
+SET search_path FROM CURRENT
+AS $$
+    SELECT p.parent, p.parent || '_' || p_suffix,
+           CASE WHEN c.oid IS NULL THEN 'gone'
+                WHEN i.inhrelid IS NULL THEN 'detached'
+                WHEN i.inhdetachpending THEN 'detaching'
+                ELSE 'attached' END
+    FROM unnest(ARRAY['orchwf_instance_history', 'orchwf_step_history', 'orchwf_event_history']) AS p(parent)
+    LEFT JOIN pg_class c ON c.relname = p.parent || '_' || p_suffix
+                         AND c.relnamespace = current_schema()::regnamespace
+    LEFT JOIN pg_inherits i ON i.inhrelid = c.oid
+$$;
+
+-- Retention in one transaction (for SQL callers and the supervisors of release 2): detach
+-- (not concurrently: that cannot run in a transaction) and drop the expired partitions.
+-- The lock wait is bounded, so a long query on history delays retention, never the
+-- workers behind it. orchwf's own pruner detaches CONCURRENTLY instead (docs/schema.md).
+-- Returns the instances dropped (the planner's estimate: counting would read them all).
+-- The instances of a range, before it is dropped: the planner's estimate (counting would
+-- read a day of history), or a count of at most 10,000 when never estimated (a small one).
+-- Through the parent table: a role may read history without owning its partitions.
+CREATE OR REPLACE FUNCTION orchwf_partition_rows(p_lower timestamptz) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_range    orchwf_partitions%ROWTYPE;
+    v_estimate real;
+BEGIN
+    SELECT * INTO v_range FROM orchwf_partitions x WHERE x.lower = p_lower;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    SELECT c.reltuples INTO v_estimate FROM pg_class c
+    WHERE c.relname = 'orchwf_instance_history_' || v_range.suffix AND c.relnamespace = current_schema()::regnamespace;
+    IF v_estimate >= 0 THEN
+        RETURN v_estimate::bigint;
+    END IF;
+    RETURN (SELECT count(*) FROM (SELECT 1 FROM orchwf_instance_history h
+                                  WHERE h.created_at >= v_range.lower AND h.created_at < v_range.upper
+                                  LIMIT 10000) c);
+END;
+$$;
+
+-- SECURITY DEFINER, as orchwf_ensure_partitions: the runtime role runs retention too.
+CREATE OR REPLACE FUNCTION orchwf_drop_expired_partitions(p_retention interval, p_limit integer DEFAULT 100)
+RETURNS bigint
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path FROM CURRENT
+SET lock_timeout = '2s'
+AS $$
+DECLARE
+    v_range  record;
+    v_child  record;
+    v_rows   bigint := 0;
+BEGIN
+    FOR v_range IN SELECT * FROM orchwf_expired_partitions(p_retention) LIMIT p_limit LOOP
+        v_rows := v_rows + orchwf_partition_rows(v_range.lower);
+        FOR v_child IN SELECT * FROM orchwf_partition_children(v_range.suffix) LOOP
+            IF v_child.state = 'attached' THEN
+                EXECUTE format('ALTER TABLE %I DETACH PARTITION %I', v_child.parent, v_child.child);
+            ELSIF v_child.state = 'detaching' THEN
+                EXECUTE format('ALTER TABLE %I DETACH PARTITION %I FINALIZE', v_child.parent, v_child.child);
+            END IF;
+            IF v_child.state <> 'gone' THEN
+                EXECUTE format('DROP TABLE %I', v_child.child);
+            END IF;
+        END LOOP;
+        DELETE FROM orchwf_partitions x WHERE x.lower = v_range.lower;
+    END LOOP;
+    RETURN v_rows;
+END;
+$$;
+
+-- ---------------------------------------------------------------------------------
+-- Where an instance lives
+-- ---------------------------------------------------------------------------------
+
+-- The created_at of an instance, live or finished (its history partition key); NULL
+-- for an unknown one. orchwf's IDs carry it; another ID is looked up by its index.
+CREATE OR REPLACE FUNCTION orchwf_instance_created_at(p_id uuid) RETURNS timestamptz
+LANGUAGE sql
+STABLE
+SET search_path FROM CURRENT
+AS $$
+    SELECT coalesce(
+        (SELECT l.created_at FROM orchwf_live_instances l WHERE l.id = p_id),
+        (SELECT h.created_at FROM orchwf_instance_history h
+         WHERE h.id = p_id AND h.created_at = orchwf_uuid7_time(p_id)),
+        (SELECT h.created_at FROM orchwf_instance_history h WHERE h.id = p_id LIMIT 1))
+$$;
+
+-- Move finished instances (and their steps) from the runtime tables to history, in one
+-- statement each: the rows are written to history once, here. The caller holds the
+-- instances' row locks and has set their final status.
+CREATE OR REPLACE FUNCTION orchwf_archive_instances(p_ids uuid[]) RETURNS void
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+SET enable_seqscan = off
+AS $$
+BEGIN
+    WITH gone AS (
+        DELETE FROM orchwf_live_steps s WHERE s.workflow_inst_id = ANY (p_ids)
+        RETURNING s.*)
+    INSERT INTO orchwf_step_history (
+        id, step_id, workflow_inst_id, status, input, output, started_at, completed_at, error, retry_count,
+        last_retry_at, duration_ms, execution_order, priority, attempts, crashes, max_attempts, timeout_seconds,
+        required, crash_counts_as_attempt, has_compensator, dependencies, dependents, pending_deps, run_after,
+        lease_owner, lease_token, lease_expires_at, deadline_at, created_at, updated_at, instance_created_at)
+    SELECT g.id, g.step_id, g.workflow_inst_id, g.status, g.input, g.output, g.started_at, g.completed_at, g.error,
+           g.retry_count, g.last_retry_at, g.duration_ms, g.execution_order, g.priority, g.attempts, g.crashes,
+           g.max_attempts, g.timeout_seconds, g.required, g.crash_counts_as_attempt, g.has_compensator,
+           g.dependencies, g.dependents, g.pending_deps, NULL, NULL, NULL, NULL, NULL, g.created_at, g.updated_at,
+           i.created_at
+    FROM gone g JOIN orchwf_live_instances i ON i.id = g.workflow_inst_id
+    WHERE g.step_id <> '$compensate';  -- the compensation pseudo-step is not history
+    WITH gone AS (
+        DELETE FROM orchwf_live_instances i WHERE i.id = ANY (p_ids)
+        RETURNING i.*)
+    INSERT INTO orchwf_instance_history (
+        id, workflow_id, status, input, output, context, current_step_id, started_at, completed_at, error,
+        retry_count, last_retry_at, metadata, trace_id, correlation_id, business_id, priority, queue,
+        idempotency_key, run_mode, definition_hash, steps_remaining, created_at, updated_at)
+    SELECT g.id, g.workflow_id, g.status, g.input, g.output, g.context, g.current_step_id, g.started_at,
+           g.completed_at, g.error, g.retry_count, g.last_retry_at, g.metadata, g.trace_id, g.correlation_id,
+           g.business_id, g.priority, g.queue, g.idempotency_key, g.run_mode, g.definition_hash, 0,
+           g.created_at, g.updated_at
+    FROM gone g;
+    DELETE FROM orchwf_ready_steps r WHERE r.workflow_inst_id = ANY (p_ids);
+    DELETE FROM orchwf_running_steps r WHERE r.workflow_inst_id = ANY (p_ids);
+END;
+$$;
+
+-- Move finished instances back to the runtime tables (a resume, a retried step, the
+-- in-process store saving a finished instance as running again). Locks them first.
+-- Their events stay in history. Returns the instances moved.
+CREATE OR REPLACE FUNCTION orchwf_unarchive_instance(p_id uuid) RETURNS boolean
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_created timestamptz;
+BEGIN
+    SELECT h.created_at INTO v_created FROM orchwf_instance_history h
+    WHERE h.id = p_id AND h.created_at = coalesce(orchwf_uuid7_time(p_id), h.created_at)
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        SELECT h.created_at INTO v_created FROM orchwf_instance_history h WHERE h.id = p_id FOR UPDATE;
+        IF NOT FOUND THEN
+            RETURN false;
+        END IF;
+    END IF;
+    WITH gone AS (
+        DELETE FROM orchwf_instance_history h WHERE h.created_at = v_created AND h.id = p_id
+        RETURNING h.*)
+    INSERT INTO orchwf_live_instances (
+        id, workflow_id, status, input, output, context, current_step_id, started_at, completed_at, error,
+        retry_count, last_retry_at, metadata, trace_id, correlation_id, business_id, priority, queue,
+        idempotency_key, run_mode, definition_hash, steps_remaining, created_at, updated_at)
+    SELECT g.id, g.workflow_id, g.status, g.input, g.output, g.context, g.current_step_id, g.started_at,
+           g.completed_at, g.error, g.retry_count, g.last_retry_at, g.metadata, g.trace_id, g.correlation_id,
+           g.business_id, g.priority, g.queue, g.idempotency_key, g.run_mode, g.definition_hash, g.steps_remaining,
+           g.created_at, g.updated_at
+    FROM gone g;
+    WITH gone AS (
+        DELETE FROM orchwf_step_history s WHERE s.instance_created_at = v_created AND s.workflow_inst_id = p_id
+        RETURNING s.*)
+    INSERT INTO orchwf_live_steps (
+        id, step_id, workflow_inst_id, status, input, output, started_at, completed_at, error, retry_count,
+        last_retry_at, duration_ms, execution_order, priority, attempts, crashes, max_attempts, timeout_seconds,
+        required, crash_counts_as_attempt, has_compensator, dependencies, dependents, pending_deps, run_after,
+        lease_owner, lease_token, lease_expires_at, deadline_at, created_at, updated_at)
+    SELECT g.id, g.step_id, g.workflow_inst_id, g.status, g.input, g.output, g.started_at, g.completed_at, g.error,
+           g.retry_count, g.last_retry_at, g.duration_ms, g.execution_order, g.priority, g.attempts, g.crashes,
+           g.max_attempts, g.timeout_seconds, g.required, g.crash_counts_as_attempt, g.has_compensator,
+           g.dependencies, g.dependents, g.pending_deps, g.run_after, NULL, NULL, NULL, NULL, g.created_at,
+           g.updated_at
+    FROM gone g;
+    RETURN true;
+END;
+$$;
+
+-- Record an event of an instance (its partition: the instance's created_at).
+CREATE OR REPLACE FUNCTION orchwf_record_event(p_inst uuid, p_step uuid, p_type text, p_data jsonb) RETURNS void
+LANGUAGE sql
+SET search_path FROM CURRENT
+AS $$
+    INSERT INTO orchwf_event_history (id, workflow_inst_id, step_inst_id, event_type, event_data, instance_created_at)
+    SELECT orchwf_uuid7(), p_inst, p_step, p_type, coalesce(p_data, '{}'), c.at
+    FROM (SELECT orchwf_instance_created_at(p_inst) AS at) c
+    WHERE c.at IS NOT NULL
+$$;
+
+-- orchwf_workflow_events (a view) takes inserts too: writers that do not know the
+-- instance's created_at, such as the compensation of release 2's workers during a
+-- rolling upgrade, and operators' SQL.
+CREATE OR REPLACE FUNCTION orchwf_workflow_events_insert() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    INSERT INTO orchwf_event_history (id, seq, workflow_inst_id, step_inst_id, event_type, event_data, "timestamp",
+                                      created_at, instance_created_at)
+    VALUES (coalesce(NEW.id, orchwf_uuid7()), coalesce(NEW.seq, nextval('orchwf_event_seq')), NEW.workflow_inst_id,
+            NEW.step_inst_id, NEW.event_type, coalesce(NEW.event_data, '{}'), coalesce(NEW."timestamp", now()),
+            coalesce(NEW.created_at, now()), orchwf_instance_created_at(NEW.workflow_inst_id));
+    RETURN NEW;
+END;
+$$;
+CREATE OR REPLACE TRIGGER orchwf_workflow_events_insert INSTEAD OF INSERT ON orchwf_workflow_events
+    FOR EACH ROW EXECUTE FUNCTION orchwf_workflow_events_insert();
+
+-- The partitions around now exist after every `orchwf migrate up`.
+SELECT orchwf_extend_partitions();

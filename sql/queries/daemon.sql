@@ -49,17 +49,18 @@ SELECT lost FROM {schema}.orchwf_heartbeat(%(worker_id)s, %(ids)s, %(tokens)s, %
 -- during compensation re-runs it, and each undo runs once). lifecycle.compensation_order
 -- orders them.
 SELECT s.id AS step_inst_id, s.step_id, s.input, s.output, s.completed_at, s.execution_order
-FROM {schema}.orchwf_step_instances s
+FROM {schema}.orchwf_live_steps s
+JOIN {schema}.orchwf_live_instances i ON i.id = s.workflow_inst_id
 WHERE s.workflow_inst_id = %(instance_id)s AND s.status = 'completed' AND s.has_compensator
   AND s.step_id <> '$compensate'
-  AND NOT EXISTS (SELECT 1 FROM {schema}.orchwf_workflow_events e
-                  WHERE e.workflow_inst_id = s.workflow_inst_id AND e.step_inst_id = s.id
+  AND NOT EXISTS (SELECT 1 FROM {schema}.orchwf_event_history e
+                  WHERE e.instance_created_at = i.created_at
+                    AND e.workflow_inst_id = s.workflow_inst_id AND e.step_inst_id = s.id
                     AND e.event_type IN ('step.compensated', 'step.compensation_failed')
                     AND e."timestamp" >= s.completed_at)
 
 -- name: record_event
-INSERT INTO {schema}.orchwf_workflow_events (id, workflow_inst_id, step_inst_id, event_type, event_data)
-VALUES ({schema}.orchwf_uuid7(), %(instance_id)s, %(step_inst_id)s, %(event_type)s, %(data)s)
+SELECT {schema}.orchwf_record_event(%(instance_id)s, %(step_inst_id)s, %(event_type)s, %(data)s)
 
 -- name: maintain
 -- The supervisor's periodic round in one statement: mark its processes alive, rescue
@@ -73,18 +74,51 @@ FROM {schema}.orchwf_maintain(%(supervisor_id)s, %(rescue)s, %(queues)s, %(workf
 SELECT step_inst_id, outcome, cause FROM {schema}.orchwf_rescue_steps(%(worker_id)s)
 
 -- name: prune
+-- Retention in one transaction (partitions detached without CONCURRENTLY, a bounded lock wait).
 SELECT {schema}.orchwf_prune(%(older_than)s * interval '1 second', %(limit)s) AS pruned
+
+-- name: expired_partitions
+SELECT lower, upper, suffix FROM {schema}.orchwf_expired_partitions(%(older_than)s * interval '1 second')
+
+-- name: partition_children
+SELECT parent, child, state FROM {schema}.orchwf_partition_children(%(suffix)s)
+
+-- name: partition_rows
+SELECT {schema}.orchwf_partition_rows(%(lower)s) AS n
+
+-- name: drop_expired_partitions
+-- Retention without CONCURRENTLY (a role that does not own the tables; sql/api/util.sql).
+SELECT {schema}.orchwf_drop_expired_partitions(%(older_than)s * interval '1 second') AS n
+
+-- name: detach_partition
+-- {parent} and {child} are names orchwf_partition_children returned, quoted by psycopg.
+ALTER TABLE {schema}.{parent} DETACH PARTITION {schema}.{child} CONCURRENTLY
+
+-- name: finalize_detach
+ALTER TABLE {schema}.{parent} DETACH PARTITION {schema}.{child} FINALIZE
+
+-- name: drop_partition
+DROP TABLE IF EXISTS {schema}.{child}
+
+-- name: forget_partition
+DELETE FROM {schema}.orchwf_partitions WHERE lower = %(lower)s
+
+-- name: extend_partitions
+SELECT {schema}.orchwf_extend_partitions() AS made
 
 -- name: rescue_expired
 -- Every step whose lease expired (its worker presumed dead), up to 1,000 a call.
 SELECT count(*) AS rescued FROM {schema}.orchwf_rescue_steps()
 
 -- name: promote_scheduled
--- Steps whose retry backoff or start time is due go to the ready queue; and when the
--- next one is due (seconds from now, NULL: none).
-SELECT {schema}.orchwf_promote_scheduled() AS promoted,
-       (SELECT extract(epoch FROM min(s.run_after) - now())::float8
-        FROM {schema}.orchwf_step_instances s WHERE s.run_after IS NOT NULL) AS next_due
+-- Steps whose retry backoff or start time is due go to the ready queue.
+SELECT {schema}.orchwf_promote_scheduled() AS promoted
+
+-- name: next_due
+-- When the next scheduled step is due (seconds from now, NULL: none). A statement of its
+-- own: it must see what promote_scheduled just changed.
+SELECT extract(epoch FROM min(s.run_after) - now())::float8 AS next_due
+FROM {schema}.orchwf_live_steps s WHERE s.run_after IS NOT NULL
 
 -- name: suspects_waiting
 -- Suspects (steps a dead process was running) wait in these queues for these workflows.

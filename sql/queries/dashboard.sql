@@ -3,28 +3,28 @@
 -- document comes as X (if small), X_head (pretty text, cut) and X_size.
 
 -- name: dashboard_overview
+-- Active instances are the runtime table; finished ones the history's BRIN range of the
+-- last hour (never a scan of history).
 SELECT
   (SELECT coalesce(jsonb_object_agg(a.status, a.n), '{{}}') FROM (
-      SELECT status, count(*) AS n FROM {schema}.orchwf_workflow_instances
+      SELECT status, count(*) AS n FROM {schema}.orchwf_live_instances
       WHERE status IN ('pending', 'running', 'retrying') GROUP BY status) a) AS active,
   (SELECT coalesce(jsonb_object_agg(f.status, f.n), '{{}}') FROM (
-      SELECT status, count(*) AS n FROM {schema}.orchwf_workflow_instances
-      WHERE status IN ('completed', 'failed', 'cancelled')
-        AND completed_at >= now() - %(hour)s * interval '1 second'
+      SELECT status, count(*) AS n FROM {schema}.orchwf_instance_history
+      WHERE completed_at >= now() - %(hour)s * interval '1 second'
       GROUP BY status) f) AS last_hour,
   (SELECT coalesce(jsonb_object_agg(f.status, f.n), '{{}}') FROM (
-      SELECT status, count(*) AS n FROM {schema}.orchwf_workflow_instances
-      WHERE status IN ('completed', 'failed', 'cancelled')
-        AND completed_at >= now() - %(window)s * interval '1 second'
+      SELECT status, count(*) AS n FROM {schema}.orchwf_instance_history
+      WHERE completed_at >= now() - %(window)s * interval '1 second'
       GROUP BY status) f) AS last_window,
   (SELECT coalesce(jsonb_agg(jsonb_build_object(
         'queue', q.queue, 'ready', q.ready,
         'oldest_age', extract(epoch FROM now() - q.oldest_ready_at)::float8) ORDER BY q.queue), '[]')
    FROM {schema}.orchwf_queue_stats(%(cap)s) q) AS queues,
   (SELECT count(*) FROM {schema}.orchwf_running_steps r
-   JOIN {schema}.orchwf_step_instances s
+   JOIN {schema}.orchwf_live_steps s
      ON s.id = r.step_inst_id AND s.lease_token = r.lease_token AND s.status = 'running') AS running_steps,
-  (SELECT count(*) FROM {schema}.orchwf_step_instances WHERE run_after IS NOT NULL) AS scheduled_steps,
+  (SELECT count(*) FROM {schema}.orchwf_live_steps WHERE run_after IS NOT NULL) AS scheduled_steps,
   (SELECT count(*) FROM {schema}.orchwf_workers
    WHERE role = 'worker' AND heartbeat_at > now() - %(live)s * interval '1 second') AS live_workers
 
@@ -60,7 +60,7 @@ SELECT i.id::text AS id, i.workflow_id, i.status, i.queue, i.priority, i.run_mod
         FROM jsonb_array_elements(d.definition->'steps') s) AS definition_deps
 FROM {schema}.orchwf_workflow_instances i
 LEFT JOIN {schema}.orchwf_workflow_definitions d ON d.workflow_id = i.workflow_id
-WHERE i.id = %(id)s
+WHERE i.id = %(id)s AND i.created_at = {schema}.orchwf_instance_created_at(%(id)s)
 
 -- name: dashboard_steps
 SELECT s.id::text AS id, s.step_id, s.status, s.attempts, s.max_attempts, s.retry_count, s.crashes,
@@ -73,8 +73,14 @@ SELECT s.id::text AS id, s.step_id, s.status, s.attempts, s.max_attempts, s.retr
        CASE WHEN pg_column_size(s.output) <= %(max_json)s THEN s.output END AS output,
        CASE WHEN pg_column_size(s.output) > %(max_json)s THEN left(jsonb_pretty(s.output), %(max_json)s) END AS output_head,
        pg_column_size(s.output) AS output_size
-FROM {schema}.orchwf_step_instances s
-WHERE s.workflow_inst_id = %(id)s
+FROM (SELECT * FROM {schema}.orchwf_live_steps WHERE workflow_inst_id = %(id)s
+      UNION ALL
+      SELECT id, step_id, workflow_inst_id, status, input, output, started_at, completed_at, error, retry_count,
+             last_retry_at, duration_ms, execution_order, priority, attempts, crashes, max_attempts,
+             timeout_seconds, required, crash_counts_as_attempt, has_compensator, dependencies, dependents,
+             pending_deps, run_after, lease_owner, lease_token, lease_expires_at, deadline_at, created_at, updated_at
+      FROM {schema}.orchwf_step_history
+      WHERE workflow_inst_id = %(id)s AND instance_created_at = {schema}.orchwf_instance_created_at(%(id)s)) s
 ORDER BY s.execution_order, s.step_id
 
 -- name: dashboard_events
@@ -84,22 +90,23 @@ SELECT * FROM (
            CASE WHEN pg_column_size(e.event_data) > %(max_json)s
                 THEN left(jsonb_pretty(e.event_data), %(max_json)s) END AS data_head,
            pg_column_size(e.event_data) AS data_size
-    FROM {schema}.orchwf_workflow_events e
-    WHERE e.workflow_inst_id = %(id)s
+    FROM {schema}.orchwf_event_history e
+    WHERE e.workflow_inst_id = %(id)s AND e.instance_created_at = {schema}.orchwf_instance_created_at(%(id)s)
     ORDER BY e."timestamp" DESC, e.seq DESC
     LIMIT %(max_events)s) newest
 ORDER BY at, seq
 
 -- name: dashboard_event_count
-SELECT count(*) AS n FROM {schema}.orchwf_workflow_events WHERE workflow_inst_id = %(id)s
+SELECT count(*) AS n FROM {schema}.orchwf_event_history
+WHERE workflow_inst_id = %(id)s AND instance_created_at = {schema}.orchwf_instance_created_at(%(id)s)
 
 -- name: dashboard_claims
 SELECT s.lease_owner, s.workflow_inst_id::text AS instance_id, i.workflow_id, s.step_id, s.attempts,
        s.started_at, extract(epoch FROM s.lease_expires_at - now())::float8 AS lease_expires_in
 FROM {schema}.orchwf_running_steps r
-JOIN {schema}.orchwf_step_instances s ON s.id = r.step_inst_id AND s.lease_token = r.lease_token
-                                      AND s.status = 'running'
-JOIN {schema}.orchwf_workflow_instances i ON i.id = s.workflow_inst_id
+JOIN {schema}.orchwf_live_steps s ON s.id = r.step_inst_id AND s.lease_token = r.lease_token
+                                 AND s.status = 'running'
+JOIN {schema}.orchwf_live_instances i ON i.id = s.workflow_inst_id
 ORDER BY s.lease_owner, s.lease_expires_at
 LIMIT %(max_claims)s
 

@@ -4,7 +4,7 @@
 -- Queue depth and oldest ready step per queue (a loose index scan of the claim index in
 -- orchwf_queue_stats); dead and live tuples and inserts from the statistics views; live
 -- worker rows (a small table); and the instances that finished since the last scrape
--- (a range of the finished index), up to a horizon %(lag)s seconds back, which the next
+-- (a BRIN range of history), up to a horizon %(lag)s seconds back, which the next
 -- scrape starts from.
 SELECT 'queue' AS kind, q.queue AS name, q.ready::float8 AS a,
        extract(epoch FROM now() - q.oldest_ready_at)::float8 AS b, NULL::timestamptz AS t
@@ -16,7 +16,7 @@ WHERE s.schemaname = %(schema)s AND s.relname = ANY (%(tables)s)
 UNION ALL
 SELECT 'inserted', s.relname::text, s.n_tup_ins::float8, NULL, NULL
 FROM pg_catalog.pg_stat_user_tables s
-WHERE s.schemaname = %(schema)s AND s.relname = 'orchwf_workflow_instances'
+WHERE s.schemaname = %(schema)s AND s.relname = 'orchwf_live_instances'
 UNION ALL
 SELECT 'workers', w.role, count(*)::float8, NULL, NULL
 FROM {schema}.orchwf_workers w
@@ -24,9 +24,8 @@ WHERE w.heartbeat_at > now() - %(live)s * interval '1 second'
 GROUP BY w.role
 UNION ALL
 SELECT 'finished:' || i.status, i.workflow_id, count(*)::float8, NULL, NULL
-FROM {schema}.orchwf_workflow_instances i
+FROM {schema}.orchwf_instance_history i
 WHERE %(since)s::timestamptz IS NOT NULL
-  AND i.status IN ('completed', 'failed', 'cancelled')
   AND i.completed_at >= greatest(%(since)s::timestamptz, now() - %(gap)s * interval '1 second')
   AND i.completed_at < now() - %(lag)s * interval '1 second'
 GROUP BY i.status, i.workflow_id

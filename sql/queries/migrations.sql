@@ -39,6 +39,9 @@ INSERT INTO {schema}.orchwf_migrations (version, description) VALUES (%(version)
 -- name: unrecord_migration
 DELETE FROM {schema}.orchwf_migrations WHERE version = %(version)s
 
+-- name: no_body_checks
+SET LOCAL check_function_bodies = off
+
 -- name: api_tracking_exists
 SELECT 1 FROM pg_tables WHERE schemaname = %(schema)s AND tablename = 'orchwf_api_files'
 

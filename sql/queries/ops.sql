@@ -7,7 +7,11 @@
 SELECT id AS step_inst_id, crashes, max_attempts, required, lease_owner, lease_expires_at, run_after,
        extract(epoch FROM lease_expires_at - now())::float8 AS lease_expires_in,
        extract(epoch FROM run_after - now())::float8 AS due_in
-FROM {schema}.orchwf_step_instances WHERE workflow_inst_id = %(id)s
+FROM {schema}.orchwf_live_steps WHERE workflow_inst_id = %(id)s
+UNION ALL
+SELECT id AS step_inst_id, crashes, max_attempts, required, NULL, NULL, NULL, NULL, NULL
+FROM {schema}.orchwf_step_history
+WHERE workflow_inst_id = %(id)s AND instance_created_at = {schema}.orchwf_instance_created_at(%(id)s)
 
 -- name: stats
 SELECT
@@ -15,15 +19,14 @@ SELECT
                                                extract(epoch FROM now() - q.oldest_ready_at)::float8)), '[]')
    FROM {schema}.orchwf_queue_stats(%(cap)s) q) AS queues,
   (SELECT count(*) FROM {schema}.orchwf_running_steps r
-   JOIN {schema}.orchwf_step_instances s
+   JOIN {schema}.orchwf_live_steps s
      ON s.id = r.step_inst_id AND s.lease_token = r.lease_token AND s.status = 'running') AS running_steps,
-  (SELECT count(*) FROM {schema}.orchwf_step_instances WHERE run_after IS NOT NULL) AS scheduled_steps,
-  (SELECT count(*) FROM {schema}.orchwf_workflow_instances WHERE status = 'pending') AS pending,
-  (SELECT count(*) FROM {schema}.orchwf_workflow_instances WHERE status = 'running') AS running,
+  (SELECT count(*) FROM {schema}.orchwf_live_steps WHERE run_after IS NOT NULL) AS scheduled_steps,
+  (SELECT count(*) FROM {schema}.orchwf_live_instances WHERE status = 'pending') AS pending,
+  (SELECT count(*) FROM {schema}.orchwf_live_instances WHERE status = 'running') AS running,
   (SELECT coalesce(jsonb_object_agg(f.status, f.n), '{{}}') FROM (
-      SELECT status, count(*) AS n FROM {schema}.orchwf_workflow_instances
-      WHERE status IN ('completed', 'failed', 'cancelled')
-        AND completed_at >= now() - %(window)s * interval '1 second'
+      SELECT status, count(*) AS n FROM {schema}.orchwf_instance_history
+      WHERE completed_at >= now() - %(window)s * interval '1 second'
       GROUP BY status) f) AS finished,
   (SELECT coalesce(jsonb_object_agg(w.role, w.n), '{{}}') FROM (
       SELECT role, count(*) AS n FROM {schema}.orchwf_workers
@@ -42,9 +45,9 @@ SELECT r.lease_owner, s.workflow_inst_id, i.workflow_id, s.step_id, s.attempts A
        s.started_at, extract(epoch FROM now() - s.updated_at)::float8 AS running_for,
        extract(epoch FROM s.lease_expires_at - now())::float8 AS lease_expires_in
 FROM {schema}.orchwf_running_steps r
-JOIN {schema}.orchwf_step_instances s ON s.id = r.step_inst_id AND s.lease_token = r.lease_token
-                                      AND s.status = 'running'
-JOIN {schema}.orchwf_workflow_instances i ON i.id = s.workflow_inst_id
+JOIN {schema}.orchwf_live_steps s ON s.id = r.step_inst_id AND s.lease_token = r.lease_token
+                                 AND s.status = 'running'
+JOIN {schema}.orchwf_live_instances i ON i.id = s.workflow_inst_id
 ORDER BY r.lease_owner, s.lease_expires_at
 LIMIT %(limit)s
 

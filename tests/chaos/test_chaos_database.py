@@ -278,13 +278,14 @@ def test_least_privilege_runtime_role_runs_the_daemon(least_privilege) -> None:
         assert total == 30 and len(page) == 5
         live = check_ledger(world.dsn, ids + [failing, cancelled], final=False)
         assert live.instance_status == {"completed": 30, "failed": 1, "cancelled": 1}  # pay refuses again
-        with connect(world.dsn) as conn:
-            conn.execute("UPDATE orchwf_workflow_instances SET completed_at = now() - interval '1 hour'"
-                         " WHERE id = ANY(%s::uuid[])", (ids[:10],))
+        # history of two days ago (its own partition), saved by the in-process store as this role
+        old = _old_finished_instances(roles.runtime_dsn, 10, days=2)
+        assert _count(world.dsn, old) == 10
         # the supervisor prunes on its first maintenance round; restart it to prune now
         daemon.stop()
         daemon = world.start("--workers", "1", "--retention", "60", dsn=roles.runtime_dsn)
-        wait_for(lambda: _count(world.dsn, ids) == 20, timeout=30, what="prune as the runtime role")
+        wait_for(lambda: _count(world.dsn, old) == 0, timeout=30, what="prune as the runtime role")
+        assert _count(world.dsn, ids) == 30  # today's history stays
         daemon.stop()
         text = "\n".join(d.log_text() for d in world.daemons)
         assert "permission denied" not in text, text[-3000:]
@@ -312,6 +313,22 @@ def _unfinished(dsn: str, ids: list[str]) -> int:
     with connect(dsn) as conn:
         return int(conn.execute("SELECT count(*) FROM orchwf_workflow_instances WHERE id = ANY(%s::uuid[])"
                                 " AND status NOT IN ('completed', 'failed', 'cancelled')", (ids,)).fetchone()[0])
+
+
+def _old_finished_instances(dsn: str, n: int, days: int) -> list[str]:
+    """``n`` completed instances created ``days`` ago, through the in-process store."""
+    from datetime import datetime, timedelta, timezone
+
+    from orchwf import DBStateManager, WorkflowInstance, WorkflowStatus
+    from orchwf.ids import new_id
+
+    at = datetime.now(timezone.utc) - timedelta(days=days)
+    with DBStateManager(dsn, schema="orchwf") as store:
+        instances = [WorkflowInstance(id=new_id(at), workflow_id="dag5", status=WorkflowStatus.COMPLETED,
+                                      created_at=at, started_at=at, completed_at=at) for _ in range(n)]
+        for inst in instances:
+            store.save_workflow(inst)
+    return [i.id for i in instances]
 
 
 def _count(dsn: str, ids: list[str]) -> int:

@@ -105,9 +105,10 @@ def _json_equal(sent: Any, got: Any) -> bool:
 
 def _tables_intact(dsn: str) -> None:
     with connect(dsn) as conn:
-        names = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE tablename LIKE 'orchwf_%%'")}
-    assert {"orchwf_workflow_instances", "orchwf_step_instances", "orchwf_ready_steps",
-            "orchwf_workflow_events", "orchwf_workflow_definitions"} <= names
+        names = {r[0] for r in conn.execute("SELECT c.relname FROM pg_class c WHERE c.relname LIKE 'orchwf_%%'"
+                                            " AND c.relkind IN ('r', 'p', 'v')")}
+    assert {"orchwf_workflow_instances", "orchwf_step_instances", "orchwf_ready_steps", "orchwf_live_instances",
+            "orchwf_instance_history", "orchwf_workflow_events", "orchwf_workflow_definitions"} <= names
 
 
 @pytest.fixture

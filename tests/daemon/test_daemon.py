@@ -168,7 +168,7 @@ def test_lost_lease_result_is_discarded(client: Client, start_daemon, app_db: st
     wait_for(lambda: executions(app_db, iid), what="first execution")
     with psycopg.connect(app_db, autocommit=True) as conn:
         # The lease runs out while the first worker still runs the step (as if it stalled).
-        conn.execute("UPDATE orchwf_step_instances SET lease_expires_at = now() - interval '1 second' WHERE status = 'running'")
+        conn.execute("UPDATE orchwf_live_steps SET lease_expires_at = now() - interval '1 second' WHERE status = 'running'")
         rescued = conn.execute("SELECT * FROM orchwf_rescue_steps()").fetchall()
     assert len(rescued) == 1
     wait_for(lambda: len(executions(app_db, iid)) >= 2, timeout=60, what="rescued copy")
@@ -253,7 +253,7 @@ def test_resume_reruns_only_what_failed(client: Client, start_daemon, app_db: st
     assert client.wait(iid, timeout=30).status == WorkflowStatus.FAILED
     assert len(executions(app_db, iid)) == 3
     with psycopg.connect(app_db, autocommit=True) as conn:  # make the next try succeed
-        conn.execute("UPDATE orchwf_workflow_instances SET input = '{\"succeed_on\": 1}' WHERE id = %s", (iid,))
+        conn.execute("UPDATE orchwf_instance_history SET input = '{\"succeed_on\": 1}' WHERE id = %s", (iid,))
     assert client.resume_workflow(iid) == "running"
     inst = client.wait(iid, timeout=30)
     assert inst.status == WorkflowStatus.COMPLETED

@@ -177,7 +177,7 @@ def make_every_metric_happen(d: Daemon, dsn: str, tmp_path: Path) -> None:
     # The database counts finished instances once they are 60 s old (FINISH_LAG_SECONDS):
     # age them instead of waiting a minute (the supervisor's first scrape set its horizon
     # before this: they are counted once, at the next query).
-    query(dsn, "UPDATE orchwf_workflow_instances SET completed_at = now() - interval '59 seconds'"
+    query(dsn, "UPDATE orchwf_instance_history SET completed_at = now() - interval '59 seconds'"
                " WHERE status IN ('completed', 'failed', 'cancelled')")
 
     def every_outcome() -> bool:

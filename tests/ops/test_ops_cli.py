@@ -259,21 +259,46 @@ def test_workers_lists_processes_and_their_claims(orchwf, ops_db: str) -> None:
     assert any(line.startswith("h:3:1") and " stale " in line for line in text.splitlines())
 
 
+def old_finished_instance(dsn: str, days: int) -> str:
+    """A finished instance created ``days`` ago (its history partition is that day's),
+    with a step and events, saved through the in-process store."""
+    from datetime import datetime, timedelta, timezone
+
+    from orchwf import DBStateManager, StepInstance, StepStatus, WorkflowEvent, WorkflowInstance, WorkflowStatus
+    from orchwf.ids import new_id
+
+    at = (datetime.now(timezone.utc) - timedelta(days=days)).replace(microsecond=0)
+    with DBStateManager(dsn) as store:
+        inst = WorkflowInstance(id=new_id(at), workflow_id="ops_fail", status=WorkflowStatus.RUNNING, created_at=at,
+                                started_at=at)
+        store.save_workflow(inst)
+        step = StepInstance(id=new_id(at), step_id="boom", workflow_inst_id=inst.id, status=StepStatus.FAILED)
+        store.save_step(step)
+        store.save_event(WorkflowEvent(id=new_id(at), workflow_inst_id=inst.id, event_type="step.failed",
+                                       step_inst_id=step.id))
+        inst.status, inst.completed_at = WorkflowStatus.FAILED, at + timedelta(hours=1)
+        store.save_workflow(inst)
+    return inst.id
+
+
 def test_prune(orchwf, ops_db: str) -> None:
-    old = failed_instance(ops_db)
+    old = old_finished_instance(ops_db, days=9)
     recent = failed_instance(ops_db)
     with Client(ops_db) as client:
         running = client.enqueue("ops_chain", {})
-    query(ops_db, "UPDATE orchwf_workflow_instances SET completed_at = now() - interval '8 days' WHERE id = %s", (old,))
+    assert {i for (i,) in query(ops_db, "SELECT id::text FROM orchwf_workflow_instances")} == {old, recent, running}
     assert json.loads(ok(orchwf("prune", "--older-than", "7d", "--json"))) == {
-        "pruned": 1, "older_than_seconds": 7 * 86400}
+        "pruned": 1, "partitions": 1, "older_than_seconds": 7 * 86400}
     ids = {i for (i,) in query(ops_db, "SELECT id::text FROM orchwf_workflow_instances")}
     assert ids == {recent, running}
-    # the pruned instance's steps and events went with it (the delete trigger), the others' stayed
+    # the pruned instance's steps and events went with its partition, the others' stayed
     steps = {i for (i,) in query(ops_db, "SELECT DISTINCT workflow_inst_id::text FROM orchwf_step_instances")}
     events = {i for (i,) in query(ops_db, "SELECT DISTINCT workflow_inst_id::text FROM orchwf_workflow_events")}
     assert steps == events == {recent, running}
-    assert ok(orchwf("prune", "--older-than", "1h30m")).strip() == "pruned 0 finished instances older than 1h30m"
+    # today's range holds a running instance and one that just finished: kept (only empty
+    # ranges of earlier days may go)
+    assert ok(orchwf("prune", "--older-than", "1s")).startswith("pruned 0 finished instances (")
+    assert {i for (i,) in query(ops_db, "SELECT id::text FROM orchwf_workflow_instances")} == {recent, running}
     assert "not a duration" in failed(orchwf("prune", "--older-than", "7 days"), code=2)
     assert "Missing option '--older-than'" in failed(orchwf("prune"), code=2)
 

@@ -68,7 +68,7 @@ def test_scrape_during_a_run_matches_what_happened(daemon, ops_db: str, tmp_path
     assert total(samples, "orchwf_live_workers", role="worker") == 2
     assert total(samples, "orchwf_live_workers", role="supervisor") == 1
     assert {lab["table"] for lab, _ in samples["orchwf_table_dead_tuples"]} == {
-        "orchwf_ready_steps", "orchwf_step_instances", "orchwf_workflow_instances", "orchwf_workflow_events"}
+        "orchwf_ready_steps", "orchwf_running_steps", "orchwf_live_steps", "orchwf_live_instances"}
     # bounded labels: no process or instance identities
     for name, series in samples.items():
         for labels, _ in series:

@@ -61,25 +61,29 @@ CATALOG = {
         JOIN pg_class c ON c.oid = a.attrelid
         LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
         WHERE c.relnamespace = %(schema)s::regnamespace AND c.relkind IN ('r', 'p', 'v')
-          AND a.attnum > 0 AND NOT a.attisdropped
+          AND NOT c.relispartition AND a.attnum > 0 AND NOT a.attisdropped
         ORDER BY 1, 2""",
     "relations": """
         SELECT c.relname, c.relkind, coalesce(c.reloptions, '{}'), c.relpersistence
         FROM pg_class c WHERE c.relnamespace = %(schema)s::regnamespace AND c.relkind IN ('r', 'p', 'v', 'S', 'i', 'I')
+          AND NOT c.relispartition
         ORDER BY 1""",
     "indexes": """
         SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid)
         FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-        WHERE c.relnamespace = %(schema)s::regnamespace ORDER BY 1""",
+        WHERE c.relnamespace = %(schema)s::regnamespace AND NOT c.relispartition ORDER BY 1""",
     "constraints": """
-        SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)
-        FROM pg_constraint WHERE connamespace = %(schema)s::regnamespace ORDER BY 1, 2""",
+        SELECT n.conrelid::regclass::text, n.conname, pg_get_constraintdef(n.oid)
+        FROM pg_constraint n LEFT JOIN pg_class c ON c.oid = n.conrelid
+        WHERE n.connamespace = %(schema)s::regnamespace AND NOT coalesce(c.relispartition, false)
+        ORDER BY 1, 2""",
     "functions": """
         SELECT p.proname, pg_get_function_identity_arguments(p.oid), md5(pg_get_functiondef(p.oid))
         FROM pg_proc p WHERE p.pronamespace = %(schema)s::regnamespace ORDER BY 1, 2""",
     "triggers": """
         SELECT tgname, pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
-        WHERE c.relnamespace = %(schema)s::regnamespace AND NOT t.tgisinternal ORDER BY 1""",
+        WHERE c.relnamespace = %(schema)s::regnamespace AND NOT t.tgisinternal AND NOT c.relispartition
+        ORDER BY 1""",
     "views": """
         SELECT c.relname, pg_get_viewdef(c.oid) FROM pg_class c
         WHERE c.relnamespace = %(schema)s::regnamespace AND c.relkind = 'v' ORDER BY 1""",

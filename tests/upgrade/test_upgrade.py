@@ -105,6 +105,17 @@ def wait_done(dsn: str, ids: list[str], timeout: float = 90) -> dict[str, str]:
         time.sleep(0.2)
 
 
+# Every instance with its steps' and events' contents, through the names both releases read.
+SNAPSHOT = """
+SELECT i.id, i.status, i.output, i.input, i.created_at, i.completed_at,
+       (SELECT jsonb_agg(jsonb_build_array(s.step_id, s.status, s.output, s.attempts, s.retry_count) ORDER BY s.step_id)
+        FROM orchwf_step_instances s WHERE s.workflow_inst_id = i.id),
+       (SELECT jsonb_agg(jsonb_build_array(e.id, e.event_type, e.event_data, e.step_inst_id) ORDER BY e.seq)
+        FROM orchwf_workflow_events e WHERE e.workflow_inst_id = i.id)
+FROM orchwf_workflow_instances i ORDER BY i.id
+"""
+
+
 def test_a_release_2_database_upgrades_in_place_with_its_data(release_2: tuple[str, Path], tmp_path: Path) -> None:
     dsn, root = release_2
     done = enqueue(dsn, "upgrade_chain", 5) + enqueue(dsn, "upgrade_fan", 5)
@@ -116,20 +127,14 @@ def test_a_release_2_database_upgrades_in_place_with_its_data(release_2: tuple[s
     waiting = enqueue(dsn, "upgrade_chain", 5)  # no worker runs: they wait through the upgrade
     with psycopg.connect(dsn) as conn:
         before = conn.execute(
-            "SELECT i.id, i.status, i.output, i.input, i.created_at, i.completed_at, count(s.*), "
-            "       (SELECT count(*) FROM orchwf_workflow_events e WHERE e.workflow_inst_id = i.id) "
-            "FROM orchwf_workflow_instances i JOIN orchwf_step_instances s ON s.workflow_inst_id = i.id "
-            "GROUP BY i.id ORDER BY i.id").fetchall()
+            SNAPSHOT).fetchall()
     assert len(before) == 15
 
     migrate(dsn)
 
     with psycopg.connect(dsn) as conn:
         after = conn.execute(
-            "SELECT i.id, i.status, i.output, i.input, i.created_at, i.completed_at, count(s.*), "
-            "       (SELECT count(*) FROM orchwf_workflow_events e WHERE e.workflow_inst_id = i.id) "
-            "FROM orchwf_workflow_instances i JOIN orchwf_step_instances s ON s.workflow_inst_id = i.id "
-            "GROUP BY i.id ORDER BY i.id").fetchall()
+            SNAPSHOT).fetchall()
     assert after == before
     new = Daemon(dsn, "new", REPO, tmp_path / "new.log")
     try:

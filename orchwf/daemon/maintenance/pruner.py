@@ -1,13 +1,27 @@
-"""The pruner: retention of finished history, and of rows of processes gone silent."""
+"""The pruner: retention of finished history, and of rows of processes gone silent.
+
+History is partitioned by the instances' created_at (docs/schema.md), so retention
+drops whole partitions, never a DELETE: a range goes once every instance created in it
+finished more than --retention ago. Each of its three partitions is detached with
+``DETACH PARTITION ... CONCURRENTLY`` (reads and writes of history go on meanwhile),
+then dropped. A detach interrupted halfway (the process died) is finished on the next
+run. A role that does not own the tables cannot detach: then the SQL API's
+orchwf_drop_expired_partitions does it as the owner, without CONCURRENTLY and with a
+bounded lock wait.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import errors as pg_errors
 
 from ...db.queries import Queries
+
+log = logging.getLogger("orchwf.supervisor")
 
 EVERY = 300.0  # seconds between runs
 SILENT_PROCESS_SECONDS = 3600.0  # a process row without a heartbeat this long is forgotten
@@ -15,7 +29,8 @@ SILENT_PROCESS_SECONDS = 3600.0  # a process row without a heartbeat this long i
 
 @dataclass
 class PruneResult:
-    pruned: int  # finished instances removed
+    pruned: int  # finished instances dropped (the planner's estimate for a large range)
+    partitions: int  # ranges of history dropped
 
 
 class Pruner:
@@ -28,7 +43,31 @@ class Pruner:
         return self.retention_seconds > 0 and now >= self.next_run
 
     def run_once(self, conn: psycopg.Connection[Any], now: float = 0.0) -> PruneResult:
+        """Drop the expired ranges; ``conn`` must be in autocommit (CONCURRENTLY)."""
         self.next_run = now + EVERY
-        pruned = self.q.prune(conn, self.retention_seconds)
+        result = self.drop_expired(conn, self.retention_seconds)
         self.q.forget_silent_processes(conn, SILENT_PROCESS_SECONDS)
-        return PruneResult(pruned)
+        return result
+
+    def drop_expired(self, conn: psycopg.Connection[Any], older_than_seconds: float) -> PruneResult:
+        pruned = partitions = 0
+        for part in self.q.expired_partitions(conn, older_than_seconds):
+            rows = self.q.partition_rows(conn, part["lower"])
+            try:
+                for child in self.q.partition_children(conn, part["suffix"]):
+                    if child["state"] in ("attached", "detaching"):
+                        self.q.detach_partition(conn, child["parent"], child["child"],
+                                                finalize=child["state"] == "detaching")
+                    if child["state"] != "gone":
+                        self.q.drop_partition(conn, child["child"])
+            except pg_errors.InsufficientPrivilege:
+                log.info("retention: this role does not own history's tables; dropping as their owner "
+                         "(without CONCURRENTLY)")
+                return PruneResult(pruned + self.q.drop_expired_partitions(conn, older_than_seconds),
+                                   partitions + 1)
+            self.q.forget_partition(conn, part["lower"])
+            pruned += rows
+            partitions += 1
+            log.info("retention: dropped history created %s to %s (about %d instances)",
+                     part["lower"].isoformat(), part["upper"].isoformat(), rows)
+        return PruneResult(pruned, partitions)
