@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import psycopg
 import pytest
 from proctools import children
 
@@ -193,6 +194,9 @@ def test_an_unknown_outcome_is_refused_as_a_validation_error(db_dsn: str, bad: s
         iid = client.enqueue("one", {})
         [step] = _claim(conn, "host:1:1", "one")
         row = StepResult(step.step_inst_id, step.lease_token, bad, None, "boom", 1, 0.0, None)
+        with pytest.raises(psycopg.Error) as raw:
+            Q.finish_steps(conn, [row])
+        assert raw.value.sqlstate == "OW400"
         with pytest.raises(ValidationError, match="unknown outcome"), translate_errors():
             Q.finish_steps(conn, [row])
         assert client.get_workflow(iid).step("s").status.value == "running"

@@ -26,7 +26,6 @@ def parity_engines(pg_server_dsn: str, pg_template_db: str) -> Iterator[dict[str
         finally:
             daemon.close()
             inproc.close()
-            print(f"--- parity daemon log ({daemon.process.log.name}) ---\n{daemon.process.output()[-3000:]}")
 
 
 @pytest.fixture(scope="session")

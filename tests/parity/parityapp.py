@@ -108,7 +108,7 @@ p_optional = (
     .build()
 )
 
-# -- a timeout: the step sleeps past its 0.5 s deadline, no retries ---------------------
+# -- a timeout: the step sleeps past its deadline, no retries -----------------------------
 
 
 def sleeps_past_deadline(ctx, data):
@@ -123,6 +123,19 @@ def never(ctx, data):
 p_timeout = (
     WorkflowBuilder("p_timeout", "Timeout")
     .add_step(StepBuilder("slow", "Slow", sleeps_past_deadline).with_timeout(0.5).build())
+    .add_step(StepBuilder("after", "After", never).with_dependencies("slow").build())
+    .build()
+)
+
+
+def ignores_deadline(ctx, data):
+    time.sleep(1.5)  # not cooperative: the engine stops waiting and discards what comes later
+    return {"late": True}
+
+
+p_timeout_ignored = (
+    WorkflowBuilder("p_timeout_ignored", "Timeout ignored by the step")
+    .add_step(StepBuilder("slow", "Slow", ignores_deadline).with_timeout(0.3).build())
     .add_step(StepBuilder("after", "After", never).with_dependencies("slow").build())
     .build()
 )

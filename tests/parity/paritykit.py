@@ -45,20 +45,23 @@ import parityapp  # noqa: E402
 APP = "parityapp"
 WAIT = 30.0  # seconds any run may take at most
 
-# -- the documented differences (README "The daemon" and "Events") -----------------------
+# -- the documented differences: the ONLY ones the comparison lets through --------------
 #
 # The daemon runs an ended instance's compensators as a pseudo-step, '$compensate'
-# (lifecycle.COMPENSATE_STEP, sql/api/finish.sql orchwf_end_instance): it has a step
-# entry of its own and the claim and finish write step.started / step.completed for it.
-# The compensators' own events (step.compensated, step.compensation_failed) carry the
-# compensated step's ID, as in-process, and ARE compared.
+# (lifecycle.COMPENSATE_STEP; README "What the daemon guarantees": compensators run "on a
+# worker"; docs/operations.md, failure semantics: "a `$compensate` step is queued"). It
+# has a step entry of its own, and the claim and finish write step.started and
+# step.completed for it. The compensators' own events (step.compensated,
+# step.compensation_failed) carry the compensated step's ID, as in-process, and ARE
+# compared. test_parity.test_compensate_pseudo_step_is_the_only_extra_step checks that
+# this filter hides nothing else.
 DAEMON_ONLY_STEPS = frozenset({COMPENSATE_STEP})
 # README "Events": "the daemon adds step.rescued and step.released, for crashes and
 # shutdowns the in-process engine does not have".
 DAEMON_ONLY_EVENTS = frozenset({Event.STEP_RESCUED.value, Event.STEP_RELEASED.value})
-# The daemon's workflow.resumed carries {} (sql/api/ops.sql orchwf_resume_workflow), the
-# Orchestrator's {"retry_count": n} (orchestrator.py _prepare_resume): its TYPE is
-# compared, its data is not.
+# README "Events" lists workflow.resumed without a payload: the daemon writes {} (or
+# {"retry_step": id}, sql/api/ops.sql), the Orchestrator {"retry_count": n}
+# (orchestrator.py _prepare_resume). Its TYPE is compared, its data is not.
 DATA_NOT_COMPARED = frozenset({Event.WORKFLOW_RESUMED.value})
 
 
@@ -183,6 +186,10 @@ class DaemonProcess:
         with open(self.log.name, errors="replace") as f:
             return f.read()
 
+    def remove_log(self) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(self.log.name)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -208,8 +215,11 @@ class Daemon(Engine):
         self.process = DaemonProcess(dsn)
 
     def close(self) -> None:
+        """Stop the daemon; its log is printed (pytest shows it when a test failed), then removed."""
         self.process.stop()
         self.client.close()
+        print(f"--- daemon log ---\n{self.process.output()[-3000:]}")
+        self.process.remove_log()
 
     def run(self, workflow_id, data, metadata):
         iid = self.start(workflow_id, data, metadata)
@@ -291,6 +301,7 @@ SCENARIOS: dict[str, Callable[[Engine, Path], str]] = {
     "retries": run_simple("p_retry", {"label": "r"}),
     "optional": run_simple("p_optional", {"report": "weekly"}),
     "timeout": run_simple("p_timeout", {}),
+    "timeout_ignored": run_simple("p_timeout_ignored", {}),
     "compensation": run_simple("p_compensation", {"order": 42}),
     "compensation_failure": run_simple("p_compensation_failure", {"order": 43}),
     "cancel": run_cancel,

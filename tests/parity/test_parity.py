@@ -79,6 +79,7 @@ EXPECTED = {
     "retries": ({"instance": C, "steps": {"flaky": C, "after": C}}, []),
     "optional": ({"instance": C, "steps": {"metrics": S, "render": C}}, []),
     "timeout": ({"instance": F, "steps": {"slow": F, "after": X}}, []),
+    "timeout_ignored": ({"instance": F, "steps": {"slow": F, "after": X}}, []),
     "compensation": ({"instance": F, "steps": {"reserve": C, "charge": C, "ship": F, "notify": X}},
                      ["charge", "reserve"]),
     "compensation_failure": ({"instance": F, "steps": {"reserve": C, "charge": C, "ship": F}},
@@ -115,6 +116,9 @@ def test_scenario_details(parity_runs, engine: str) -> None:
 
     timeout = parity_runs("timeout", engine).instance
     assert timeout.error == "step slow failed after 1 attempts: step slow timed out after 0.5s"
+    ignored = parity_runs("timeout_ignored", engine).instance
+    assert ignored.error == "step slow failed after 1 attempts: step slow timed out after 0.3s"
+    assert ignored.step("slow").output == {}  # the late result is discarded
 
     failed = parity_runs("compensation_failure", engine)
     kinds = [(e.event_type, e.event_data.get("step_id")) for e in failed.events if "compensat" in e.event_type]
