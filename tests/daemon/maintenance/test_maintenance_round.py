@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 from maintkit import (
-    NEXT_DUE_SNAPSHOT,
     SCHEMA,
     Q,
     claim,
@@ -74,7 +73,6 @@ def _heartbeat_age(conn, wid: str) -> float:
     return row.heartbeat_age
 
 
-@pytest.mark.xfail(strict=True, reason=NEXT_DUE_SNAPSHOT)
 def test_round_and_scheduler_agree_on_next_due(client: Client, app_db: str) -> None:
     """After promoting a due retry, both report the wait for the later one."""
     client.enqueue_many("single", [{}, {}])

@@ -1,64 +1,67 @@
-"""Pruner: finished instances older than the retention are removed with their steps and
-events; recent and unfinished ones are kept.
+"""Pruner: retention drops whole partitions of history (docs/schema.md), never a DELETE.
 
-Instances are made old by waiting (a retention of one second), not by writing
-completed_at: Queries offers no way to back-date an instance, and the tests stay off the
-tables. The pruner's other half, forgetting process rows silent for an hour
-(SILENT_PROCESS_SECONDS), would need a back-dated heartbeat, so it is not covered here.
+A range goes once every instance created in it finished more than the retention ago; an
+instance still running (or finished more recently) keeps its whole range, so nothing of
+it is lost. Old instances are made by the in-process store, which keeps the created_at
+and completed_at it is given (each lands in its day's partition). The pruner's other
+half, forgetting process rows silent for an hour, would need a back-dated heartbeat, so
+it is not covered here.
 """
 
 from __future__ import annotations
 
-import pytest
-from maintkit import SCHEMA, claim, connection, finish, wait_until, worker_id
+from datetime import datetime, timedelta, timezone
 
-from orchwf import (
-    Client,
-    DBStateManager,
-    Orchestrator,
-    StepBuilder,
-    WorkflowBuilder,
-    WorkflowNotFoundError,
-)
+import pytest
+from maintkit import SCHEMA, connection
+
+from orchwf import Client, DBStateManager, WorkflowInstance, WorkflowNotFoundError, WorkflowStatus
 from orchwf.daemon.maintenance import pruner
 from orchwf.daemon.maintenance.pruner import Pruner, PruneResult
-from orchwf.lifecycle import Outcome
+from orchwf.ids import new_id
 
-RETENTION = 1.0
-
-quick = WorkflowBuilder("prune_me", "Finishes at once").add_step(
-    StepBuilder("s", "S", lambda ctx, data: {"ok": True}).build()).build()
+DAY = 86400.0
 
 
-def test_finished_instances_past_retention_are_pruned(client: Client, app_db: str) -> None:
-    """Old finished instances (in-process and daemon) go; recent and running ones stay."""
+def _instance(store: DBStateManager, days_ago: float, status: WorkflowStatus, finished_days_ago: float | None = None
+              ) -> WorkflowInstance:
+    at = datetime.now(timezone.utc) - timedelta(days=days_ago)
+    inst = WorkflowInstance(id=new_id(at), workflow_id="single", status=status, created_at=at, started_at=at)
+    if finished_days_ago is not None:
+        inst.completed_at = datetime.now(timezone.utc) - timedelta(days=finished_days_ago)
+    store.save_workflow(inst)
+    return inst
+
+
+def test_a_range_goes_when_all_its_instances_finished_before_the_retention(client: Client, app_db: str) -> None:
     with DBStateManager(app_db) as store, connection(app_db) as conn:
-        orch = Orchestrator(store)
-        orch.register_workflow(quick)
-        old_inproc = orch.start_workflow("prune_me", {}).workflow_inst.id
-        old_daemon = client.enqueue("single", {})
-        [step] = claim(conn, worker_id())
-        assert finish(conn, step, Outcome.COMPLETED, output={"done": True})
-        unfinished = client.enqueue("single", {})
-        assert client.get_workflow(old_daemon).status.value == "completed"
+        old = [_instance(store, 3, WorkflowStatus.COMPLETED, 3), _instance(store, 3, WorkflowStatus.FAILED, 2.9)]
+        straggler = _instance(store, 3, WorkflowStatus.RUNNING)  # created that day, still running
+        recent = _instance(store, 0, WorkflowStatus.COMPLETED, 0)
 
-        completed = client.get_workflow(old_daemon).completed_at  # the later of the two
-        wait_until(lambda: _age(conn, completed) > RETENTION, "the first instances to pass the retention")
-        recent = orch.start_workflow("prune_me", {}).workflow_inst.id
-        orch.shutdown()
-
-        p = Pruner(SCHEMA, RETENTION)
+        p = Pruner(SCHEMA, DAY)
         assert p.due(now=0.0)
-        assert p.run_once(conn, now=100.0) == PruneResult(2)
+        # the straggler keeps its whole range (and so the two finished beside it)
+        assert p.run_once(conn, now=100.0).pruned == 0
         assert not p.due(now=100.0 + pruner.EVERY - 1) and p.due(now=100.0 + pruner.EVERY)
+        assert client.get_workflow(old[0].id).status == WorkflowStatus.COMPLETED
 
-        for gone in (old_inproc, old_daemon):
+        # it finishes, but recently: the range still stays (retention counts from the finish)
+        straggler.status, straggler.completed_at = WorkflowStatus.COMPLETED, datetime.now(timezone.utc)
+        store.save_workflow(straggler)
+        assert p.run_once(conn, now=400.0).pruned == 0
+        assert client.get_workflow(straggler.id).status == WorkflowStatus.COMPLETED
+
+        # once its finish is older than the retention too, the range goes, whole
+        straggler.completed_at = datetime.now(timezone.utc) - timedelta(days=2)
+        store.save_workflow(straggler)
+        result = p.run_once(conn, now=700.0)
+        assert result.pruned == 3 and result.partitions >= 1
+        for gone in (*old, straggler):
             with pytest.raises(WorkflowNotFoundError):
-                client.get_workflow(gone)
-        assert client.get_workflow(recent).status.value == "completed"
-        assert client.get_workflow(unfinished).status.value == "pending"
-        assert [e.event_type for e in client.get_workflow_events(recent)][-1] == "workflow.completed"
-        assert p.run_once(conn, now=400.0) == PruneResult(0)
+                client.get_workflow(gone.id)
+        assert client.get_workflow(recent.id).status == WorkflowStatus.COMPLETED
+        assert p.run_once(conn, now=1000.0) == PruneResult(0, 0)
 
 
 def _age(conn, then) -> float:

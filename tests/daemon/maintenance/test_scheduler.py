@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 from maintkit import (
-    NEXT_DUE_SNAPSHOT,
     SCHEMA,
     claim,
     connection,
@@ -44,7 +43,6 @@ def test_a_backed_off_retry_is_promoted_when_due(client: Client, app_db: str) ->
         assert (again.step_inst_id, again.attempt, again.retry_count) == (step.step_inst_id, 2, 1)
 
 
-@pytest.mark.xfail(strict=True, reason=NEXT_DUE_SNAPSHOT)
 def test_next_due_after_a_promotion_names_the_next_step(client: Client, app_db: str) -> None:
     """The round that promotes the only scheduled step reports nothing more to wait for."""
     client.enqueue("single", {})
