@@ -105,10 +105,14 @@ def table_stats(dsn: str, tables: Sequence[str]) -> dict[str, dict[str, int]]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         stats = rows(
             conn,
-            "SELECT relname, n_live_tup AS live, n_dead_tup AS dead, pg_total_relation_size(relid) AS total_bytes,"
-            " pg_relation_size(relid) AS heap_bytes, pg_indexes_size(relid) AS index_bytes,"
-            " n_tup_upd AS updates, n_tup_hot_upd AS hot_updates, autovacuum_count AS autovacuums"
-            " FROM pg_stat_user_tables WHERE relname = ANY(%s)", (list(tables),))
+            # a partitioned table is the sum of its partitions
+            "SELECT coalesce(p.relname, s.relname) AS relname, sum(s.n_live_tup) AS live, sum(s.n_dead_tup) AS dead,"
+            " sum(pg_total_relation_size(s.relid)) AS total_bytes, sum(pg_relation_size(s.relid)) AS heap_bytes,"
+            " sum(pg_indexes_size(s.relid)) AS index_bytes, sum(s.n_tup_upd) AS updates,"
+            " sum(s.n_tup_hot_upd) AS hot_updates, sum(s.autovacuum_count) AS autovacuums"
+            " FROM pg_stat_user_tables s LEFT JOIN pg_inherits i ON i.inhrelid = s.relid"
+            " LEFT JOIN pg_class p ON p.oid = i.inhparent"
+            " WHERE coalesce(p.relname, s.relname) = ANY(%s) GROUP BY 1", (list(tables),))
     for row in stats:
         name = row.pop("relname")
         out[name] = {k: int(v) for k, v in row.items()}

@@ -23,15 +23,13 @@ WORKFLOW = "bench_noop"  # one no-op step, "s" (bench/apps/orchwf_app.py)
 # The tables of the current storage. Runtime: churned by every workflow that runs (the
 # claim queue, the running list, live state and its events); history: where finished
 # workflows stay until retention deletes them (today the same tables as live state).
-RUNTIME_TABLES = ("orchwf_ready_steps", "orchwf_running_steps", "orchwf_step_instances",
-                  "orchwf_workflow_instances", "orchwf_workflow_events")
-HISTORY_TABLES = ("orchwf_workflow_instances", "orchwf_step_instances", "orchwf_workflow_events")
+RUNTIME_TABLES = ("orchwf_ready_steps", "orchwf_running_steps", "orchwf_live_steps", "orchwf_live_instances")
+HISTORY_TABLES = ("orchwf_instance_history", "orchwf_step_history", "orchwf_event_history")
 
 # -- observation ------------------------------------------------------------------------------
 
-REMAINING_SQL = "SELECT count(*) AS n FROM orchwf_workflow_instances WHERE status IN ('pending', 'running')"
-FAILED_SQL = ("SELECT count(*) AS n FROM orchwf_workflow_instances"
-              " WHERE status NOT IN ('pending', 'running', 'completed')")
+REMAINING_SQL = "SELECT count(*) AS n FROM orchwf_live_instances"
+FAILED_SQL = "SELECT count(*) AS n FROM orchwf_instance_history WHERE status = 'failed'"
 BACKLOG_SQL = "SELECT count(*) AS n FROM orchwf_ready_steps"
 WORKERS_SQL = "SELECT count(*) AS n FROM orchwf_workers WHERE role = 'worker'"
 FIRST_START_SQL = ("SELECT extract(epoch FROM min(started_at))::float8 AS t FROM orchwf_step_instances"
@@ -101,7 +99,7 @@ WITH src AS MATERIALIZED (
 ), def AS (
     SELECT version_hash FROM orchwf_workflow_definitions WHERE workflow_id = %(workflow)s
 ), wi AS (
-    INSERT INTO orchwf_workflow_instances
+    INSERT INTO orchwf_instance_history
         (id, workflow_id, status, input, output, context, started_at, completed_at, trace_id, correlation_id,
          run_mode, definition_hash, steps_remaining, created_at, updated_at)
     SELECT wid, %(workflow)s, 'completed', '{}',
@@ -112,15 +110,16 @@ WITH src AS MATERIALIZED (
            'daemon', (SELECT version_hash FROM def), 0, t0, t0 + interval '15 ms'
     FROM src
 ), si AS (
-    INSERT INTO orchwf_step_instances
+    INSERT INTO orchwf_step_history
         (id, step_id, workflow_inst_id, status, input, output, started_at, completed_at, attempts, max_attempts,
-         created_at, updated_at)
+         created_at, updated_at, instance_created_at)
     SELECT sid, 's', wid, 'completed', '{}', jsonb_build_object('t_s', extract(epoch FROM t0 + interval '12 ms')),
-           t0 + interval '10 ms', t0 + interval '15 ms', 1, 1, t0, t0 + interval '15 ms'
+           t0 + interval '10 ms', t0 + interval '15 ms', 1, 1, t0, t0 + interval '15 ms', t0
     FROM src
 )
-INSERT INTO orchwf_workflow_events (id, workflow_inst_id, step_inst_id, event_type, event_data, "timestamp", created_at)
-SELECT orchwf_uuid7(), src.wid, e.step_inst_id, e.event_type, e.event_data, src.t0 + e.after, src.t0 + e.after
+INSERT INTO orchwf_event_history (id, workflow_inst_id, step_inst_id, event_type, event_data, "timestamp", created_at,
+                                  instance_created_at)
+SELECT orchwf_uuid7(), src.wid, e.step_inst_id, e.event_type, e.event_data, src.t0 + e.after, src.t0 + e.after, src.t0
 FROM src CROSS JOIN LATERAL (VALUES
     (NULL::uuid, 'workflow.started', jsonb_build_object('workflow_id', %(workflow)s), interval '0 ms'),
     (src.sid, 'step.started', '{"step_id": "s"}'::jsonb, interval '10 ms'),
