@@ -27,6 +27,9 @@ SET search_path FROM CURRENT
 -- times between two autovacuum runs, so their statistics lag: a stale estimate must not
 -- turn a lookup by key into a sequential scan over dead rows.
 SET enable_seqscan = off
+-- No JIT: enable_seqscan = off prices a scan it cannot avoid at 1e10, which would make
+-- every call compile its plan (milliseconds) for a few key lookups.
+SET jit = off
 -- One plan, made once per connection: every join below is a key lookup whatever the
 -- estimates, so the generic plan is as good as a custom one and costs no planning.
 SET plan_cache_mode = force_generic_plan

@@ -100,6 +100,9 @@ SET search_path FROM CURRENT
 -- between two autovacuum runs, so their statistics lag: a stale estimate must not turn a
 -- lookup by key into a sequential scan over dead rows.
 SET enable_seqscan = off
+-- No JIT: enable_seqscan = off prices a scan it cannot avoid at 1e10, which would make
+-- every call compile its plan (milliseconds) for a few key lookups.
+SET jit = off
 AS $$
 DECLARE
     v_accepted uuid[];
