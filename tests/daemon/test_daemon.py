@@ -12,7 +12,7 @@ import pytest
 
 from orchwf import Client, StepBuilder, WorkflowBuilder, WorkflowStatus
 
-from conftest import executions, wait_for
+from daemonkit import executions, wait_for
 
 pytestmark = pytest.mark.slow
 

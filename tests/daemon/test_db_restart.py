@@ -11,7 +11,7 @@ import daemonapp
 from orchwf import Client, WorkflowStatus
 from orchwf.db.migrations import migrate
 
-from conftest import SIDE_TABLES, Daemon, executions, wait_for
+from daemonkit import SIDE_TABLES, Daemon, executions, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import pytest
 
 from orchwf import Client, WorkflowStatus
 
-from conftest import executions, wait_for
+from daemonkit import executions, wait_for
 from proctools import children
 
 CLAIM = "SELECT step_inst_id FROM orchwf_claim_steps(%s, '{default}', '{single}', %s, 30, %s)"
