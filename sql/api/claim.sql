@@ -27,6 +27,11 @@ SET search_path FROM CURRENT
 -- times between two autovacuum runs, so their statistics lag: a stale estimate must not
 -- turn a lookup by key into a sequential scan over dead rows.
 SET enable_seqscan = off
+-- The ready queue is read in its index's order, a few entries per claim. Without this, a
+-- table whose statistics lag (a backlog enqueued since the last ANALYZE) gets a bitmap
+-- scan of every ready step of the queue and a sort of them all, on every claim: a claim
+-- cost that grew with the backlog (the slow start of docs/benchmarks.md, "The ramp").
+SET enable_bitmapscan = off
 -- No JIT: enable_seqscan = off prices a scan it cannot avoid at 1e10, which would make
 -- every call compile its plan (milliseconds) for a few key lookups.
 SET jit = off

@@ -257,7 +257,14 @@ SET search_path FROM CURRENT
 SET enable_seqscan = off
 SET jit = off
 AS $$
+DECLARE
+    v_ids     uuid[];
+    v_created timestamptz[];
 BEGIN
+    -- The instances' created_at by key lookups first: joining the steps to the runtime
+    -- table would hash all of it (its size is the backlog) when its statistics lag.
+    SELECT array_agg(i.id), array_agg(i.created_at) INTO v_ids, v_created
+    FROM orchwf_live_instances i WHERE i.id = ANY (p_ids);
     WITH gone AS (
         DELETE FROM orchwf_live_steps s WHERE s.workflow_inst_id = ANY (p_ids)
         RETURNING s.*)
@@ -270,8 +277,8 @@ BEGIN
            g.retry_count, g.last_retry_at, g.duration_ms, g.execution_order, g.priority, g.attempts, g.crashes,
            g.max_attempts, g.timeout_seconds, g.required, g.crash_counts_as_attempt, g.has_compensator,
            g.dependencies, g.dependents, g.pending_deps, NULL, NULL, NULL, NULL, NULL, g.created_at, g.updated_at,
-           i.created_at
-    FROM gone g JOIN orchwf_live_instances i ON i.id = g.workflow_inst_id
+           x.at
+    FROM gone g JOIN unnest(v_ids, v_created) AS x(id, at) ON x.id = g.workflow_inst_id
     WHERE g.step_id <> '$compensate';  -- the compensation pseudo-step is not history
     WITH gone AS (
         DELETE FROM orchwf_live_instances i WHERE i.id = ANY (p_ids)
