@@ -21,6 +21,7 @@ the API (docs/schema.md, "Upgrades and downgrades").
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from datetime import datetime, timezone
 from typing import Any, Union
 
 import psycopg
+from psycopg import errors as pg_errors
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
@@ -63,6 +65,7 @@ __all__ = [
 ]
 
 TRACKING_TABLE = "orchwf_migrations"
+LOCK_RETRIES = 10  # tries of a migration that loses a lock race with running workers
 
 ConnOrDsn = Union[str, "psycopg.Connection[object]"]
 MigrationsDir = Union[str, "Dir", None]  # noqa: UP007
@@ -256,6 +259,7 @@ def migrate(
     with _connection(conninfo_or_connection) as conn:
         if own and limit is None:
             done += _fresh_install(conn, schema, migrations)
+        races = 0
         while True:
             current: Migration | None = None
             try:
@@ -266,8 +270,19 @@ def migrate(
                     if not pending:
                         break
                     current = pending[0]
+                    tx.run("migration_lock_timeout")
                     cur.execute(sql.SQL(current.up_sql))  # type: ignore[arg-type]  # a file of ours
                     tx.run("record_migration", version=current.version, description=current.description)
+            except (pg_errors.DeadlockDetected, pg_errors.LockNotAvailable) as exc:
+                # Running workers hold the tables (a rolling upgrade): nothing was applied;
+                # wait a moment and try again, rather than queue every worker behind us.
+                races += 1
+                if races > LOCK_RETRIES:
+                    raise MigrationError(f"migration {current.label if current else ''} could not get its locks "
+                                         f"in {LOCK_RETRIES} tries (nothing of it was applied): {_describe(exc)}"
+                                         ) from exc
+                time.sleep(min(5.0, 0.2 * 2 ** races))
+                continue
             except psycopg.Error as exc:
                 what = f"migration {current.label} failed" if current else "migrate failed"
                 raise MigrationError(f"{what} (nothing of it was applied): {_describe(exc)}") from exc

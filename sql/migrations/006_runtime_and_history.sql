@@ -6,6 +6,13 @@
 -- The old tables' names become views over both. The copy takes about as long as reading
 -- the old tables once: plan it like a VACUUM FULL of them (docs/operations.md, "Upgrades").
 
+-- Workers of release 2 may be running (a rolling upgrade): the tables are locked first,
+-- so the copy below sees everything they committed and they write nothing after it; they
+-- wait, then go on against the new tables. A lock race with them (a deadlock) rolls this
+-- back, and the migrator tries again (orchwf/db/migrations.py).
+LOCK TABLE orchwf_workflow_instances, orchwf_step_instances, orchwf_workflow_events, orchwf_ready_steps,
+    orchwf_running_steps IN ACCESS EXCLUSIVE MODE;
+
 DO $$
 BEGIN
     IF current_setting('server_version_num')::integer < 140000 THEN

@@ -8,6 +8,11 @@
 -- Serialises migrators of one schema: every migration transaction takes it first.
 SELECT pg_advisory_xact_lock(%(key)s)
 
+-- name: migration_lock_timeout
+-- A migration waits at most this long for a table lock: longer, and every worker would
+-- queue behind its request (it is retried instead).
+SET LOCAL lock_timeout = '5s'
+
 -- name: schema_exists
 SELECT 1 FROM pg_namespace WHERE nspname = %(schema)s
 
