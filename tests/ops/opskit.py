@@ -120,9 +120,12 @@ class Daemon:
             self.proc.wait(10)
 
     def output(self) -> str:
-        """What the daemon logged so far."""
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
+        """What the daemon logged so far.
+
+        Read with pread: the daemon shares this file's offset (it is the same open file), so a
+        seek here would make its next line overwrite the start of the log."""
+        fd = self.log.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode(errors="replace")
 
 
 def parse(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
