@@ -15,7 +15,7 @@ import psycopg
 import pytest
 from releases import SIDE_TABLE_SQL, catalog, extract, install_release
 
-from orchwf.db.migrations import migrate
+from orchwf.db.migrations import migrate, rollback
 
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
@@ -184,3 +184,35 @@ def test_release_2_workers_keep_working_through_a_rolling_upgrade(release_2: tup
     assert by_release.get("old", 0) > 0, "the old release stopped working after the migration"
     assert by_release.get("new", 0) > 0
     assert compensations == 0
+
+
+def test_a_rollback_to_release_2_keeps_the_data_and_release_2_runs_on_it(
+        release_2: tuple[str, Path], tmp_path: Path) -> None:
+    """Up with data, work done on the new layout, then 006 down: every instance, step and
+    event is back in release 2's tables, and release 2's workers finish what waits."""
+    dsn, root = release_2
+    migrate(dsn)
+    new = Daemon(dsn, "new", REPO, tmp_path / "new.log")
+    try:
+        wait_done(dsn, enqueue(dsn, "upgrade_chain", 5) + enqueue(dsn, "upgrade_fan", 5))
+    finally:
+        new.stop()
+    waiting = enqueue(dsn, "upgrade_chain", 5)  # live instances at the rollback
+    with psycopg.connect(dsn) as conn:
+        before = conn.execute(SNAPSHOT).fetchall()
+    assert len(before) == 15
+
+    assert rollback(dsn, steps=1) == ["006"]
+
+    with psycopg.connect(dsn) as conn:
+        kinds = dict(conn.execute(
+            "SELECT relname, relkind FROM pg_class WHERE relname IN "
+            "('orchwf_workflow_instances', 'orchwf_step_instances', 'orchwf_workflow_events')").fetchall())
+        after = conn.execute(SNAPSHOT).fetchall()
+    assert set(kinds.values()) == {"r"}, kinds  # tables again, not views
+    assert after == before
+    old = Daemon(dsn, "old", root, tmp_path / "old.log")
+    try:
+        assert set(wait_done(dsn, waiting).values()) == {"completed"}, old.output()
+    finally:
+        old.stop()
