@@ -9,6 +9,8 @@
   drain   the drain cases only: 20,000 and 100,000 jobs x (each system's defaults, all at 50),
           rounds of the systems in turn; prints medians, spreads and orchwf/pgqueuer ratios
   sqlcost instructions per step of the SQL hot path, under callgrind (see bench/sqlcost.py)
+  defaults orchwf alone at --concurrency 10, 25, 50 and 100, no-op steps and steps waiting
+          10 ms on I/O (bench/defaults.py): the measurement behind the default
 
 By default the benchmark starts its own PostgreSQL 15 cluster with production settings
 (bench/cluster.py: autovacuum on, 1 GB shared_buffers, ...) and deletes it at the end;
@@ -95,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         from . import sqlcost
 
         return sqlcost.main(args[1:])
+    if args[:1] == ["defaults"]:
+        return _defaults(args[1:])
     p = parser()
     a = p.parse_args(args)
 
@@ -156,6 +160,29 @@ def main(argv: list[str] | None = None) -> int:
         for e in results["errors"]:
             print(f"ERROR {e['server']}: {e['system']}/{e['scenario']}: {e['error']}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _defaults(argv: list[str]) -> int:
+    from . import defaults
+
+    p = argparse.ArgumentParser(prog="python -m bench defaults", description=defaults.__doc__)
+    p.add_argument("--dsn", default=os.environ.get("ORCHWF_BENCH_DSN"),
+                   help="an existing server instead of the benchmark's own cluster")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--scale", type=float, default=1.0, help="multiply the jobs per drain (0.1 for a quick look)")
+    p.add_argument("--pg-bin", default=None)
+    p.add_argument("--cluster-dir", default=str(cl.BASE_DIR))
+    a = p.parse_args(argv)
+    work = runner.scratch()
+    try:
+        with server_under_test(argparse.Namespace(dsn=a.dsn, pg_bin=a.pg_bin, keep_cluster=False,
+                                                  cluster_dir=a.cluster_dir)) as server:
+            result = defaults.run(server.dsn, work, rounds=a.rounds, scale=a.scale)
+    finally:
+        runner.cleanup(work)
+    print()
+    print(defaults.table(result))
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Every step records ``time.time()`` when it starts into its output, so the harness can
 compute enqueue-to-start and parent-to-child delays from the database afterwards.
-Steps are no-ops otherwise: the benchmark measures the engine, not the work.
+Steps are no-ops otherwise (the benchmark measures the engine, not the work), except
+``bench_io``'s, which waits 10 ms as a call to another service would.
 """
 
 from __future__ import annotations
@@ -38,4 +39,19 @@ _dag.add_step(
 )
 dag = _dag.build()
 
-DEFINITIONS = [noop, dag]
+def _io(ctx: StepContext, data: dict[str, Any]) -> dict[str, Any]:
+    started = time.time()
+    time.sleep(IO_SECONDS)  # a call to another service: the thread waits, the GIL is free
+    return {"t_" + ctx.step_id: started}
+
+
+IO_SECONDS = 0.010
+
+# defaults sweep: one step that waits 10 ms on "I/O" (python -m bench defaults).
+io = (
+    WorkflowBuilder("bench_io", "bench: single step waiting 10 ms")
+    .add_step(StepBuilder("s", "s", _io).build())
+    .build()
+)
+
+DEFINITIONS = [noop, dag, io]

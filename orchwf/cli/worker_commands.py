@@ -48,8 +48,9 @@ def _fail_as_json(exc: Exception) -> NoReturn:
 @click.option("--schema", envvar="ORCHWF_SCHEMA", default="public", show_default=True)
 @click.option("--workers", type=click.IntRange(1, 512), default=None,
               help="Worker processes [default: number of CPUs].")
-@click.option("--concurrency", type=click.IntRange(1, 10000), default=10, show_default=True,
-              help="Steps run at once per worker process.")
+@click.option("--concurrency", type=click.IntRange(1, 10000), default=50, show_default=True,
+              help="Steps run at once per worker process (threads for sync steps; each claim "
+                   "takes up to this many ready steps).")
 @click.option("--queue", "queues", multiple=True, default=("default",), show_default=True,
               help="Queue to claim from (repeatable).")
 @click.option("--lease-seconds", type=click.FloatRange(1, 86400), default=30.0, show_default=True)

@@ -20,7 +20,7 @@ class DaemonConfig:
     dsn: str
     schema: str = "public"
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    concurrency: int = 10
+    concurrency: int = 50  # chosen by measurement: docs/benchmarks.md, "Choosing the defaults"
     queues: tuple[str, ...] = ("default",)
     lease_seconds: float = 30.0
     shutdown_timeout: float = 30.0
