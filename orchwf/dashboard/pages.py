@@ -164,6 +164,13 @@ def layout(title: str, body: str, view: View | None, *, active: str = "") -> str
     )
 
 
+def per_minute(rate: float) -> str:
+    """A rate for people: 2,333/min, 4.5/min, 0/min (not 140000.0/min)."""
+    if rate == 0:
+        return "0/min"
+    return f"{rate:,.0f}/min" if rate >= 10 else f"{rate:.1f}/min"
+
+
 # -- pages --------------------------------------------------------------------------------
 
 
@@ -176,21 +183,22 @@ def overview_page(data: Row, view: View) -> str:
         n = active.get(status, 0) if status in ("pending", "running", "retrying") else hour.get(status, 0)
         period = "now" if status in ("pending", "running", "retrying") else "last hour"
         cards.append(f'<a class="card status-{status}" href="{url("/instances", status=status)}">'
-                     f'<span class="n">{esc(n)}</span><span class="what">{esc(status)}</span>'
+                     f'<span class="n">{esc(f"{n:,}")}</span><span class="what">{esc(status)}</span>'
                      f'<span class="when">{period}</span></a>')
-    rates = " · ".join(f"{esc(s)} {window.get(s, 0) / minutes:.1f}/min"
+    rates = " · ".join(f"{esc(s)} {esc(per_minute(window.get(s, 0) / minutes))}"
                        for s in ("completed", "failed", "cancelled"))
     queues = _table(
         ["Queue", "Ready steps", "Oldest ready for"],
         [[esc(q["queue"]), esc(f'{q["ready"]:,}'), esc(age(q["oldest_age"]))] for q in data["queues"]],
         "queues",
     ) if data["queues"] else '<p class="empty">No steps waiting in any queue.</p>'
+    running, scheduled = int(data["running_steps"]), int(data["scheduled_steps"])
     body = (
         f'<div id="overview" data-live="{LIVE_SECONDS}"><h1>Overview</h1>'
         f'<section class="cards">{"".join(cards)}</section>'
         f'<section><h2>Throughput</h2><p>Instances finished over the last {esc(age(data["window_seconds"]))}: '
-        f"{rates}.</p><p>Steps running {esc(data['running_steps'])} · waiting for a retry or start time "
-        f"{esc(data['scheduled_steps'])} · live worker processes "
+        f"{rates}.</p><p>Steps running {running:,} · waiting for a retry or start time "
+        f"{scheduled:,} · live worker processes "
         f'<a href="/workers">{esc(data["live_workers"])}</a>.</p></section>'
         f"<section><h2>Queues</h2>{queues}</section>"
         f'<p><a href="/instances">All instances →</a></p></div>'

@@ -469,3 +469,14 @@ def test_cli_serves_until_sigterm(db_dsn: str) -> None:
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+def test_overview_numbers_are_formatted_for_people() -> None:
+    assert [pages.per_minute(r) for r in (0, 0.25, 4.5, 12.4, 140_000.0)] == [
+        "0/min", "0.2/min", "4.5/min", "12/min", "140,000/min"]
+    data = FakeQueries().overview()
+    data.update(last_hour={"completed": 850_000}, last_window={"completed": 700_000}, running_steps=12_345)
+    page = pages.overview_page(data, pages.View(csrf_token="t"))
+    assert '<span class="n">850,000</span><span class="what">completed</span>' in page
+    assert "completed 140,000/min" in page  # 700,000 in 5 minutes
+    assert "Steps running 12,345" in page
