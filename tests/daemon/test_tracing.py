@@ -42,6 +42,7 @@ def traced_client(app_db: str) -> Iterator[Client]:
     c = Client(app_db)
     c.register_workflow(tracingapp.traced)
     c.register_workflow(tracingapp.doomed)
+    c.register_workflow(tracingapp.nesting)
     yield c
     c.close()
 
@@ -111,7 +112,8 @@ def test_step_attempts_are_spans_under_the_span_active_at_enqueue(tracing_daemon
         linked = traced_client.enqueue("traced", {})
         doomed = traced_client.enqueue("doomed", {})
     alone = traced_client.enqueue("traced", {}, metadata={"trace_id": "req-42"})
-    for instance_id in (linked, alone):
+    nesting = traced_client.enqueue("nesting", {})
+    for instance_id in (linked, alone, nesting):
         assert traced_client.wait(instance_id, timeout=60).status == WorkflowStatus.COMPLETED
     assert traced_client.wait(doomed, timeout=60).status == WorkflowStatus.FAILED
     assert d.stop() == 0
@@ -135,7 +137,14 @@ def test_step_attempts_are_spans_under_the_span_active_at_enqueue(tracing_daemon
     assert (fatal["trace_id"], fatal["parent_id"]) == (trace_id, span_id)
     assert fatal["status"] == "ERROR" and fatal["description"] == "broken for good"
     assert [e["attributes"]["exception.type"] for e in fatal["events"]] == ["orchwf.errors.NonRetryableError"]
-    assert len(spans) == 7
+
+    # the app's spans in a step are children of the step's: sync, on a timeout's thread, async
+    steps = {s["attributes"]["orchwf.step_id"]: s for s in spans_of(spans, nesting)}
+    assert sorted(steps) == ["async", "sync", "timed"]
+    for step_id, step in steps.items():
+        [inner] = [s for s in spans if s["name"] == f"app.{step_id}"]
+        assert (inner["trace_id"], inner["parent_id"]) == (step["trace_id"], step["span_id"])
+    assert len(spans) == 7 + 6
     assert [s.name for s in exporter.get_finished_spans()] == ["checkout"]
 
 
@@ -167,6 +176,17 @@ def test_workers_import_no_opentelemetry_without_configure_tracing(tracing_daemo
     assert outputs["first"]["otel_loaded"] is False and outputs["second"]["otel_loaded"] is False
     assert d.stop() == 0
     assert read_spans(tmp_path) == []
+
+
+def test_a_failing_configure_tracing_costs_the_traces_not_the_work(tracing_daemon, traced_client: Client,
+                                                                     tmp_path: Path) -> None:
+    d = tracing_daemon("broken")
+    instance_id = traced_client.enqueue("traced", {})
+    assert traced_client.wait(instance_id, timeout=60).status == WorkflowStatus.COMPLETED
+    assert d.stop() == 0
+    assert read_spans(tmp_path) == []
+    assert "configure_tracing() failed: this worker runs without tracing" in d.output()
+    assert "no exporter here" in d.output()
 
 
 def test_import_enqueue_and_a_step_in_process_import_no_opentelemetry(app_db: str, traced_client: Client) -> None:

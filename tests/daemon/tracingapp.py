@@ -7,7 +7,8 @@ $ORCHWF_TEST_OTEL_MODE picks how tracing is set up:
   * ``prefork``: the provider is installed at import, in the supervisor, with a
     BatchSpanProcessor whose thread the fork does not copy; configure_tracing only
     switches tracing on;
-  * ``off``: no configure_tracing, and nothing here imports opentelemetry.
+  * ``off``: no configure_tracing, and nothing here imports opentelemetry;
+  * ``broken``: configure_tracing raises.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ if MODE == "prefork":
 
 if MODE != "off":
     def configure_tracing() -> None:
+        if MODE == "broken":
+            raise RuntimeError("no exporter here")
         if MODE == "child":
             _install(batch=False)
 
@@ -83,6 +86,18 @@ def fatal(ctx, data):
     raise NonRetryableError("broken for good")
 
 
+def nested(ctx, data):
+    """The app's own span, inside the step's."""
+    from opentelemetry import trace
+
+    with trace.get_tracer("app").start_as_current_span(f"app.{ctx.step_id}"):
+        return {}
+
+
+async def nested_async(ctx, data):
+    return nested(ctx, data)
+
+
 quick = RetryPolicyBuilder().with_max_attempts(2).with_initial_interval(0.05).build()
 
 traced = (
@@ -93,3 +108,11 @@ traced = (
 )
 
 doomed = WorkflowBuilder("doomed", "Fails at once").add_step(StepBuilder("fatal", "Fatal", fatal).build()).build()
+
+nesting = (
+    WorkflowBuilder("nesting", "Steps that start spans of their own")
+    .add_step(StepBuilder("sync", "Sync", nested).build())
+    .add_step(StepBuilder("timed", "Timed (on a thread of its own)", nested).with_timeout(30).build())
+    .add_step(StepBuilder("async", "Async", nested_async).build())
+    .build()
+)
