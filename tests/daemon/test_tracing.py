@@ -226,3 +226,18 @@ def test_a_traceparent_that_does_not_parse_falls_back_to_the_instance() -> None:
     for metadata in ({TRACEPARENT: "garbage"}, {TRACEPARENT: 42}, None):
         parent = trace.get_current_span(parent_context(instance_id, metadata)).get_span_context()
         assert parent.trace_id == instance_id.int and parent.is_remote and parent.trace_flags.sampled
+
+
+def test_the_hook_is_configure_tracing_in_the_app_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchwf import ValidationError
+    from orchwf.daemon.app import load_definitions, tracing_hook
+
+    load_definitions("tracingapp:traced")
+    assert tracing_hook("tracingapp:traced") is tracingapp.configure_tracing
+    load_definitions("daemonapp")
+    assert tracing_hook("daemonapp") is None
+    (tmp_path / "badtracingapp.py").write_text("from tracingapp import traced\nconfigure_tracing = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    load_definitions("badtracingapp")
+    with pytest.raises(ValidationError, match="configure_tracing must be a function"):
+        tracing_hook("badtracingapp")
