@@ -23,6 +23,7 @@ from .db.queries import Queries
 from .errors import ValidationError, WorkflowNotFoundError
 from .jsonvalue import check_json_object
 from .stores.base import is_uuid
+from .tracing import with_traceparent
 from .types import JSONDict, WorkflowDefinition, WorkflowEvent, WorkflowInstance
 
 MAX_KEY_LENGTH = 255
@@ -118,10 +119,11 @@ def enqueue_many(
     """Insert instances in one round trip, on the caller's connection and transaction.
 
     Returns the IDs in input order; a duplicate idempotency key gives the existing ID.
+    A span active in the caller becomes the parent of the steps' spans (tracing.py).
     """
     _check_options(workflow_id, priority, queue, run_after)
     docs = [Jsonb(check_json_object(x, f"inputs[{i}]") if x is not None else {}) for i, x in enumerate(inputs)]
-    meta = check_json_object(metadata, "metadata")
+    meta = with_traceparent(check_json_object(metadata, "metadata"))
     _check_metadata_ids(meta)
     keys = None
     if idempotency_keys is not None:

@@ -77,7 +77,7 @@ def worker(app: str, dsn: str | None, schema: str, workers: int | None, concurre
            metrics_host: str, log_level: str, log_format: str) -> None:
     """Run the orchwf-worker daemon: a supervisor forking worker processes."""
     from .. import logs
-    from ..daemon.app import load_definitions
+    from ..daemon.app import load_definitions, tracing_hook
     from ..daemon.config import DaemonConfig
     from ..daemon.run import run_daemon
     from ..db.resolve import resolve_dsn
@@ -101,7 +101,7 @@ def worker(app: str, dsn: str | None, schema: str, workers: int | None, concurre
     config = DaemonConfig(**options)  # type: ignore[arg-type]
     logging.getLogger("orchwf").info(
         "starting %d workers for %s on %s", config.workers, ", ".join(d.id for d in definitions), redact(resolved))
-    sys.exit(run_daemon(config, definitions))
+    sys.exit(run_daemon(config, definitions, tracing_hook(app)))
 
 
 def _check_migrated(dsn: str, schema: str) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import ValidationError
 from ..orchestrator import Orchestrator
+from ..tracing import HOOK
 from ..types import WorkflowDefinition
 
 
@@ -40,6 +41,16 @@ def load_definitions(spec: str) -> list[WorkflowDefinition]:
     for d in found:
         by_id[d.id] = d
     return list(by_id.values())
+
+
+def tracing_hook(spec: str) -> Callable[[], object] | None:
+    """The app module's ``configure_tracing``, if it has one: each worker calls it after
+    fork to set up OpenTelemetry (tracing.py). Call after load_definitions."""
+    module = sys.modules[spec.partition(":")[0]]
+    hook = getattr(module, HOOK, None)
+    if hook is not None and not callable(hook):
+        raise ValidationError(f"--app {spec!r}: {HOOK} must be a function")
+    return hook
 
 
 def _definitions_of(target: Any, spec: str) -> list[WorkflowDefinition]:

@@ -54,6 +54,7 @@ class Result:
     delay: float = 0.0
     committed: bool = False  # a transactional step already wrote its own result (or lost its lease)
     stale: bool = False      # the lease was lost: the result was discarded
+    exception: BaseException | None = field(default=None, repr=False)  # what failed the attempt (for its span)
 
     def row(self) -> StepResult:
         """The finish's row, fenced by the claim's lease token."""

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 
 from ..types import WorkflowDefinition
 from .config import DaemonConfig
@@ -33,14 +34,15 @@ def _multiproc_dir() -> str | None:
     return made
 
 
-def run_daemon(config: DaemonConfig, definitions: list[WorkflowDefinition]) -> int:
+def run_daemon(config: DaemonConfig, definitions: list[WorkflowDefinition],
+               tracing_hook: Callable[[], object] | None = None) -> int:
     made = _multiproc_dir() if config.metrics_port else None
     from . import metrics
     from .http import OpsServer
     from .supervisor import Supervisor
 
     metrics.declare_steps(definitions)
-    supervisor = Supervisor(config, definitions, notifier=SystemdNotifier())
+    supervisor = Supervisor(config, definitions, notifier=SystemdNotifier(), tracing_hook=tracing_hook)
     server = None
     if config.metrics_port:
         registry = metrics.daemon_registry([

@@ -18,6 +18,7 @@ from typing import Any
 
 import psycopg
 
+from .. import tracing
 from ..db.connect import connect
 from ..db.dsn import redact
 from ..db.queries import Queries
@@ -129,9 +130,12 @@ class StepRunner:
         result = Result(claim, Outcome.RELEASE, error="orchwf internal error")
         row = claim.row
         try:
-            with step_log_context(instance_id=claim.instance_id, workflow_id=row.workflow_id, step_id=row.step_id,
-                                  attempt=row.attempt, trace_id=row.trace_id):
+            with (step_log_context(instance_id=claim.instance_id, workflow_id=row.workflow_id, step_id=row.step_id,
+                                   attempt=row.attempt, trace_id=row.trace_id),
+                  tracing.step_span(row, self.worker_id) as span):
                 result = self._run(claim)
+                if span is not None:
+                    tracing.end_step(span, result.outcome.value, result.error, result.exception)
         except BaseException as exc:  # noqa: BLE001 - a bug here must not lose the claim
             log.exception("worker %s: internal error running %s", self.worker_id, claim.step_id)
             result = Result(claim, Outcome.FAILED, error=f"orchwf internal error: {exc!r}")
@@ -206,7 +210,7 @@ class StepRunner:
                 self.tainted = True
         decision = decide_failure(sdef.policy, sdef.required, exc, claim.row.retry_count)
         return Result(claim, decision.outcome, error=str(exc) or type(exc).__name__, duration_ms=duration,
-                      delay=decision.delay)
+                      delay=decision.delay, exception=exc)
 
     def _run_async(self, sdef: StepDefinition, ctx: StepContext, data: dict[str, Any]) -> dict[str, Any]:
         """``async def`` steps share one event loop per worker; a timeout cancels the task."""

@@ -32,6 +32,7 @@ from typing import Any
 
 import psycopg
 
+from .. import tracing
 from ..client import register_workflow
 from ..db.connect import connect
 from ..db.dsn import redact
@@ -72,10 +73,13 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, config: DaemonConfig, definitions: list[WorkflowDefinition], notifier: Any = None) -> None:
+    def __init__(self, config: DaemonConfig, definitions: list[WorkflowDefinition], notifier: Any = None,
+                 tracing_hook: Callable[[], object] | None = None) -> None:
+        """``tracing_hook``: the app's configure_tracing, called in each worker after fork."""
         if not definitions:
             raise ValueError("no workflow definitions to run")
         self.config = config
+        self.tracing_hook = tracing_hook
         self.definitions = {d.id: d for d in definitions}
         self.notifier = notifier
         self.started_ms = int(time.time() * 1000)
@@ -300,6 +304,8 @@ class Supervisor:
             if self.ops is not None:
                 self.ops.close_in_child()
             worker_id = f"{self.config.hostname}:{os.getpid()}:{start_ms}"
+            if self.tracing_hook is not None:
+                tracing.start_in_worker(self.tracing_hook)  # after fork: no exporter thread crosses it
             config = dataclasses.replace(self.config, concurrency=1) if quarantine else self.config
             worker = Worker(config, self.definitions, index, worker_id, self.supervisor_id,
                             wake_r, beat_w, parent_pid, quarantine=quarantine)
@@ -309,6 +315,7 @@ class Supervisor:
         except BaseException:  # noqa: BLE001 - report, then leave without finalisers
             log.exception("worker %d crashed", index)
         finally:
+            tracing.shutdown()
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)

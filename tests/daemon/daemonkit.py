@@ -26,14 +26,14 @@ CREATE TABLE IF NOT EXISTS orchwf_test_effects (instance_id uuid, value int);
 
 
 class Daemon:
-    def __init__(self, dsn: str, args: list[str]) -> None:
-        env = dict(os.environ, PYTHONPATH=str(HERE), ORCHWF_TEST_APP_DSN=dsn)
+    def __init__(self, dsn: str, args: list[str], app: str = "daemonapp", env: dict[str, str] | None = None) -> None:
+        env = dict(os.environ, PYTHONPATH=str(HERE), ORCHWF_TEST_APP_DSN=dsn, **(env or {}))
         env.pop("NOTIFY_SOCKET", None)
         import tempfile
 
         self.log_file = tempfile.NamedTemporaryFile(prefix="orchwf-daemon-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "orchwf", "worker", "--app", "daemonapp", "--dsn", dsn,
+            [sys.executable, "-m", "orchwf", "worker", "--app", app, "--dsn", dsn,
              "--metrics-port", "0", *args],
             env=env, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )
