@@ -1,8 +1,11 @@
-"""Process inspection through /proc, for the tests that run the real daemon."""
+"""Process inspection through /proc, and polling, for the tests that run real processes."""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
+from typing import Any
 
 
 def children(pid: int) -> list[int]:
@@ -28,3 +31,15 @@ def pid_alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition", poll: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy, and return that; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(poll)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from proctools import children
+from proctools import children, wait_for  # noqa: F401 - wait_for is used by the chaos tests through harness
 
 HERE = Path(__file__).resolve().parent
 
@@ -227,15 +227,6 @@ def wait_until_done(dsn: str, ids: list[str] | None = None, *, timeout: float, d
         time.sleep(poll)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition", poll: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(poll)
 
 
 def executions(dsn: str, instance_id: str | None = None) -> list[tuple[Any, ...]]:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import proctools
 import psycopg
 from proctools import children
 
@@ -77,11 +78,4 @@ def executions(dsn: str, instance_id: str | None = None) -> list[tuple]:
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 60, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    return proctools.wait_for(predicate, timeout, what)

@@ -13,11 +13,11 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import hungapp
+import proctools
 import pytest
 from proctools import children
 
@@ -83,14 +83,7 @@ def daemon(db_dsn: str, tmp_path: Path) -> Iterator[tuple[Launched, Client]]:
 
 
 def wait_for(predicate, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    return proctools.wait_for(predicate, timeout, what)
 
 
 def process_state(pid: int) -> str:

@@ -45,6 +45,7 @@ REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 
 import dashapp  # noqa: E402
+import proctools  # noqa: E402
 
 CHROMIUM = os.environ.get("ORCHWF_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -81,14 +82,7 @@ class World:
 
 
 def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+    return proctools.wait_for(predicate, timeout, what, poll=0.1)
 
 
 def _scalar(dsn: str, query: str, *params: Any) -> Any:

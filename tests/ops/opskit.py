@@ -9,16 +9,16 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import proctools
 import psycopg
-from prometheus_client.parser import text_string_to_metric_families
 from proctools import children
+from prometheus_client.parser import text_string_to_metric_families
 
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
@@ -31,14 +31,7 @@ def free_port() -> int:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+    return proctools.wait_for(predicate, timeout, what)
 
 
 class Daemon:

@@ -3,11 +3,11 @@ public data-access layer (orchwf.db.queries.Queries), never the tables."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
+import proctools
 import psycopg
 
 from orchwf.db.connect import connect
@@ -71,14 +71,7 @@ def step_events(client: Any, step: ClaimedStep) -> list[tuple[str, dict[str, Any
 
 
 def wait_until(predicate: Callable[[], object], what: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
+    return proctools.wait_for(predicate, timeout, what, poll=0.02)
 
 
 def worker_id() -> str:
