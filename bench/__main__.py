@@ -9,6 +9,7 @@
   drain   the drain cases only: 20,000 and 100,000 jobs x (each system's defaults, all at 50),
           rounds of the systems in turn; prints medians, spreads and orchwf/pgqueuer ratios
   sqlcost instructions per step of the SQL hot path, under callgrind (see bench/sqlcost.py)
+  tracing the drain with OpenTelemetry tracing on and off (bench/tracing.py)
   defaults orchwf alone at --concurrency 10, 25, 50 and 100, no-op steps and steps waiting
           10 ms on I/O (bench/defaults.py): the measurement behind the default
 
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         return sqlcost.main(args[1:])
     if args[:1] == ["defaults"]:
         return _defaults(args[1:])
+    if args[:1] == ["tracing"]:
+        return _tracing(args[1:])
     p = parser()
     a = p.parse_args(args)
 
@@ -183,6 +186,27 @@ def _defaults(argv: list[str]) -> int:
         runner.cleanup(work)
     print()
     print(defaults.table(result))
+    return 0
+
+
+def _tracing(argv: list[str]) -> int:
+    from . import tracing
+
+    p = argparse.ArgumentParser(prog="python -m bench tracing", description=tracing.__doc__)
+    p.add_argument("--dsn", default=os.environ.get("ORCHWF_BENCH_DSN"),
+                   help="an existing server instead of the benchmark's own cluster")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--jobs", type=int, default=tracing.JOBS)
+    a = p.parse_args(argv)
+    work = runner.scratch()
+    try:
+        with server_under_test(argparse.Namespace(dsn=a.dsn, pg_bin=None, keep_cluster=False,
+                                                  cluster_dir=str(cl.BASE_DIR))) as server:
+            result = tracing.run(server.dsn, work, rounds=a.rounds, jobs=a.jobs)
+    finally:
+        runner.cleanup(work)
+    print()
+    print(tracing.table(result))
     return 0
 
 

@@ -147,6 +147,7 @@ def _cli_default_concurrency() -> int | None:
 class OrchwfSystem(System):
     name = "orchwf"
     knob = "--concurrency"
+    app = APP  # the module given to --app
     runtime_tables = RUNTIME_TABLES
     history_tables = HISTORY_TABLES
 
@@ -267,7 +268,7 @@ class OrchwfSystem(System):
     # -- workers --------------------------------------------------------------------------
 
     def launch(self, logdir: Path) -> Proc:
-        args = [sys.executable, "-m", *self._worker_flags(), "--app", APP, "--dsn", self.dsn,
+        args = [sys.executable, "-m", *self._worker_flags(), "--app", self.app, "--dsn", self.dsn,
                 "--log-level", "WARNING"]
         logfile = logdir / "orchwf-worker.log"
         return Proc("orchwf", spawn(args, logfile), logfile)
