@@ -130,8 +130,11 @@ $$;
 -- The partitions retention may drop: every instance of the range finished more than
 -- p_retention ago. A range is kept while an instance created in it still runs (it moves to
 -- its partition when it finishes) or finished within p_retention (a long-running
--- instance keeps its whole range). Index probes only: the live instances' created_at
--- index, and each candidate's BRIN index on completed_at.
+-- instance keeps its whole range). Probes only: the live instances' created_at index,
+-- and each candidate's own partition of history (its BRIN index on completed_at).
+-- OFFSET 0 keeps the history probe a subplan run per candidate, pruned to its partition:
+-- as an anti-join, the planner read all history finished within the retention (most of
+-- it) to answer for a few old ranges (tests/storage/test_plans.py).
 CREATE OR REPLACE FUNCTION orchwf_expired_partitions(p_retention interval)
 RETURNS TABLE (lower timestamptz, upper timestamptz, suffix text)
 LANGUAGE sql
@@ -145,7 +148,8 @@ AS $$
                       WHERE l.created_at >= x.lower AND l.created_at < x.upper)
       AND NOT EXISTS (SELECT 1 FROM orchwf_instance_history h
                       WHERE h.created_at >= x.lower AND h.created_at < x.upper
-                        AND h.completed_at >= now() - p_retention)
+                        AND h.completed_at >= now() - p_retention
+                      OFFSET 0)
     ORDER BY x.lower
 $$;
 
