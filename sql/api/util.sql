@@ -110,8 +110,16 @@ BEGIN
         v_made := v_made + 1;
         v_at := v_upper;
     END LOOP;
+    -- The horizon is where the ranges from now() on stop being contiguous, not the last
+    -- range's end: one made far ahead (the store given a created_at from a skewed clock)
+    -- would hide the days before it, and once now() reached them nothing would make them
+    -- (every enqueue failed: tests/storage/test_partitions.py).
     UPDATE orchwf_partitioning
-    SET horizon = coalesce((SELECT max(x.upper) FROM orchwf_partitions x), '-infinity');
+    SET horizon = coalesce((WITH RECURSIVE run AS (
+                                SELECT x.upper FROM orchwf_partitions x WHERE x.lower <= now() AND x.upper > now()
+                                UNION ALL
+                                SELECT x.upper FROM run r JOIN orchwf_partitions x ON x.lower = r.upper)
+                            SELECT max(run.upper) FROM run), '-infinity');
     RETURN v_made;
 END;
 $$;
