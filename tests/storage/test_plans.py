@@ -186,19 +186,16 @@ def test_promotion_of_due_steps_reads_no_history(conn: psycopg.Connection[Any]) 
 
 def test_the_maintenance_round_reads_no_history(conn: psycopg.Connection[Any]) -> None:
     """orchwf_maintain with every branch taken: an expired lease to rescue, a due step to
-    promote, and partitions to extend (premake raised beyond the horizon)."""
+    promote, and partitions to extend (the horizon pulled back to now)."""
     enqueue(conn, 2)
     _claim(conn, "w-gone", 2, lease=0.001)
     due = enqueue(conn, 2, run_after=days_ago(-1))
     conn.execute("UPDATE orchwf_live_steps SET run_after = now() - interval '1 second'"
                  " WHERE workflow_inst_id = ANY(%s::uuid[]) AND run_after IS NOT NULL", (due,))
-    conn.execute("UPDATE orchwf_partitioning SET premake = premake + 4")
+    conn.execute("UPDATE orchwf_partitioning SET horizon = now()")  # the lead used up (the ranges are there)
     time.sleep(0.05)
-    try:
-        with captured_plans(conn) as plans:
-            row = Q.maintain(conn, "sup-1", True, ["default"], [WORKFLOW])
-    finally:
-        conn.execute("UPDATE orchwf_partitioning SET premake = premake - 4")
+    with captured_plans(conn) as plans:
+        row = Q.maintain(conn, "sup-1", True, ["default"], [WORKFLOW])
     assert row.rescued >= 2 and row.promoted >= 2
     assert any("orchwf_ensure_partitions" in q for q in plans.queries()), "the partitions were not extended"
     assert_reads_no_history(plans, "orchwf_maintain", "orchwf_running_steps")
