@@ -156,3 +156,36 @@ def captured_plans(conn: psycopg.Connection[Any]) -> Iterator[Plans]:
     finally:
         conn.execute("SELECT set_config('auto_explain.log_min_duration', '-1', false)")
         conn.remove_notice_handler(on_notice)
+
+
+# --------------------------------------------------------------------------- partitions
+
+
+def drop_range(conn: psycopg.Connection[Any], suffix: str) -> None:
+    """Drop one range of history (its three partitions and its registry row), as if it
+    had never been made."""
+    for table in ("orchwf_instance_history", "orchwf_step_history", "orchwf_event_history"):
+        conn.execute(f"ALTER TABLE {table} DETACH PARTITION {table}_{suffix}")
+        conn.execute(f"DROP TABLE {table}_{suffix}")
+    conn.execute("DELETE FROM orchwf_partitions WHERE suffix = %s", (suffix,))
+
+
+def ranges(conn: psycopg.Connection[Any]) -> list[tuple[datetime, datetime, str]]:
+    """The registry's ranges, oldest first."""
+    return [(r[0], r[1], r[2]) for r in conn.execute(
+        "SELECT lower, upper, suffix FROM orchwf_partitions ORDER BY lower").fetchall()]
+
+
+def attached(conn: psycopg.Connection[Any]) -> set[str]:
+    """The partitions attached to the three history tables."""
+    return {r[0] for r in conn.execute(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent IN ('orchwf_instance_history'::regclass, 'orchwf_step_history'::regclass,"
+        " 'orchwf_event_history'::regclass)").fetchall()}
+
+
+def horizon(conn: psycopg.Connection[Any]) -> datetime | None:
+    """How far the partitions reach without a gap (None: they do not cover now)."""
+    row = conn.execute("SELECT nullif(horizon, '-infinity') FROM orchwf_partitioning").fetchone()
+    assert row is not None
+    return row[0]
