@@ -312,3 +312,25 @@ def test_the_total_of_a_listing_reads_only_the_newest_partitions(conn: psycopg.C
     counted = [s for s in plans.history_scans()
                if "count(*)" in s.query and s.relation and _lower(s.relation) < today]
     assert not counted, f"the total read {len(counted)} older partitions"
+
+
+# --------------------------------------------------------------------------- the backlog
+
+
+RUNTIME = ("orchwf_live_instances", "orchwf_live_steps", "orchwf_ready_steps", "orchwf_running_steps")
+
+
+def test_the_hot_path_reads_the_backlog_by_key(conn: psycopg.Connection[Any]) -> None:
+    """The claim and the finish of a few steps read a few rows of the runtime tables, not
+    the backlog (hundreds of instances in flight in another queue): every scan of them
+    returns at most a few rows in all."""
+    enqueue(conn, 5)
+    with captured_plans(conn) as plans:
+        first = _claim(conn, "w-key", 5)
+        _, second = Q.finish_and_claim(conn, _done(first), ClaimRequest("w-key", ["default"], [WORKFLOW], 5, 60))
+        Q.finish_steps(conn, _done(second))
+    assert len(first) == len(second) == 5
+    wide = [s for s in plans.scans() if s.relation in RUNTIME and s.rows * s.loops > 20]
+    assert not wide, "read the backlog:\n" + "\n".join(
+        f"  {s.node} on {s.relation} via {s.index} ({s.loops} loops x {s.rows} rows) in: {s.query[:300]!r}"
+        for s in wide)
