@@ -31,6 +31,7 @@ from storagekit import (
     enqueue,
 )
 
+from orchwf.daemon.metrics import HOT_TABLES
 from orchwf.db.queries import ClaimRequest, Queries
 from orchwf.db.rows import ClaimedStep, StepResult
 
@@ -227,13 +228,17 @@ def test_the_pruners_question_reads_only_expired_ranges(conn: psycopg.Connection
 
 
 def test_gauges_of_work_in_flight_read_no_history(conn: psycopg.Connection[Any]) -> None:
-    """The CLI's stats and the dashboard's overview without their "finished in the last
-    window" counts (the one part that reads history, below): queue depths, running and
-    scheduled steps, active instances, live processes."""
+    """The CLI's stats, the dashboard's overview and the metrics collector's statement,
+    but for their "finished in the last window" counts (the one part that reads history,
+    below): queue depths, running and scheduled steps, active instances, live processes."""
+    since = conn.execute("SELECT now() - interval '1 minute'").fetchone()[0]
     with captured_plans(conn) as plans:
         stats = Q.stats(conn, 100000, 60.0, 60.0)
         overview = Q.dashboard_overview(conn, 60.0, 100000, 60.0)
+        metrics = Q.database_metrics(conn, {"cap": 100000, "tables": list(HOT_TABLES), "live": 60.0, "since": since,
+                                            "lag": 5.0, "gap": 600.0})
     assert stats.running_steps >= 50 and stats.scheduled_steps >= 20 and overview["running_steps"] >= 50
+    assert any(kind == "queue" and name == BACKLOG for kind, name, *_ in metrics)
     for scan in plans.history_scans():
         # the finished counts only: instance history, by completed_at
         assert scan.relation.startswith("orchwf_instance_history_p"), scan
