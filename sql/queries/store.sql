@@ -31,10 +31,16 @@ SELECT {schema}.orchwf_store_update_instance(%(id)s, %(status)s, %(output)s, %(e
 SELECT id, workflow_id, status, input, output, context, current_step_id, started_at, completed_at, error,
        retry_count, last_retry_at, metadata, trace_id, correlation_id, business_id, priority, queue,
        idempotency_key, run_mode, created_at, updated_at
-FROM ((SELECT * FROM {schema}.orchwf_live_instances {where}
+FROM ((SELECT id, workflow_id, status, input, output, context, current_step_id, started_at, completed_at,
+               error, retry_count, last_retry_at, metadata, trace_id, correlation_id, business_id, priority,
+               queue, idempotency_key, run_mode, created_at, updated_at
+       FROM {schema}.orchwf_live_instances {where}
        ORDER BY created_at DESC, id DESC LIMIT %(limit)s::bigint + %(offset)s::bigint)
       UNION ALL
-      (SELECT * FROM {schema}.orchwf_instance_history {where}
+      (SELECT id, workflow_id, status, input, output, context, current_step_id, started_at, completed_at,
+               error, retry_count, last_retry_at, metadata, trace_id, correlation_id, business_id, priority,
+               queue, idempotency_key, run_mode, created_at, updated_at
+       FROM {schema}.orchwf_instance_history {where}
        ORDER BY created_at DESC, id DESC LIMIT %(limit)s::bigint + %(offset)s::bigint)) i
 ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s OFFSET %(offset)s
