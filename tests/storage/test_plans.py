@@ -12,6 +12,7 @@ index at least once fails the test.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -164,6 +165,26 @@ def test_rescue_of_expired_leases_reads_no_history(conn: psycopg.Connection[Any]
         rescued = conn.execute("SELECT step_inst_id FROM orchwf_rescue_steps()").fetchall()
     assert {r[0] for r in rescued} >= {s.step_inst_id for s in steps}
     assert_reads_no_history(plans, "rescue", "orchwf_running_steps")
+
+
+def test_rescue_of_a_dead_process_claims_reads_no_history(conn: psycopg.Connection[Any]) -> None:
+    enqueue(conn, 3)
+    steps = _claim(conn, "w-crashed", 3)
+    with captured_plans(conn) as plans:
+        rescued = Q.rescue_process_steps(conn, "w-crashed")
+    assert {r.step_inst_id for r in rescued} == {s.step_inst_id for s in steps}
+    assert_reads_no_history(plans, "rescue_process_steps", "orchwf_running_steps")
+
+
+def test_a_workers_event_reads_no_history(conn: psycopg.Connection[Any]) -> None:
+    """orchwf_record_event (a step's own events, compensation) finds a live instance's
+    partition in the runtime table."""
+    [inst_id] = enqueue(conn, 1)
+    with captured_plans(conn) as plans:
+        Q.record_event(conn, inst_id, None, "step.progress", {"done": 1})
+    assert_reads_no_history(plans, "record_event", "orchwf_live_instances")
+    events = [e["event_type"] for e in Q.workflow_events(conn, uuid.UUID(inst_id))]
+    assert events == ["workflow.started", "step.progress"]
 
 
 def test_release_of_orphaned_claims_reads_no_history(conn: psycopg.Connection[Any]) -> None:
