@@ -105,7 +105,9 @@ BEGIN
                i.created_at
         FROM claimed c
         JOIN orchwf_live_instances i ON i.id = c.workflow_inst_id
-        WHERE c.step_id <> '$compensate'
+        -- "= ANY (ARRAY(...))" too: as a plain join, the generic plan hashed the claimed
+        -- steps and read every live instance (the backlog) to find a few created_at.
+        WHERE c.step_id <> '$compensate' AND i.id = ANY (ARRAY(SELECT x.workflow_inst_id FROM claimed x))
         RETURNING 1)
     -- Empty documents come back as NULL (the worker reads NULL as empty): nothing to
     -- decode for the metadata, inputs and predecessors a step often does not have.

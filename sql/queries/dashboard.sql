@@ -30,9 +30,19 @@ SELECT
 
 -- name: dashboard_list
 -- {where} is built from db/queries.py's constant filter columns; values are parameters.
+-- Live and finished apart, each newest first and cut at the page, then merged (as the
+-- store's list_workflows): history's partitions are read newest first, no further than needed.
 SELECT id::text AS id, workflow_id, status, queue, priority, run_mode, created_at, started_at,
        completed_at, left(error, 300) AS error, retry_count, trace_id, correlation_id, business_id
-FROM {schema}.orchwf_workflow_instances {where}
+FROM ((SELECT id, workflow_id, status, queue, priority, run_mode, created_at, started_at, completed_at, error,
+               retry_count, trace_id, correlation_id, business_id
+       FROM {schema}.orchwf_live_instances {where}
+       ORDER BY created_at DESC, id DESC LIMIT %(limit)s::bigint + %(offset)s::bigint)
+      UNION ALL
+      (SELECT id, workflow_id, status, queue, priority, run_mode, created_at, started_at, completed_at, error,
+               retry_count, trace_id, correlation_id, business_id
+       FROM {schema}.orchwf_instance_history {where}
+       ORDER BY created_at DESC, id DESC LIMIT %(limit)s::bigint + %(offset)s::bigint)) i
 ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s OFFSET %(offset)s
 

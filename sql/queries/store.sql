@@ -25,10 +25,23 @@ SELECT {schema}.orchwf_store_update_instance(%(id)s, %(status)s, %(output)s, %(e
 
 -- name: list_workflows
 -- {where} is built from db/queries.py's constant filter columns; values are parameters.
+-- Live and finished apart, each newest first and cut at the page, then merged: history's
+-- partitions are read newest first and no further than the page needs. (Through the view,
+-- the planner merged every partition at once and read each of them.)
 SELECT id, workflow_id, status, input, output, context, current_step_id, started_at, completed_at, error,
        retry_count, last_retry_at, metadata, trace_id, correlation_id, business_id, priority, queue,
        idempotency_key, run_mode, created_at, updated_at
-FROM {schema}.orchwf_workflow_instances {where}
+FROM ((SELECT id, workflow_id, status, input, output, context, current_step_id, started_at, completed_at,
+               error, retry_count, last_retry_at, metadata, trace_id, correlation_id, business_id, priority,
+               queue, idempotency_key, run_mode, created_at, updated_at
+       FROM {schema}.orchwf_live_instances {where}
+       ORDER BY created_at DESC, id DESC LIMIT %(limit)s::bigint + %(offset)s::bigint)
+      UNION ALL
+      (SELECT id, workflow_id, status, input, output, context, current_step_id, started_at, completed_at,
+               error, retry_count, last_retry_at, metadata, trace_id, correlation_id, business_id, priority,
+               queue, idempotency_key, run_mode, created_at, updated_at
+       FROM {schema}.orchwf_instance_history {where}
+       ORDER BY created_at DESC, id DESC LIMIT %(limit)s::bigint + %(offset)s::bigint)) i
 ORDER BY created_at DESC, id DESC
 LIMIT %(limit)s OFFSET %(offset)s
 
