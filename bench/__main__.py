@@ -95,14 +95,20 @@ def server_under_test(a: argparse.Namespace) -> Iterator[Server]:
 
 
 def run_check(a: argparse.Namespace) -> int:
-    """``check``: its own sizes and gates (bench/check.py); no report files."""
+    """``check``: its own sizes and gates (bench/check.py); no report files. The worker
+    logs are kept when it fails (or with ORCHWF_BENCH_KEEP_LOGS): CI shows where."""
     work = runner.scratch()
+    rc = 1
     try:
         with server_under_test(a) as server:
-            return check.check(server, work / "logs", soak_seconds=a.soak_seconds, seed=a.history_seed,
-                               concurrency=a.concurrency)
+            rc = check.check(server, work / "logs", soak_seconds=a.soak_seconds, seed=a.history_seed,
+                             concurrency=a.concurrency)
+        return rc
     finally:
-        runner.cleanup(work)
+        if rc != 0 or os.environ.get("ORCHWF_BENCH_KEEP_LOGS"):
+            log(f"worker logs kept in {work / 'logs'}")
+        else:
+            runner.cleanup(work)
 
 
 def main(argv: list[str] | None = None) -> int:
