@@ -1,4 +1,4 @@
-"""``python -m bench all|smoke|run|drain|sqlcost`` -- see docs/benchmarks.md.
+"""``python -m bench all|smoke|run|drain|check|sqlcost`` -- see docs/benchmarks.md.
 
   all     every scenario, full size, on the benchmark's own cluster; writes docs/benchmarks.md
           (the generated section), docs/benchmarks/*.png and docs/benchmarks/results.json
@@ -8,6 +8,12 @@
   run     chosen scenarios (--scenarios drain,soak ...), full size unless --small
   drain   the drain cases only: 20,000 and 100,000 jobs x (each system's defaults, all at 50),
           rounds of the systems in turn; prints medians, spreads and orchwf/pgqueuer ratios
+  check   the CI gate on cost growing with history (~4 min, orchwf only, own cluster):
+          drains of 5,000, 3 in turns on an empty history and on one of 300,000 seeded
+          finished workflows (medians: seeded >= 0.8x empty), then a 2-minute soak at 60%
+          of the empty drains' rate (last minute's queue wait p99 <= max(2x the first
+          minute's, 250 ms); backlog never growing for more than 30 s; runtime tables at
+          the end <= max(2x minute 1, 1 MiB)); prints the figures, exits 1 if a gate fails
   sqlcost instructions per step of the SQL hot path, under callgrind (see bench/sqlcost.py)
   tracing the drain with OpenTelemetry tracing on and off (bench/tracing.py)
   defaults orchwf alone at --concurrency 10, 25, 50 and 100, no-op steps and steps waiting
@@ -31,8 +37,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from . import check, plots, report
 from . import cluster as cl
-from . import plots, report
 from . import run as runner
 from . import scenarios as sc
 from .common import ROOT, log
@@ -46,7 +52,7 @@ def _stop(signum: int, frame: object) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=["all", "smoke", "run", "drain"])
+    p.add_argument("command", choices=["all", "smoke", "run", "drain", "check"])
     p.add_argument("--dsn", default=os.environ.get("ORCHWF_BENCH_DSN"),
                    help="benchmark this existing server (its admin database; every system gets fresh "
                         "databases on it) instead of the benchmark's own cluster [env ORCHWF_BENCH_DSN]")
@@ -91,6 +97,23 @@ def server_under_test(a: argparse.Namespace) -> Iterator[Server]:
         yield Server("own cluster", cluster.dsn, cluster.log_file)
 
 
+def run_check(a: argparse.Namespace) -> int:
+    """``check``: its own sizes and gates (bench/check.py); no report files. The worker
+    logs are kept when it fails (or with ORCHWF_BENCH_KEEP_LOGS): CI shows where."""
+    work = runner.scratch()
+    rc = 1
+    try:
+        with server_under_test(a) as server:
+            rc = check.check(server, work / "logs", soak_seconds=a.soak_seconds, seed=a.history_seed,
+                             concurrency=a.concurrency)
+        return rc
+    finally:
+        if rc != 0 or os.environ.get("ORCHWF_BENCH_KEEP_LOGS"):
+            log(f"worker logs kept in {work / 'logs'}")
+        else:
+            runner.cleanup(work)
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _stop)
     args = sys.argv[1:] if argv is None else argv
@@ -104,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         return _tracing(args[1:])
     p = parser()
     a = p.parse_args(args)
+    if a.command == "check":
+        return run_check(a)
 
     sizes = sc.SMOKE if a.command == "smoke" else sc.SMALL if a.small else sc.Sizes()
     changes: dict[str, object] = {}

@@ -85,17 +85,35 @@ FINISH_AND_CLAIM_SQL = ("SELECT * FROM orchwf_finish_and_claim(%b, %b, %b, %b::j
 
 # One finished single-step workflow per row of generate_series, as the daemon leaves it:
 # the instance, its step and the four events a run writes (workflow.started,
-# step.started, step.completed, workflow.completed), with time-ordered IDs
-# (orchwf_uuid7) and timestamps spread evenly over HISTORY_SPAN ending
-# HISTORY_END_AGO ago: inside the daemon's default retention (7 days), so the workers
-# do not start pruning the seeded rows during the measured drain.
+# step.started, step.completed, workflow.completed), with timestamps spread evenly over
+# HISTORY_SPAN ending HISTORY_END_AGO ago: inside the daemon's default retention (7
+# days), so the workers do not start pruning the seeded rows during the measured drain.
+# Every ID is a time-ordered ID of its row's time (UUID7_AT_SQL), and an instance's
+# created_at is the millisecond of its ID, as orchwf_enqueue makes them: a lookup by ID
+# finds the instance's history partition, as it would in a real history.
 HISTORY_SPAN = "2 hours"
 HISTORY_END_AGO = "10 minutes"
+# orchwf_uuid7() (sql/api/util.sql) at a given time instead of clock_timestamp(); a
+# temporary function of the seeding session.
+UUID7_AT_SQL = """
+CREATE OR REPLACE FUNCTION pg_temp.bench_uuid7_at(p_at timestamptz) RETURNS uuid
+LANGUAGE sql VOLATILE AS $$
+    SELECT encode(int8send((floor(extract(epoch FROM p_at) * 1000)::bigint << 16)
+                           | floor(random() * 4096)::bigint | 28672)
+                  || int8send((floor(random() * 2147483648)::bigint << 31)
+                              | floor(random() * 2147483648)::bigint | (-9223372036854775807 - 1)),
+                  'hex')::uuid
+$$
+"""
+# The history partitions for the seeded range (the migration makes them from a day ago).
+SEED_PARTITIONS_SQL = ("SELECT orchwf_ensure_partitions(now() - %(end_ago)s::interval - %(span)s::interval,"
+                       " now()) AS made")
 SEED_HISTORY_SQL = """
 WITH src AS MATERIALIZED (
-    SELECT orchwf_uuid7() AS wid, orchwf_uuid7() AS sid,
-           now() - %(end_ago)s::interval - %(span)s::interval * (1 - i::float8 / %(n)s) AS t0
-    FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) AS i
+    SELECT t0, pg_temp.bench_uuid7_at(t0) AS wid, pg_temp.bench_uuid7_at(t0) AS sid
+    FROM (SELECT date_trunc('milliseconds',
+                            now() - %(end_ago)s::interval - %(span)s::interval * (1 - i::float8 / %(n)s)) AS t0
+          FROM generate_series(%(lo)s::bigint, %(hi)s::bigint) AS i) AS g
 ), def AS (
     SELECT version_hash FROM orchwf_workflow_definitions WHERE workflow_id = %(workflow)s
 ), wi AS (
@@ -106,7 +124,7 @@ WITH src AS MATERIALIZED (
            jsonb_build_object('t_s', extract(epoch FROM t0 + interval '12 ms')),
            jsonb_build_object('s', jsonb_build_object('t_s', extract(epoch FROM t0 + interval '12 ms')),
                               't_s', extract(epoch FROM t0 + interval '12 ms')),
-           t0, t0 + interval '15 ms', orchwf_uuid7()::text, orchwf_uuid7()::text,
+           t0, t0 + interval '15 ms', pg_temp.bench_uuid7_at(t0)::text, pg_temp.bench_uuid7_at(t0)::text,
            'daemon', (SELECT version_hash FROM def), 0, t0, t0 + interval '15 ms'
     FROM src
 ), si AS (
@@ -119,7 +137,8 @@ WITH src AS MATERIALIZED (
 )
 INSERT INTO orchwf_event_history (id, workflow_inst_id, step_inst_id, event_type, event_data, "timestamp", created_at,
                                   instance_created_at)
-SELECT orchwf_uuid7(), src.wid, e.step_inst_id, e.event_type, e.event_data, src.t0 + e.after, src.t0 + e.after, src.t0
+SELECT pg_temp.bench_uuid7_at(src.t0 + e.after), src.wid, e.step_inst_id, e.event_type, e.event_data,
+       src.t0 + e.after, src.t0 + e.after, src.t0
 FROM src CROSS JOIN LATERAL (VALUES
     (NULL::uuid, 'workflow.started', jsonb_build_object('workflow_id', %(workflow)s), interval '0 ms'),
     (src.sid, 'step.started', '{"step_id": "s"}'::jsonb, interval '10 ms'),
@@ -127,6 +146,9 @@ FROM src CROSS JOIN LATERAL (VALUES
     (NULL::uuid, 'workflow.completed', '{"duration_ms": 15}'::jsonb, interval '15 ms')
 ) AS e(step_inst_id, event_type, event_data, after)
 """
+# Seeded instances whose created_at is not the time of their ID (must be none).
+SEED_MISMATCHES_SQL = ("SELECT count(*) AS n FROM orchwf_instance_history"
+                       " WHERE created_at IS DISTINCT FROM orchwf_uuid7_time(id)")
 SEED_CHUNK = 250_000
 
 
@@ -350,10 +372,15 @@ class OrchwfSystem(System):
         server (INSERT ... SELECT generate_series, in chunks), then VACUUM ANALYZE."""
         assert self.conn is not None
         t0 = time.perf_counter()
+        params = {"span": HISTORY_SPAN, "end_ago": HISTORY_END_AGO, "workflow": WORKFLOW}
+        self.conn.execute(UUID7_AT_SQL)
+        self.conn.execute(SEED_PARTITIONS_SQL, params)
         for lo in range(1, n + 1, SEED_CHUNK):
             hi = min(n, lo + SEED_CHUNK - 1)
-            self.conn.execute(SEED_HISTORY_SQL, {"lo": lo, "hi": hi, "n": n, "span": HISTORY_SPAN,
-                                                 "end_ago": HISTORY_END_AGO, "workflow": WORKFLOW})
+            self.conn.execute(SEED_HISTORY_SQL, {**params, "lo": lo, "hi": hi, "n": n})
             log(f"orchwf: seeded {hi:,} of {n:,} finished workflows ({time.perf_counter() - t0:.0f}s)")
+        mismatches = int(self._one(SEED_MISMATCHES_SQL)["n"])
+        if mismatches:
+            raise RuntimeError(f"{mismatches:,} instances in history whose created_at is not the time of their ID")
         self.housekeeping()
         return time.perf_counter() - t0
