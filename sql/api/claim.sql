@@ -118,6 +118,7 @@ BEGIN
             WHERE p.workflow_inst_id = c.workflow_inst_id AND p.status = 'completed'),
            nullif(c.input, '{}'::jsonb)
     FROM claimed c
-    JOIN orchwf_live_instances i ON i.id = c.workflow_inst_id;
+    JOIN orchwf_live_instances i ON i.id = c.workflow_inst_id
+    WHERE i.id = ANY (ARRAY(SELECT x.workflow_inst_id FROM claimed x));
 END;
 $$;

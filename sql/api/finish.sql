@@ -149,7 +149,7 @@ BEGIN
             lease_owner = NULL, lease_token = NULL, lease_expires_at = NULL, deadline_at = NULL,
             updated_at = now()
         FROM r
-        WHERE s.id = r.id AND s.lease_token = r.token AND s.status = 'running'
+        WHERE s.id = r.id AND s.id = ANY (p_ids) AND s.lease_token = r.token AND s.status = 'running'
         RETURNING s.id, s.workflow_inst_id, s.step_id, s.status, r.outcome, r.error, r.duration, r.delay,
                   s.retry_count, s.attempts, cardinality(s.dependents) > 0 AS has_dependents),
     events AS (
@@ -160,7 +160,11 @@ BEGIN
                                           instance_created_at)
         SELECT orchwf_uuid7(), d.workflow_inst_id, d.id, e.event_type, e.event_data, i.created_at
         FROM done d
-        JOIN orchwf_live_instances i ON i.id = d.workflow_inst_id
+        -- "AND i.id = ANY (v_insts)" on every join with the live instances: a key
+        -- lookup whatever the statistics say. A churning table is often analyzed while
+        -- every row is dead; its estimate is then one row at any size, and the planner
+        -- may read all of it (the backlog) once per join (tests/storage/test_plans.py).
+        JOIN orchwf_live_instances i ON i.id = d.workflow_inst_id AND i.id = ANY (v_insts)
         CROSS JOIN LATERAL (
             SELECT CASE d.outcome WHEN 'completed' THEN 'step.completed' WHEN 'retry' THEN 'step.attempt_failed'
                                   WHEN 'requeue' THEN 'step.rescued' WHEN 'release' THEN 'step.released'
@@ -204,7 +208,7 @@ BEGIN
         -- A step that was running in a process that died is a suspect (docs/reliability.md).
         INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority, suspect)
         SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority, s.crashes > 0
-        FROM orchwf_live_steps s JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id
+        FROM orchwf_live_steps s JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id AND i.id = ANY (v_insts)
         WHERE s.id = ANY (v_accepted) AND s.status IN ('retrying', 'pending') AND s.run_after IS NULL
           AND i.status IN ('pending', 'running')
         ON CONFLICT DO NOTHING;
@@ -223,11 +227,12 @@ BEGIN
             UPDATE orchwf_live_steps s
             SET pending_deps = s.pending_deps - dec.n, updated_at = now()
             FROM dec
-            WHERE s.workflow_inst_id = dec.workflow_inst_id AND s.step_id = dec.child AND s.status = 'pending'
+            WHERE s.workflow_inst_id = dec.workflow_inst_id AND s.workflow_inst_id = ANY (v_insts)
+              AND s.step_id = dec.child AND s.status = 'pending'
             RETURNING s.id, s.workflow_inst_id, s.priority, s.pending_deps)
         INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
         SELECT r.id, i.id, i.workflow_id, i.queue, r.priority + i.priority
-        FROM released r JOIN orchwf_live_instances i ON i.id = r.workflow_inst_id
+        FROM released r JOIN orchwf_live_instances i ON i.id = r.workflow_inst_id AND i.id = ANY (v_insts)
         WHERE r.pending_deps = 0 AND i.status IN ('pending', 'running')
         ON CONFLICT DO NOTHING;
         GET DIAGNOSTICS v_n = ROW_COUNT;
@@ -248,7 +253,7 @@ BEGIN
     c AS (
         SELECT f.inst, f.n, x.completing, m.output, m.context
         FROM f
-        JOIN orchwf_live_instances i ON i.id = f.inst
+        JOIN orchwf_live_instances i ON i.id = f.inst AND i.id = ANY (v_insts)
         CROSS JOIN LATERAL (SELECT i.steps_remaining - f.n <= 0 AND NOT f.failed
                                    AND i.status IN ('pending', 'running') AS completing) x
         LEFT JOIN LATERAL (SELECT d.output, d.context FROM orchwf_instance_documents(f.inst) d
@@ -264,7 +269,7 @@ BEGIN
             context = CASE WHEN c.completing THEN c.context ELSE i.context END,
             updated_at = now()
         FROM c
-        WHERE i.id = c.inst
+        WHERE i.id = c.inst AND i.id = ANY (v_insts)
         RETURNING i.id, i.started_at, i.created_at, c.completing),
     completed AS (
         INSERT INTO orchwf_event_history (id, workflow_inst_id, event_type, event_data, instance_created_at)
@@ -285,7 +290,7 @@ BEGIN
         FOR v_row IN
             SELECT s.workflow_inst_id AS inst, min(s.step_id) AS step_id, min(s.error) AS error,
                    min(s.attempts) AS attempts
-            FROM orchwf_live_steps s JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id
+            FROM orchwf_live_steps s JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id AND i.id = ANY (v_insts)
             WHERE s.id = ANY (v_accepted) AND s.status = 'failed' AND s.step_id <> '$compensate'
               AND i.status IN ('pending', 'running') AND NOT EXISTS (
                   SELECT 1 FROM orchwf_live_steps c

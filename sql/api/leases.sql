@@ -14,12 +14,14 @@ BEGIN
     UPDATE orchwf_workers SET heartbeat_at = now() WHERE worker_id = p_worker;
     -- SKIP LOCKED: a step row locked by a finish, cancel or rescue is not waited for (that
     -- would invert the lock order); it is either being finished or will be renewed next tick.
+    -- "= ANY (p_ids)" beside each join: key lookups whatever the statistics say (a
+    -- churning table analyzed while empty is estimated at one row at any size).
     UPDATE orchwf_live_steps s
     SET lease_expires_at = now() + p_lease_seconds * interval '1 second'
-    WHERE s.id IN (
+    WHERE s.id = ANY (p_ids) AND s.id IN (
         SELECT l.id FROM orchwf_live_steps l
         JOIN unnest(p_ids, p_tokens) AS h(id, token) ON l.id = h.id AND l.lease_token = h.token
-        WHERE l.status = 'running'
+        WHERE l.id = ANY (p_ids) AND l.status = 'running'
         FOR NO KEY UPDATE OF l SKIP LOCKED);
     -- Lost: the token no longer matches (rescued, cancelled or finished elsewhere).
     RETURN QUERY
@@ -38,18 +40,22 @@ LANGUAGE plpgsql
 SET search_path FROM CURRENT
 AS $$
 DECLARE
-    v_insts uuid[]; v_ids uuid[]; v_tokens bigint[]; v_outcomes text[]; v_errors text[]; v_n integer;
+    v_insts uuid[]; v_steps uuid[]; v_ids uuid[]; v_tokens bigint[]; v_outcomes text[]; v_errors text[];
+    v_n integer;
 BEGIN
     -- Candidates, without locks, from the running list (never the step table's history);
     -- then the instances in lock order; then re-check under them (a heartbeat may have
     -- renewed the lease, or a finish taken the step, meanwhile).
-    SELECT array_agg(DISTINCT s.workflow_inst_id) INTO v_insts
-    FROM (SELECT c.workflow_inst_id
+    -- LATERAL: the running list drives, each of its steps found by key (a join the
+    -- planner could turn around would read the step table when its statistics lag).
+    SELECT array_agg(DISTINCT s.workflow_inst_id), array_agg(s.id) INTO v_insts, v_steps
+    FROM (SELECT c.workflow_inst_id, c.id
           FROM orchwf_running_steps r
-          JOIN orchwf_live_steps c ON c.id = r.step_inst_id AND c.lease_token = r.lease_token
-          WHERE c.status = 'running'
-            AND ((p_owner IS NOT NULL AND r.lease_owner = p_owner)
-                 OR (p_owner IS NULL AND c.lease_expires_at < now()))
+          CROSS JOIN LATERAL (SELECT c.workflow_inst_id, c.id, c.lease_expires_at FROM orchwf_live_steps c
+                              WHERE c.id = r.step_inst_id AND c.lease_token = r.lease_token
+                                AND c.status = 'running') c
+          WHERE (p_owner IS NOT NULL AND r.lease_owner = p_owner)
+             OR (p_owner IS NULL AND c.lease_expires_at < now())
           LIMIT p_limit) s;
     IF v_insts IS NULL THEN
         RETURN;
@@ -62,14 +68,14 @@ BEGIN
         SELECT s.id, s.lease_token, s.lease_owner, s.lease_expires_at, s.crashes, s.retry_count,
                s.max_attempts, s.required, s.crash_counts_as_attempt
         FROM orchwf_live_steps s
-        WHERE s.workflow_inst_id = ANY (v_insts) AND s.status = 'running'
+        WHERE s.id = ANY (v_steps) AND s.status = 'running'
           AND ((p_owner IS NOT NULL AND s.lease_owner = p_owner)
                OR (p_owner IS NULL AND s.lease_expires_at < now()))
         ORDER BY s.id
         FOR NO KEY UPDATE OF s),
     counted AS (
         UPDATE orchwf_live_steps s SET crashes = s.crashes + 1
-        FROM lost WHERE s.id = lost.id
+        FROM lost WHERE s.id = lost.id AND s.id = ANY (v_steps)
         RETURNING s.id)
     SELECT array_agg(l.id), array_agg(l.lease_token),
            array_agg(CASE
@@ -111,8 +117,9 @@ DECLARE
 BEGIN
     SELECT array_agg(s.id), array_agg(s.lease_token) INTO v_ids, v_tokens
     FROM orchwf_running_steps r
-    JOIN orchwf_live_steps s ON s.id = r.step_inst_id AND s.lease_token = r.lease_token
-    WHERE r.lease_owner = p_worker AND s.status = 'running' AND s.id <> ALL (coalesce(p_keep, '{}'));
+    CROSS JOIN LATERAL (SELECT s.id, s.lease_token FROM orchwf_live_steps s
+                        WHERE s.id = r.step_inst_id AND s.lease_token = r.lease_token AND s.status = 'running') s
+    WHERE r.lease_owner = p_worker AND s.id <> ALL (coalesce(p_keep, '{}'));
     v_n := coalesce(cardinality(v_ids), 0);
     IF v_n = 0 THEN
         RETURN 0;

@@ -13,11 +13,13 @@ DECLARE
 BEGIN
     -- Due steps without locks, then their live instances in lock order (skipping any
     -- that a finish or cancel holds: they are promoted on the next round).
+    -- "= ANY (ARRAY(...))": the instances by key whatever the statistics say (as a
+    -- semi-join, a table analyzed while empty could be read whole, once per due step).
     SELECT array_agg(i.id ORDER BY i.id) INTO v_insts
     FROM (SELECT i.id FROM orchwf_live_instances i
-          WHERE i.id IN (SELECT s.workflow_inst_id FROM orchwf_live_steps s
-                         WHERE s.run_after IS NOT NULL AND s.run_after <= now()
-                         ORDER BY s.run_after LIMIT p_limit)
+          WHERE i.id = ANY (ARRAY(SELECT s.workflow_inst_id FROM orchwf_live_steps s
+                                  WHERE s.run_after IS NOT NULL AND s.run_after <= now()
+                                  ORDER BY s.run_after LIMIT p_limit))
             AND i.status IN ('pending', 'running')
           ORDER BY i.id
           FOR NO KEY UPDATE SKIP LOCKED) i;
@@ -32,7 +34,7 @@ BEGIN
     ins AS (
         INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority, suspect)
         SELECT p.id, i.id, i.workflow_id, i.queue, p.priority + i.priority, p.crashes > 0
-        FROM promoted p JOIN orchwf_live_instances i ON i.id = p.workflow_inst_id
+        FROM promoted p JOIN orchwf_live_instances i ON i.id = p.workflow_inst_id AND i.id = ANY (v_insts)
         ON CONFLICT DO NOTHING
         RETURNING queue)
     SELECT count(*) INTO v_n FROM ins;

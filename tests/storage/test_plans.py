@@ -360,3 +360,48 @@ def test_the_hot_path_reads_the_backlog_by_key(conn: psycopg.Connection[Any]) ->
     assert not wide, "read the backlog:\n" + "\n".join(
         f"  {s.node} on {s.relation} via {s.index} ({s.loops} loops x {s.rows} rows) in: {s.query[:300]!r}"
         for s in wide)
+
+
+def test_the_hot_path_reads_the_backlog_by_key_when_statistics_lag(db_dsn: str) -> None:
+    """The hot path and the rescues with the statistics a churning queue often has: analyzed while every row
+    was dead (reltuples 0 on a table of many pages), then a backlog arrived. The planner
+    then estimates one row for any size, and a join it may order either way read every
+    live instance once per finish: the soak's stalls of 10-20 s (docs/benchmarks.md)."""
+    with connect(db_dsn) as conn:
+        define_workflow(conn)
+        for table in RUNTIME:  # no autovacuum here to refresh the statistics mid-test
+            conn.execute(sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = false)").format(sql.Identifier(table)))
+        enqueue(conn, 400)
+        while claimed := _claim(conn, "w-churn", 400):  # all finished and archived: only dead rows left
+            Q.finish_steps(conn, _done(claimed))
+        conn.execute("ANALYZE orchwf_live_instances, orchwf_live_steps, orchwf_ready_steps, orchwf_running_steps")
+        stats = conn.execute("SELECT reltuples FROM pg_class WHERE relname = 'orchwf_live_instances'").fetchone()
+        assert stats is not None and stats[0] == 0
+        enqueue(conn, 2000, queue=BACKLOG)  # the backlog the statistics do not know of
+        enqueue(conn, 5)
+        enqueue(conn, 9, queue="lanes")
+        due = enqueue(conn, 3, queue="lanes", run_after=days_ago(-1))
+        conn.execute("UPDATE orchwf_live_steps SET run_after = now() - interval '1 second'"
+                     " WHERE workflow_inst_id = ANY(%s::uuid[]) AND run_after IS NOT NULL", (due,))
+        with captured_plans(conn) as plans:
+            first = _claim(conn, "w-key", 5)
+            _, second = Q.finish_and_claim(conn, _done(first), ClaimRequest("w-key", ["default"], [WORKFLOW], 5, 60))
+            Q.finish_steps(conn, _done(second))
+            beating = _claim(conn, "w-beat", 3, queue="lanes")
+            lost = Q.heartbeat(conn, "w-beat", [str(s.step_inst_id) for s in beating],
+                               [s.lease_token for s in beating], 60)
+            Q.record_event(conn, str(beating[0].workflow_inst_id), None, "step.progress", {"done": 1})
+            crashed = Q.rescue_process_steps(conn, "w-beat")
+            orphaned = _claim(conn, "w-orphans", 3, queue="lanes")
+            released = Q.release_orphans(conn, "w-orphans", [])
+            _claim(conn, "w-expired", 3, queue="lanes", lease=0.001)
+            time.sleep(0.05)
+            expired = conn.execute("SELECT step_inst_id FROM orchwf_rescue_steps()").fetchall()
+            round_ = Q.maintain(conn, "sup-1", True, ["default", "lanes"], [WORKFLOW])
+    assert round_.promoted == 3
+    assert len(first) == len(second) == 5  # the second claim: the steps the first finish released
+    assert lost == [] and len(crashed) == 3 and released == len(orphaned) == 3 and len(expired) == 3
+    wide = [s for s in plans.scans() if s.relation in RUNTIME and s.rows * s.loops > 20]
+    assert not wide, "read the backlog:\n" + "\n".join(
+        f"  {s.node} on {s.relation} via {s.index} ({s.loops} loops x {s.rows} rows) in: {s.query[:300]!r}"
+        for s in wide)
