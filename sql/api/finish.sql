@@ -100,6 +100,9 @@ SET search_path FROM CURRENT
 -- between two autovacuum runs, so their statistics lag: a stale estimate must not turn a
 -- lookup by key into a sequential scan over dead rows.
 SET enable_seqscan = off
+-- Nor into a bitmap scan of a whole index: with a table analyzed while empty, the soak's
+-- finish read every live instance through the created_at index to find a few by ID.
+SET enable_bitmapscan = off
 -- No JIT: enable_seqscan = off prices a scan it cannot avoid at 1e10, which would make
 -- every call compile its plan (milliseconds) for a few key lookups.
 SET jit = off

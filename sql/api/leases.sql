@@ -9,6 +9,7 @@ CREATE OR REPLACE FUNCTION orchwf_heartbeat(
 ) RETURNS SETOF uuid
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
+SET enable_bitmapscan = off  -- key lookups, whatever the statistics say (finish.sql)
 AS $$
 BEGIN
     UPDATE orchwf_workers SET heartbeat_at = now() WHERE worker_id = p_worker;
@@ -38,6 +39,7 @@ CREATE OR REPLACE FUNCTION orchwf_rescue_steps(p_owner text DEFAULT NULL, p_limi
 RETURNS TABLE (step_inst_id uuid, outcome text, cause text)
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
+SET enable_bitmapscan = off  -- key lookups, whatever the statistics say (finish.sql)
 AS $$
 DECLARE
     v_insts uuid[]; v_steps uuid[]; v_ids uuid[]; v_tokens bigint[]; v_outcomes text[]; v_errors text[];
@@ -111,6 +113,7 @@ CREATE OR REPLACE FUNCTION orchwf_release_orphans(p_worker text, p_keep uuid[])
 RETURNS integer
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
+SET enable_bitmapscan = off  -- key lookups, whatever the statistics say (finish.sql)
 AS $$
 DECLARE
     v_ids uuid[]; v_tokens bigint[]; v_n integer;

@@ -6,6 +6,7 @@ CREATE OR REPLACE FUNCTION orchwf_promote_scheduled(p_limit integer DEFAULT 1000
 RETURNS integer
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
+SET enable_bitmapscan = off  -- key lookups, whatever the statistics say (finish.sql)
 AS $$
 DECLARE
     v_insts uuid[];

@@ -267,6 +267,7 @@ CREATE OR REPLACE FUNCTION orchwf_archive_instances(p_ids uuid[]) RETURNS void
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
 SET enable_seqscan = off
+SET enable_bitmapscan = off
 SET jit = off
 AS $$
 DECLARE
