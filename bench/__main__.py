@@ -34,8 +34,9 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from . import check, plots, report
 from . import cluster as cl
@@ -191,48 +192,49 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _defaults(argv: list[str]) -> int:
-    from . import defaults
-
-    p = argparse.ArgumentParser(prog="python -m bench defaults", description=defaults.__doc__)
+def _orchwf_only(argv: list[str], prog: str, module: Any, extra: Callable[[argparse.ArgumentParser], None],
+                 run: Callable[[str, Path, argparse.Namespace], dict[str, Any]]) -> int:
+    """An orchwf-only measurement (``defaults``, ``tracing``): its own flags, the server
+    (the own cluster unless --dsn), a scratch directory, and the module's table printed."""
+    p = argparse.ArgumentParser(prog=f"python -m bench {prog}", description=module.__doc__)
     p.add_argument("--dsn", default=os.environ.get("ORCHWF_BENCH_DSN"),
                    help="an existing server instead of the benchmark's own cluster")
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--scale", type=float, default=1.0, help="multiply the jobs per drain (0.1 for a quick look)")
     p.add_argument("--pg-bin", default=None)
     p.add_argument("--cluster-dir", default=str(cl.BASE_DIR))
+    extra(p)
     a = p.parse_args(argv)
     work = runner.scratch()
     try:
         with server_under_test(argparse.Namespace(dsn=a.dsn, pg_bin=a.pg_bin, keep_cluster=False,
                                                   cluster_dir=a.cluster_dir)) as server:
-            result = defaults.run(server.dsn, work, rounds=a.rounds, scale=a.scale)
+            result = run(server.dsn, work, a)
     finally:
         runner.cleanup(work)
     print()
-    print(defaults.table(result))
+    print(module.table(result))
     return 0
+
+
+def _defaults(argv: list[str]) -> int:
+    from . import defaults
+
+    def flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--rounds", type=int, default=2)
+        p.add_argument("--scale", type=float, default=1.0, help="multiply the jobs per drain (0.1 for a quick look)")
+
+    return _orchwf_only(argv, "defaults", defaults, flags,
+                        lambda dsn, work, a: defaults.run(dsn, work, rounds=a.rounds, scale=a.scale))
 
 
 def _tracing(argv: list[str]) -> int:
     from . import tracing
 
-    p = argparse.ArgumentParser(prog="python -m bench tracing", description=tracing.__doc__)
-    p.add_argument("--dsn", default=os.environ.get("ORCHWF_BENCH_DSN"),
-                   help="an existing server instead of the benchmark's own cluster")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--jobs", type=int, default=tracing.JOBS)
-    a = p.parse_args(argv)
-    work = runner.scratch()
-    try:
-        with server_under_test(argparse.Namespace(dsn=a.dsn, pg_bin=None, keep_cluster=False,
-                                                  cluster_dir=str(cl.BASE_DIR))) as server:
-            result = tracing.run(server.dsn, work, rounds=a.rounds, jobs=a.jobs)
-    finally:
-        runner.cleanup(work)
-    print()
-    print(tracing.table(result))
-    return 0
+    def flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--rounds", type=int, default=3)
+        p.add_argument("--jobs", type=int, default=tracing.JOBS)
+
+    return _orchwf_only(argv, "tracing", tracing, flags,
+                        lambda dsn, work, a: tracing.run(dsn, work, rounds=a.rounds, jobs=a.jobs))
 
 
 if __name__ == "__main__":
