@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -43,8 +44,9 @@ def client(app_db: str) -> Iterator[Client]:
 def start_daemon(app_db: str, client: Client) -> Iterator[Callable[..., Daemon]]:
     daemons: list[Daemon] = []
 
-    def start(*args: str, dsn: str | None = None) -> Daemon:
-        d = Daemon(dsn or app_db, list(args))
+    def start(*args: str, dsn: str | None = None, **options: Any) -> Daemon:
+        """``options``: Daemon's app= and env=."""
+        d = Daemon(dsn or app_db, list(args), **options)
         daemons.append(d)
         return d
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -48,27 +47,13 @@ def traced_client(app_db: str) -> Iterator[Client]:
 
 
 @pytest.fixture
-def tracing_daemon(app_db: str, traced_client: Client, tmp_path: Path) -> Iterator[Callable[[str], Daemon]]:
-    daemons: list[Daemon] = []
-
+def tracing_daemon(start_daemon: Callable[..., Daemon], traced_client: Client, tmp_path: Path
+                   ) -> Callable[[str], Daemon]:
     def start(mode: str) -> Daemon:
-        d = Daemon(app_db, ["--workers", "2", "--concurrency", "2"], app="tracingapp",
-                   env={"ORCHWF_TEST_OTEL_MODE": mode, "ORCHWF_TEST_SPANS": str(tmp_path / "spans.jsonl")})
-        daemons.append(d)
-        return d
+        return start_daemon("--workers", "2", "--concurrency", "2", app="tracingapp",
+                            env={"ORCHWF_TEST_OTEL_MODE": mode, "ORCHWF_TEST_SPANS": str(tmp_path / "spans.jsonl")})
 
-    yield start
-    for d in daemons:
-        print(f"--- daemon log ({d.log_file.name}) ---\n{d.output()[-5000:]}")
-        if d.proc.poll() is None:
-            try:
-                d.stop(signal.SIGTERM, timeout=20)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(d.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    return start
 
 
 def read_spans(tmp_path: Path) -> list[dict[str, Any]]:
