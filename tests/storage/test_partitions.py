@@ -97,17 +97,24 @@ def _where(conn: psycopg.Connection[Any], inst_id: str) -> str:
 # --------------------------------------------------------------------------- (a) a missing range
 
 
+def _maintenance_down_for_days(conn: psycopg.Connection[Any]) -> datetime:
+    """The premade ranges from today on used up (dropped) and the horizon in the past, as
+    after maintenance was down for days; returns the start of today's range."""
+    today = _today(conn)
+    for lower, _, suffix in ranges(conn):
+        if lower >= today:
+            drop_range(conn, suffix)
+    conn.execute("UPDATE orchwf_partitioning SET horizon = (SELECT max(upper) FROM orchwf_partitions)")
+    return today
+
+
 def test_an_enqueue_after_maintenance_was_down_for_days_makes_its_range(db_dsn: str) -> None:
     """Maintenance down across day boundaries: the premade ranges are used up (here:
     dropped) and the horizon lies in the past. The enqueue makes today's range itself,
     and nothing of it is lost: instances, steps, ready queue, events."""
     with connect(db_dsn) as conn:
         define_workflow(conn)
-        today = _today(conn)
-        for lower, _, suffix in ranges(conn):
-            if lower >= today:
-                drop_range(conn, suffix)
-        conn.execute("UPDATE orchwf_partitioning SET horizon = (SELECT max(upper) FROM orchwf_partitions)")
+        today = _maintenance_down_for_days(conn)
         assert all(upper <= today for _, upper, _ in ranges(conn))
 
         ids = enqueue(conn, 5)
@@ -126,11 +133,7 @@ def test_an_enqueue_after_maintenance_was_down_for_days_makes_its_range(db_dsn: 
 
 def test_the_maintenance_round_remakes_missing_ranges(db_dsn: str) -> None:
     with connect(db_dsn) as conn:
-        today = _today(conn)
-        for lower, _, suffix in ranges(conn):
-            if lower >= today:
-                drop_range(conn, suffix)
-        conn.execute("UPDATE orchwf_partitioning SET horizon = (SELECT max(upper) FROM orchwf_partitions)")
+        today = _maintenance_down_for_days(conn)
         Q.maintain(conn, "sup", True, ["default"], [WORKFLOW])
         premade = {lower for lower, _, _ in ranges(conn)}
         assert {today + i * DAY for i in range(4)} <= premade
@@ -239,11 +242,7 @@ def test_enqueues_that_all_find_the_horizon_passed(db_dsn: str) -> None:
     extends the ranges; they serialise on the advisory lock and all succeed."""
     with connect(db_dsn) as conn:
         define_workflow(conn)
-        today = _today(conn)
-        for lower, _, suffix in ranges(conn):
-            if lower >= today:
-                drop_range(conn, suffix)
-        conn.execute("UPDATE orchwf_partitioning SET horizon = (SELECT max(upper) FROM orchwf_partitions)")
+        _maintenance_down_for_days(conn)
     ids: list[str] = []
 
     def work(i: int) -> None:
