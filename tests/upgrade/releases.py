@@ -1,9 +1,11 @@
 """Earlier releases of orchwf, as shipped, for the upgrade tests.
 
 ``release-1.tar.gz`` holds the SQL of the first release (migrations 001-003, commit
-2a5776b); ``release-2.tar.gz`` the package and SQL of the previous release (001-004,
-commit a4b8e38), whose workers must keep running beside the new ones during a rolling
-upgrade. They are archives of exactly what those commits shipped (``git archive``).
+2a5776b); ``release-2.tar.gz`` the package and SQL of release 2 (001-004, commit
+a4b8e38); ``release-3.tar.gz`` those of the previous release (001-006 and sql/api,
+commit 9bfbb0a). The workers of releases 2 and 3 must keep running beside the new ones
+during a rolling upgrade. They are archives of exactly what those commits shipped
+(``git archive``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ CREATE TABLE IF NOT EXISTS upgrade_exec (
 
 
 def extract(release: str, into: Path) -> Path:
-    """Unpack ``release`` ("release-1", "release-2") under ``into``; return its root."""
+    """Unpack ``release`` ("release-1", "release-2", "release-3") under ``into``; return its root."""
     with tarfile.open(HERE / f"{release}.tar.gz") as tar:
         tar.extractall(into, filter="data")
     return into / release

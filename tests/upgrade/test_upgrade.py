@@ -29,7 +29,7 @@ def test_fresh_install_and_upgrades_from_both_releases_give_the_same_catalog(
     migrate(fresh_dsn)
     fresh = catalog(fresh_dsn)
     assert fresh["functions"] and fresh["indexes"]
-    for release in ("release-1", "release-2"):
+    for release in ("release-1", "release-2", "release-3"):
         dsn = make_empty_db()
         install_release(dsn, extract(release, tmp_path))
         migrate(dsn)
@@ -39,7 +39,7 @@ def test_fresh_install_and_upgrades_from_both_releases_give_the_same_catalog(
 
 
 class Daemon:
-    """``orchwf worker`` of one release (old: release 2's package first on the path)."""
+    """``orchwf worker`` of one release (old: that release's package first on the path)."""
 
     def __init__(self, dsn: str, release: str, root: Path, log: Path) -> None:
         env = dict(os.environ, PYTHONPATH=f"{root}{os.pathsep}{HERE}", ORCHWF_TEST_APP_DSN=dsn,
@@ -64,11 +64,22 @@ class Daemon:
         return self.log.read_text(errors="replace")
 
 
-@pytest.fixture
-def release_2(empty_db_dsn: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A database at release 2 (migration 004), with the app's workflows registered by
-    release 2's own code, and release 2 unpacked."""
-    root = extract("release-2", tmp_path)
+# The releases whose workers run beside this one's: release 2 (migration 004, before the
+# runtime tables) and release 3 (migration 006, the previous release).
+OLD_RELEASES = ("release-2", "release-3")
+
+
+def migrations_since_release_3() -> list[str]:
+    """The versions this checkout adds to release 3's 001-006, newest first."""
+    versions = {p.name[:3] for p in (REPO / "sql" / "migrations").glob("[0-9][0-9][0-9]_*.sql")}
+    return sorted((v for v in versions if v > "006"), reverse=True)
+
+
+@pytest.fixture(params=OLD_RELEASES)
+def old_release(request: pytest.FixtureRequest, empty_db_dsn: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A database at an old release, with the app's workflows registered by that
+    release's own code, and the release unpacked."""
+    root = extract(request.param, tmp_path)
     install_release(empty_db_dsn, root)
     code = ("import sys, upgradeapp, psycopg; from orchwf.client import register_workflow\n"
             "with psycopg.connect(sys.argv[1]) as c:\n"
@@ -116,8 +127,8 @@ FROM orchwf_workflow_instances i ORDER BY i.id
 """
 
 
-def test_a_release_2_database_upgrades_in_place_with_its_data(release_2: tuple[str, Path], tmp_path: Path) -> None:
-    dsn, root = release_2
+def test_an_old_release_database_upgrades_in_place_with_its_data(old_release: tuple[str, Path], tmp_path: Path) -> None:
+    dsn, root = old_release
     done = enqueue(dsn, "upgrade_chain", 5) + enqueue(dsn, "upgrade_fan", 5)
     old = Daemon(dsn, "old", root, tmp_path / "old.log")
     try:
@@ -147,8 +158,8 @@ def test_a_release_2_database_upgrades_in_place_with_its_data(release_2: tuple[s
     assert dict(ran) == {"new": 5 * 4}  # a, b, and c twice (its first attempt fails)
 
 
-def test_release_2_workers_keep_working_through_a_rolling_upgrade(release_2: tuple[str, Path], tmp_path: Path) -> None:
-    dsn, root = release_2
+def test_old_release_workers_keep_working_through_a_rolling_upgrade(old_release: tuple[str, Path], tmp_path: Path) -> None:
+    dsn, root = old_release
     old = Daemon(dsn, "old", root, tmp_path / "old.log")
     new: Daemon | None = None
     ids: list[str] = []
@@ -186,11 +197,12 @@ def test_release_2_workers_keep_working_through_a_rolling_upgrade(release_2: tup
     assert compensations == 0
 
 
-def test_a_rollback_to_release_2_keeps_the_data_and_release_2_runs_on_it(
-        release_2: tuple[str, Path], tmp_path: Path) -> None:
-    """Up with data, work done on the new layout, then 006 down: every instance, step and
-    event is back in release 2's tables, and release 2's workers finish what waits."""
-    dsn, root = release_2
+def test_a_rollback_to_an_old_release_keeps_the_data_and_the_old_release_runs_on_it(
+        old_release: tuple[str, Path], tmp_path: Path) -> None:
+    """Up with data, work done on the new layout, then down to the old release's schema:
+    every instance, step and event is back where the old release reads it (release 2's
+    tables, after 006 down), and the old release's workers finish what waits."""
+    dsn, root = old_release
     migrate(dsn)
     new = Daemon(dsn, "new", REPO, tmp_path / "new.log")
     try:
@@ -202,14 +214,17 @@ def test_a_rollback_to_release_2_keeps_the_data_and_release_2_runs_on_it(
         before = conn.execute(SNAPSHOT).fetchall()
     assert len(before) == 15
 
-    assert rollback(dsn, steps=1) == ["006"]
+    # Down to release 3's schema; for release 2 also 006 (release 2 runs on 005's).
+    down = migrations_since_release_3() + (["006"] if root.name == "release-2" else [])
+    assert rollback(dsn, steps=len(down)) == down
 
     with psycopg.connect(dsn) as conn:
         kinds = dict(conn.execute(
             "SELECT relname, relkind FROM pg_class WHERE relname IN "
             "('orchwf_workflow_instances', 'orchwf_step_instances', 'orchwf_workflow_events')").fetchall())
         after = conn.execute(SNAPSHOT).fetchall()
-    assert set(kinds.values()) == {"r"}, kinds  # tables again, not views
+    if root.name == "release-2":
+        assert set(kinds.values()) == {"r"}, kinds  # tables again, not views
     assert after == before
     old = Daemon(dsn, "old", root, tmp_path / "old.log")
     try:
