@@ -16,6 +16,10 @@
 --     orchwf_ready_steps        the claim queue: only steps that can run now
 --     orchwf_running_steps      the claimed steps, for lease rescue
 --     orchwf_workers            live processes
+--   trends: per-minute rollups for the dashboard, kept two days, and the claim's samples
+--     orchwf_wait_samples       queue waits of each claim, until rolled up
+--     orchwf_stats_minutes      finishes, failures and queue wait p50/p99 per minute
+--     orchwf_queue_minutes      each queue's backlog per minute
 --   history: written once when an instance finishes, never updated; partitioned by the
 --   instance's created_at, so retention drops whole partitions
 --     orchwf_instance_history   finished instances
@@ -192,6 +196,47 @@ CREATE TABLE orchwf_workers (
 CREATE INDEX orchwf_workers_supervisor_idx ON orchwf_workers (supervisor_id);
 
 CREATE SEQUENCE orchwf_lease_token_seq AS bigint CACHE 100;
+
+-- ---------------------------------------------------------------------------------
+-- Trends: small tables the dashboard draws the last hour from (sql/api/stats.sql).
+-- ---------------------------------------------------------------------------------
+
+-- How long the steps each claim took had waited in the ready queue: one row per claim
+-- (sql/api/claim.sql), read and deleted by the rollup below within a minute or so.
+-- Insert/delete churn like the ready queue; no index (the rollup reads it whole).
+CREATE TABLE orchwf_wait_samples (
+    claimed_at timestamptz NOT NULL DEFAULT now(),
+    waits_ms   real[] NOT NULL
+) WITH (
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_vacuum_cost_delay = 0
+);
+
+-- The dashboard's trends, one row per minute (UTC), kept two days: the instances that
+-- finished in it (from history's BRIN index on completed_at) and the queue waits of
+-- the steps claimed in it. Rolled up by the supervisors' maintenance (orchwf_roll_up_stats);
+-- a minute stays open (recomputed) until it is p_lag_seconds old.
+CREATE TABLE orchwf_stats_minutes (
+    minute      timestamptz PRIMARY KEY,
+    completed   bigint NOT NULL DEFAULT 0,
+    failed      bigint NOT NULL DEFAULT 0,
+    cancelled   bigint NOT NULL DEFAULT 0,
+    started     bigint NOT NULL DEFAULT 0,   -- step attempts claimed
+    wait_p50_ms real,                        -- NULL: nothing claimed in that minute
+    wait_p99_ms real,
+    closed      boolean NOT NULL DEFAULT false,
+    rolled_at   timestamptz NOT NULL DEFAULT now()
+);
+
+-- Each queue's backlog (ready steps), sampled by the same rollup: the most seen in the minute.
+CREATE TABLE orchwf_queue_minutes (
+    minute timestamptz NOT NULL,
+    queue  text NOT NULL,
+    ready  bigint NOT NULL,
+    PRIMARY KEY (minute, queue)
+);
 
 -- ---------------------------------------------------------------------------------
 -- History: partitioned by the instance's created_at (RANGE), one partition per

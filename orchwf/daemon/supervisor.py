@@ -46,6 +46,7 @@ from .maintenance.pruner import Pruner
 from .maintenance.rescuer import Rescuer
 from .maintenance.round import MaintenanceRound
 from .maintenance.scheduler import Scheduler
+from .maintenance.stats import StatsRollup
 from .proctitle import set_title
 from .worker import EXIT_RECYCLE, Worker
 
@@ -99,6 +100,7 @@ class Supervisor:
         self.rescuer = Rescuer(config.schema)
         self.scheduler = Scheduler(config.schema)
         self.pruner = Pruner(config.schema, config.retention_seconds)
+        self.stats = StatsRollup(config.schema)
         self.round = MaintenanceRound(config.schema, self.supervisor_id, list(config.queues), workflows)
         self.next_maintenance = 0.0
         self.next_db_attempt = 0.0
@@ -427,6 +429,8 @@ class Supervisor:
                 self._maintain(now)
             if self.pruner.due(now):
                 self.pruner.run_once(self.conn, now)
+            if self.stats.due(now):
+                self.stats.run_once(self.conn, now)
             self.db_delay = 0.5  # reset once work succeeds, not on connect: a database that
             # accepts connections but fails every query (read-only, no privilege) is backed off
         except psycopg.Error as exc:

@@ -18,11 +18,13 @@ from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from .charts_svg import Series, line_chart, minutes, ms_label
 from .dag_svg import DagNode, render_dag
-from .queries import COUNT_CAP, FILTERS, MAX_EVENTS, STATUSES, Row
+from .queries import COUNT_CAP, FILTERS, MAX_EVENTS, STATUSES, TREND_MINUTES, Row
 
 MAX_JSON_CHARS = 20_000   # a pretty-printed document is cut after this many characters
 LIVE_SECONDS = 3          # refresh period of live pages
+QUEUE_LINES = 6           # the backlog chart draws the queues with the most, at most this many
 NOTICES = {               # ?done=... after an action: fixed texts, never reflected input
     "cancel": "Cancellation requested.",
     "resume": "Instance resumed: its failed, cancelled and pending steps run again.",
@@ -177,7 +179,7 @@ def per_minute(rate: float) -> str:
 def overview_page(data: Row, view: View) -> str:
     """``data``: queries.Queries.overview()."""
     active, hour, window = data["active"], data["last_hour"], data["last_window"]
-    minutes = data["window_seconds"] / 60
+    minutes = float(data.get("window_span") or data["window_seconds"]) / 60  # whole minutes rolled up, and this one so far
     cards = []
     for status in STATUSES:
         n = active.get(status, 0) if status in ("pending", "running", "retrying") else hour.get(status, 0)
@@ -201,9 +203,42 @@ def overview_page(data: Row, view: View) -> str:
         f"{scheduled:,} · live worker processes "
         f'<a href="/workers">{esc(data["live_workers"])}</a>.</p></section>'
         f"<section><h2>Queues</h2>{queues}</section>"
+        f'<section><h2>Last hour</h2>{_trends(data)}</section>'
         f'<p><a href="/instances">All instances →</a></p></div>'
     )
     return layout("Overview", body, view, active="/")
+
+
+def _trends(data: Row) -> str:
+    """Charts of the last hour's whole minutes, from the rollup that maintenance keeps
+    (queries.Queries.overview: ``trend``, ``backlog_trend``)."""
+    if not data["trend"]:
+        return ('<p class="empty" id="no-trends">No trends yet: a running <code>orchwf worker</code> rolls '
+                "them up every 10 seconds.</p>")
+    times = minutes(data["now"], TREND_MINUTES)
+    rolled = {r["minute"]: r for r in data["trend"]}
+
+    def column(name: str) -> list[float | None]:
+        return [None if (r := rolled.get(t)) is None or r[name] is None else float(r[name]) for t in times]
+
+    ready: dict[str, dict[datetime, float]] = {}
+    for r in data["backlog_trend"]:
+        ready.setdefault(r["queue"], {})[r["minute"]] = float(r["ready"])
+    busiest = sorted(ready, key=lambda q: (-max(ready[q].values()), q))[:QUEUE_LINES]
+    # A queue absent from a minute that was rolled up had nothing ready then.
+    backlog = [Series(q, [ready[q].get(t, 0.0) if t in rolled else None for t in times]) for q in busiest]
+    charts = [
+        line_chart("Instances finished per minute",
+                   [Series("completed", column("completed")), Series("failed", column("failed"))],
+                   times, element_id="chart-finished"),
+        line_chart("Queue wait, ready to started",
+                   [Series("p50", column("wait_p50_ms")), Series("p99", column("wait_p99_ms"))],
+                   times, label=ms_label, element_id="chart-wait"),
+        line_chart("Ready steps per queue (the most seen each minute)", backlog or [Series("no backlog", [0.0 if t in rolled else None
+                                                                            for t in times])],
+                   times, element_id="chart-backlog"),
+    ]
+    return f'<div class="charts">{"".join(charts)}</div>'
 
 
 def list_page(rows: Sequence[Row], total: int, filters: Mapping[str, str], limit: int, offset: int,

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
+from psycopg import Connection
 from psycopg_pool import ConnectionPool
 
+from ..daemon.maintenance.stats import EVERY, KEEP_SECONDS, LAG_SECONDS
 from ..db.errors import translate_errors
 from ..db.queries import Queries as Statements
 from ..stores.base import is_uuid
@@ -29,6 +32,8 @@ MAX_EVENTS = 500                # the newest events of an instance
 MAX_CLAIMS = 1000
 COUNT_CAP = 10_000              # list totals are exact up to this, then "10000+"
 LIVE_SECONDS = 60               # a worker with an older heartbeat is stale
+TREND_MINUTES = 60              # the overview's charts: the last hour
+STALE_SECONDS = EVERY * 1.5     # trends older than this are rolled up by the dashboard itself
 
 
 class Queries:
@@ -42,11 +47,25 @@ class Queries:
     # -- reads ----------------------------------------------------------------------------
 
     def overview(self, window_seconds: float = 300) -> Row:
-        """Active counts, finished counts (last hour and last window), queues, workers."""
+        """Active counts, finished counts (last hour and last window), queues, workers, and
+        the rollup's last ``TREND_MINUTES`` (``trend``, ``backlog_trend``) for the charts."""
         with self.pool.connection() as conn:
-            row = self.q.dashboard_overview(conn, window_seconds, COUNT_CAP * 10, LIVE_SECONDS)
+            self._refresh_trends(conn)
+            with conn.transaction():
+                self.q.snapshot(conn)
+                row = self.q.dashboard_overview(conn, window_seconds, COUNT_CAP * 10, LIVE_SECONDS)
+            row["trend"], row["backlog_trend"] = self.q.dashboard_trend(conn, TREND_MINUTES)
         row["window_seconds"] = window_seconds
         return row
+
+    def _refresh_trends(self, conn: Connection[Any]) -> None:
+        """Roll the trends up when no daemon has for a while (an in-process engine's
+        database): a running daemon's maintenance keeps them fresher than ``STALE_SECONDS``,
+        so then this does nothing. A role that may not write shows what is there."""
+        try:
+            self.q.roll_up_stats(conn, LAG_SECONDS, KEEP_SECONDS, if_older_than=STALE_SECONDS)
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction):
+            pass
 
     def list_instances(self, filters: dict[str, str], limit: int, offset: int) -> tuple[list[Row], int]:
         """One page, newest first, and the total (exact up to ``COUNT_CAP``)."""

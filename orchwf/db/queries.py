@@ -222,6 +222,13 @@ class Queries:
     def prune(self, conn: Conn, older_than_seconds: float, limit: int = 5000) -> int:
         return int(self._value(conn, "prune", {"older_than": older_than_seconds, "limit": limit}) or 0)
 
+    def roll_up_stats(self, conn: Conn, lag_seconds: float, keep_seconds: float, if_older_than: float = 0.0
+                      ) -> int:
+        """The dashboard's per-minute trends; the minutes written (0: another caller's turn,
+        or the last run is younger than ``if_older_than`` seconds)."""
+        return int(self._value(conn, "roll_up_stats", {"lag": lag_seconds, "keep": keep_seconds,
+                                                        "if_older": if_older_than}) or 0)
+
     def expired_partitions(self, conn: Conn, older_than_seconds: float) -> list[dict[str, Any]]:
         """Ranges of history whose instances all finished more than ``older_than`` ago."""
         return self._all(conn, "expired_partitions", {"older_than": older_than_seconds})
@@ -383,6 +390,11 @@ class Queries:
                         {"hour": 3600, "window": window_seconds, "cap": cap, "live": live_seconds})
         assert row is not None
         return row
+
+    def dashboard_trend(self, conn: Conn, minutes: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The last ``minutes`` of the rollup: per minute, and each queue's backlog per minute."""
+        params = {"minutes": minutes}
+        return self._all(conn, "dashboard_trend", params), self._all(conn, "dashboard_backlog_trend", params)
 
     def dashboard_list(self, conn: Conn, filters: dict[str, Any], limit: int, offset: int, cap: int
                        ) -> tuple[list[dict[str, Any]], int]:

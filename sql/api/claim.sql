@@ -73,7 +73,14 @@ BEGIN
     gone AS (
         DELETE FROM orchwf_ready_steps r
         WHERE r.step_inst_id = ANY (ARRAY(SELECT p.step_inst_id FROM picked p))
-        RETURNING r.step_inst_id),
+        RETURNING r.step_inst_id, r.ready_at),
+    waited AS (
+        -- How long they waited in the queue: one row per claim, for the dashboard's trend
+        -- (rolled up per minute and deleted by maintenance: sql/api/stats.sql).
+        INSERT INTO orchwf_wait_samples (waits_ms)
+        SELECT array_agg((extract(epoch FROM now() - g.ready_at) * 1000)::real) FROM gone g
+        HAVING count(*) > 0
+        RETURNING 1),
     claimed AS (
         UPDATE orchwf_live_steps s
         SET status = 'running',

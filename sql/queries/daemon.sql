@@ -77,6 +77,11 @@ SELECT step_inst_id, outcome, cause FROM {schema}.orchwf_rescue_steps(%(worker_i
 -- Retention in one transaction (partitions detached without CONCURRENTLY, a bounded lock wait).
 SELECT {schema}.orchwf_prune(%(older_than)s * interval '1 second', %(limit)s) AS pruned
 
+-- name: roll_up_stats
+-- The dashboard's per-minute trends (sql/api/stats.sql): minutes written, 0 when another
+-- supervisor holds the rollup.
+SELECT {schema}.orchwf_roll_up_stats(%(lag)s, %(keep)s * interval '1 second', 100000, %(if_older)s) AS minutes
+
 -- name: expired_partitions
 SELECT lower, upper, suffix FROM {schema}.orchwf_expired_partitions(%(older_than)s * interval '1 second')
 

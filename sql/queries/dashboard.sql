@@ -3,20 +3,24 @@
 -- document comes as X (if small), X_head (pretty text, cut) and X_size.
 
 -- name: dashboard_overview
--- Active instances are the runtime table; finished ones the history's BRIN range of the
--- last hour (never a scan of history).
+-- Active instances are the runtime table; finished ones the per-minute rollup of the
+-- last hour (orchwf_stats_minutes, kept by maintenance: never a read of history).
 SELECT
+  now() AS now,
   (SELECT coalesce(jsonb_object_agg(a.status, a.n), '{{}}') FROM (
       SELECT status, count(*) AS n FROM {schema}.orchwf_live_instances
       WHERE status IN ('pending', 'running', 'retrying') GROUP BY status) a) AS active,
-  (SELECT coalesce(jsonb_object_agg(f.status, f.n), '{{}}') FROM (
-      SELECT status, count(*) AS n FROM {schema}.orchwf_instance_history
-      WHERE completed_at >= now() - %(hour)s * interval '1 second'
-      GROUP BY status) f) AS last_hour,
-  (SELECT coalesce(jsonb_object_agg(f.status, f.n), '{{}}') FROM (
-      SELECT status, count(*) AS n FROM {schema}.orchwf_instance_history
-      WHERE completed_at >= now() - %(window)s * interval '1 second'
-      GROUP BY status) f) AS last_window,
+  (SELECT jsonb_build_object('completed', coalesce(sum(m.completed), 0), 'failed', coalesce(sum(m.failed), 0),
+                             'cancelled', coalesce(sum(m.cancelled), 0))
+   FROM {schema}.orchwf_stats_minutes m
+   WHERE m.minute >= date_trunc('minute', now() - %(hour)s * interval '1 second', 'UTC')) AS last_hour,
+  (SELECT jsonb_build_object('completed', coalesce(sum(m.completed), 0), 'failed', coalesce(sum(m.failed), 0),
+                             'cancelled', coalesce(sum(m.cancelled), 0))
+   FROM {schema}.orchwf_stats_minutes m
+   WHERE m.minute >= date_trunc('minute', now() - %(window)s * interval '1 second', 'UTC')) AS last_window,
+  -- the span the last window's minutes cover: from the start of its first minute to now
+  extract(epoch FROM now() - date_trunc('minute', now() - %(window)s * interval '1 second', 'UTC'))::float8
+    AS window_span,
   (SELECT coalesce(jsonb_agg(jsonb_build_object(
         'queue', q.queue, 'ready', q.ready,
         'oldest_age', extract(epoch FROM now() - q.oldest_ready_at)::float8) ORDER BY q.queue), '[]')
@@ -27,6 +31,21 @@ SELECT
   (SELECT count(*) FROM {schema}.orchwf_live_steps WHERE run_after IS NOT NULL) AS scheduled_steps,
   (SELECT count(*) FROM {schema}.orchwf_workers
    WHERE role = 'worker' AND heartbeat_at > now() - %(live)s * interval '1 second') AS live_workers
+
+-- name: dashboard_trend
+-- The overview's charts: one row per minute of the last %(minutes)s (the rollup's rows;
+-- a minute without one, before the first rollup or in an outage, is absent).
+SELECT m.minute, m.completed, m.failed, m.cancelled, m.started, m.wait_p50_ms, m.wait_p99_ms, m.closed
+FROM {schema}.orchwf_stats_minutes m
+WHERE m.minute >= date_trunc('minute', now(), 'UTC') - %(minutes)s * interval '1 minute'
+ORDER BY m.minute
+
+-- name: dashboard_backlog_trend
+-- Each queue's backlog per minute over the same span (the rollup's samples).
+SELECT q.minute, q.queue, q.ready
+FROM {schema}.orchwf_queue_minutes q
+WHERE q.minute >= date_trunc('minute', now(), 'UTC') - %(minutes)s * interval '1 minute'
+ORDER BY q.minute, q.queue
 
 -- name: dashboard_list
 -- {where} is built from db/queries.py's constant filter columns; values are parameters.

@@ -153,6 +153,9 @@ def world(pg_server_dsn: str, pg_template_db: str) -> Iterator[World]:
         _wait(lambda: _scalar(dsn, "SELECT count(*) = 0 FROM orchwf_workflow_instances "
                                    "WHERE status NOT IN ('completed', 'failed', 'cancelled') AND id <> %s",
                               scheduled), 120, "the workflows to finish")
+        # The daemon's maintenance rolls the finishes up for the overview (every 10 s).
+        _wait(lambda: _scalar(dsn, "SELECT sum(completed) > 0 AND sum(failed) > 0 FROM orchwf_stats_minutes"),
+              30, "the daemon's stats rollup to count the finishes")
         dashboard, url = start_dashboard(dsn)
         yield World(dsn, url, ids[98], gated, xss, scheduled)
     finally:
@@ -247,6 +250,28 @@ def test_every_page_loads_and_links(world: World, tab: Tab) -> None:
     shot(page, "workers")
     assert not tab.errors, tab.errors
     assert not tab.dialogs
+
+
+def test_the_overview_charts_the_last_hour(world: World, tab: Tab) -> None:
+    """The daemon's maintenance rolls the minutes up; the overview draws them as SVG: the
+    finished instances of the world, the queue waits of their steps, and the backlog."""
+    page = tab.page
+    page.goto(world.url + "/")
+    finished = page.locator("#chart-finished")
+    expect(finished.locator("svg polyline, svg circle").first).to_be_attached(timeout=30_000)
+    expect(page.locator("figure.chart svg")).to_have_count(3)
+    titles = finished.locator("rect.hover title").all_text_contents()
+    assert len(titles) == 60
+    assert any(re.search(r"completed [1-9][\d,]*; failed [1-9]", t) for t in titles), titles[-3:]
+    waits = page.locator("#chart-wait rect.hover title").all_text_contents()
+    assert any(re.search(r"p50 [\d.,]+ m?s; p99 [\d.,]+ m?s", t) for t in waits), waits[-3:]
+    expect(page.locator("#chart-backlog .legend .key").first).to_be_visible()
+    box = finished.locator("svg").bounding_box()
+    assert box is not None and box["width"] > 300 and box["height"] > 100  # drawn, styled by the CSS file
+    # hovering a minute shows its values (an SVG title, no script)
+    finished.locator("rect.hover").last.hover()
+    shot(page, "overview-charts")
+    assert tab.errors == []
 
 
 def test_instance_page_shows_the_graph_steps_and_events(world: World, tab: Tab) -> None:

@@ -9,5 +9,6 @@ two seconds, and hands each service its part of the answer.
   scheduler.py  retries whose backoff is due (and scheduled starts) into the ready queue
   suspects.py   whether suspects wait for a quarantine worker
   pruner.py     retention: finished history older than --retention, silent process rows
+  stats.py      the dashboard's per-minute trends (finishes, queue waits, backlog)
   listener.py   the host's one LISTEN connection, which wakes the workers
 """

@@ -1,0 +1,130 @@
+-- orchwf 007 down: the tables of the trends go, and release 3's claim, which records no
+-- wait samples, comes back (below, as release 3 shipped it in sql/api/claim.sql).
+
+DROP FUNCTION IF EXISTS orchwf_roll_up_stats(double precision, interval, integer, double precision);
+DROP TABLE IF EXISTS orchwf_queue_minutes;
+DROP TABLE IF EXISTS orchwf_stats_minutes;
+DROP TABLE IF EXISTS orchwf_wait_samples;
+
+CREATE OR REPLACE FUNCTION orchwf_claim_steps(
+    p_worker        text,
+    p_queues        text[],
+    p_workflows     text[],
+    p_limit         integer,
+    p_lease_seconds double precision,
+    p_suspects      boolean   -- a quarantine worker: suspects only (see above)
+) RETURNS TABLE (
+    step_inst_id     uuid,
+    workflow_inst_id uuid,
+    workflow_id      text,
+    step_id          text,
+    lease_token      bigint,
+    attempt          integer,
+    retry_count      integer,
+    workflow_input   jsonb,
+    metadata         jsonb,
+    trace_id         text,
+    completed        jsonb,
+    step_input       jsonb
+)
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+-- Key lookups only. The ready and running lists are emptied and refilled thousands of
+-- times between two autovacuum runs, so their statistics lag: a stale estimate must not
+-- turn a lookup by key into a sequential scan over dead rows.
+SET enable_seqscan = off
+-- The ready queue is read in its index's order, a few entries per claim. Without this, a
+-- table whose statistics lag (a backlog enqueued since the last ANALYZE) gets a bitmap
+-- scan of every ready step of the queue and a sort of them all, on every claim: a claim
+-- cost that grew with the backlog (the slow start of docs/benchmarks.md, "The ramp").
+SET enable_bitmapscan = off
+-- No JIT: enable_seqscan = off prices a scan it cannot avoid at 1e10, which would make
+-- every call compile its plan (milliseconds) for a few key lookups.
+SET jit = off
+-- One plan, made once per connection: every join below is a key lookup whatever the
+-- estimates, so the generic plan is as good as a custom one and costs no planning.
+SET plan_cache_mode = force_generic_plan
+AS $$
+BEGIN
+    RETURN QUERY
+    WITH picked AS MATERIALIZED (
+        -- MATERIALIZED: the planner must not re-run this per row of the update (Oban's lesson).
+        -- One ordered index scan per queue (LATERAL): "queue = ANY(...)" would defeat the
+        -- index order and sort the whole ready table.
+        -- Suspects (steps that were running in a process that died) are left to the
+        -- quarantine worker, which takes them from their own partial index, one by one.
+        SELECT x.step_inst_id
+        FROM unnest(p_queues) AS q(name)
+        CROSS JOIN LATERAL (
+            SELECT * FROM (
+                SELECT r.step_inst_id, r.priority, r.ready_at, r.workflow_inst_id
+                FROM orchwf_ready_steps r
+                WHERE NOT p_suspects AND r.queue = q.name AND r.workflow_id = ANY (p_workflows)
+                  AND r.ready_at <= now() AND NOT r.suspect
+                ORDER BY r.priority DESC, r.ready_at, r.workflow_inst_id, r.step_inst_id
+                LIMIT p_limit
+                FOR UPDATE SKIP LOCKED) ordinary
+            UNION ALL
+            SELECT * FROM (
+                SELECT r.step_inst_id, r.priority, r.ready_at, r.workflow_inst_id
+                FROM orchwf_ready_steps r
+                WHERE p_suspects AND r.suspect AND r.queue = q.name AND r.workflow_id = ANY (p_workflows)
+                  AND r.ready_at <= now()
+                ORDER BY r.priority DESC, r.ready_at, r.workflow_inst_id, r.step_inst_id
+                LIMIT p_limit
+                FOR UPDATE SKIP LOCKED) suspects) x
+        ORDER BY x.priority DESC, x.ready_at, x.workflow_inst_id, x.step_inst_id
+        LIMIT p_limit),
+    -- "= ANY (ARRAY(...))", not a join: a key lookup per row in the generic plan too.
+    gone AS (
+        DELETE FROM orchwf_ready_steps r
+        WHERE r.step_inst_id = ANY (ARRAY(SELECT p.step_inst_id FROM picked p))
+        RETURNING r.step_inst_id),
+    claimed AS (
+        UPDATE orchwf_live_steps s
+        SET status = 'running',
+            attempts = s.attempts + 1,
+            lease_owner = p_worker,
+            lease_token = nextval('orchwf_lease_token_seq'),
+            lease_expires_at = now() + p_lease_seconds * interval '1 second',
+            deadline_at = CASE WHEN s.timeout_seconds > 0 THEN now() + s.timeout_seconds * interval '1 second' END,
+            started_at = coalesce(s.started_at, now()),
+            updated_at = now()
+        WHERE s.id = ANY (ARRAY(SELECT g.step_inst_id FROM gone g)) AND s.status IN ('pending', 'retrying')
+        RETURNING s.id, s.workflow_inst_id, s.step_id, s.lease_token, s.attempts,
+                  s.retry_count, s.input),
+    leased AS (
+        INSERT INTO orchwf_running_steps (step_inst_id, workflow_inst_id, lease_owner, lease_token)
+        SELECT c.id, c.workflow_inst_id, p_worker, c.lease_token FROM claimed c
+        ON CONFLICT ON CONSTRAINT orchwf_running_steps_pkey DO UPDATE
+            SET lease_owner = EXCLUDED.lease_owner, lease_token = EXCLUDED.lease_token
+        RETURNING 1),
+    events AS (
+        -- The compensation pseudo-step writes no step events of its own: its compensators
+        -- write theirs, as in the in-process engine (lifecycle.py).
+        INSERT INTO orchwf_event_history (id, workflow_inst_id, step_inst_id, event_type, event_data,
+                                          instance_created_at)
+        SELECT orchwf_uuid7(), c.workflow_inst_id, c.id,
+               CASE WHEN c.attempts = 1 THEN 'step.started' ELSE 'step.retry' END,
+               CASE WHEN c.attempts = 1 THEN jsonb_build_object('step_id', c.step_id)
+                    ELSE jsonb_build_object('attempt', c.attempts) END,
+               i.created_at
+        FROM claimed c
+        JOIN orchwf_live_instances i ON i.id = c.workflow_inst_id
+        -- "= ANY (ARRAY(...))" too: as a plain join, the generic plan hashed the claimed
+        -- steps and read every live instance (the backlog) to find a few created_at.
+        WHERE c.step_id <> '$compensate' AND i.id = ANY (ARRAY(SELECT x.workflow_inst_id FROM claimed x))
+        RETURNING 1)
+    -- Empty documents come back as NULL (the worker reads NULL as empty): nothing to
+    -- decode for the metadata, inputs and predecessors a step often does not have.
+    SELECT c.id, c.workflow_inst_id, i.workflow_id, c.step_id, c.lease_token, c.attempts,
+           c.retry_count, nullif(i.input, '{}'::jsonb), nullif(i.metadata, '{}'::jsonb), i.trace_id,
+           (SELECT jsonb_agg(jsonb_build_array(p.step_id, p.output) ORDER BY p.completed_at, p.execution_order)
+            FROM orchwf_live_steps p
+            WHERE p.workflow_inst_id = c.workflow_inst_id AND p.status = 'completed'),
+           nullif(c.input, '{}'::jsonb)
+    FROM claimed c
+    JOIN orchwf_live_instances i ON i.id = c.workflow_inst_id
+    WHERE i.id = ANY (ARRAY(SELECT x.workflow_inst_id FROM claimed x));
+END;
+$$;

@@ -1,0 +1,99 @@
+"""StatsRollup: the dashboard's per-minute trends, from the claims' wait samples, the
+finishes in history and the ready queue; one caller at a time; closed minutes are final."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from maintkit import SCHEMA, Q, claim, connection, finish, worker_id
+
+from orchwf import Client
+from orchwf.daemon.maintenance import stats
+from orchwf.daemon.maintenance.stats import StatsResult, StatsRollup
+from orchwf.lifecycle import Outcome
+
+
+def _totals(conn: psycopg.Connection) -> dict[str, float]:
+    """The rollup's sums over the last hour (a test may cross a minute boundary)."""
+    trend, _ = Q.dashboard_trend(conn, 60)
+    return {k: sum(r[k] for r in trend) for k in ("completed", "failed", "started")}
+
+
+def _samples(conn: psycopg.Connection) -> int:
+    return conn.execute("SELECT count(*) FROM orchwf_wait_samples").fetchone()[0]
+
+
+def test_a_run_counts_finishes_claims_and_the_backlog(client: Client, app_db: str) -> None:
+    for _ in range(5):
+        client.enqueue("single", {})
+    rollup = StatsRollup(SCHEMA)
+    with connection(app_db) as conn:
+        steps = claim(conn, worker_id(), limit=3)
+        assert len(steps) == 3 and _samples(conn) == 1  # one sample row per claim
+        assert finish(conn, steps[0], Outcome.COMPLETED) and finish(conn, steps[1], Outcome.COMPLETED)
+        assert finish(conn, steps[2], Outcome.FAILED, error="boom")
+
+        result = rollup.run_once(conn, now=100.0)
+
+        assert result.minutes >= 1
+        assert _totals(conn) == {"completed": 2, "failed": 1, "started": 3}
+        trend, backlog = Q.dashboard_trend(conn, 60)
+        [latest] = [r for r in trend if r["started"]]
+        assert 0 <= latest["wait_p50_ms"] <= latest["wait_p99_ms"] < 60_000
+        assert backlog and backlog[-1]["queue"] == "default" and backlog[-1]["ready"] == 2
+        assert not rollup.due(105.0) and rollup.due(100.0 + stats.EVERY)
+
+
+def test_a_closed_minute_is_final_and_its_samples_are_gone(client: Client, app_db: str) -> None:
+    """Samples of a minute that ended more than the lag ago are counted once, then
+    deleted; a sample arriving later for that minute changes nothing."""
+    with connection(app_db) as conn:
+        Q.roll_up_stats(conn, 0.0, 86400.0)  # the last ten minutes exist, all but this one closed
+        conn.execute("INSERT INTO orchwf_wait_samples (claimed_at, waits_ms)"
+                     " VALUES (date_trunc('minute', now() - interval '2 minutes'), '{5, 15, 25}')")
+        conn.execute("INSERT INTO orchwf_stats_minutes (minute) VALUES (date_trunc('minute', now() - interval '2 minutes'))"
+                     " ON CONFLICT (minute) DO UPDATE SET closed = false")  # reopen it
+        Q.roll_up_stats(conn, 0.0, 86400.0)
+        [row] = [r for r in Q.dashboard_trend(conn, 60)[0] if r["started"]]
+        assert (row["started"], row["wait_p50_ms"], row["closed"]) == (3, 15.0, True)
+        assert _samples(conn) == 0
+
+        conn.execute("INSERT INTO orchwf_wait_samples (claimed_at, waits_ms) VALUES (%s, '{1000}')", (row["minute"],))
+        Q.roll_up_stats(conn, 0.0, 86400.0)
+        [again] = [r for r in Q.dashboard_trend(conn, 60)[0] if r["started"]]
+        assert (again["started"], again["wait_p50_ms"]) == (3, 15.0)
+        assert _samples(conn) == 0
+
+
+def test_one_caller_at_a_time(client: Client, app_db: str) -> None:
+    """Every host's supervisor runs the rollup; while one holds it, another returns at once."""
+    with connection(app_db) as first, connection(app_db) as second:
+        with first.transaction():
+            assert Q.roll_up_stats(first, 10.0, 86400.0) > 0
+            assert StatsRollup(SCHEMA).run_once(second) == StatsResult(0)
+        assert StatsRollup(SCHEMA).run_once(second).minutes >= 1  # the open minute, again
+
+
+def test_a_fresh_rollup_is_not_redone_for_the_dashboard(client: Client, app_db: str) -> None:
+    with connection(app_db) as conn:
+        assert Q.roll_up_stats(conn, 10.0, 86400.0, if_older_than=15.0) == 10  # never rolled up: a first run
+        assert Q.roll_up_stats(conn, 10.0, 86400.0, if_older_than=15.0) == 0   # the daemon's, seconds ago
+        assert Q.roll_up_stats(conn, 10.0, 86400.0) >= 1                    # the daemon's own call
+
+
+def test_rows_older_than_kept_are_deleted(client: Client, app_db: str) -> None:
+    with connection(app_db) as conn:
+        conn.execute("INSERT INTO orchwf_stats_minutes (minute, closed) VALUES (now() - interval '3 days', true)")
+        conn.execute("INSERT INTO orchwf_queue_minutes (minute, queue, ready) VALUES (now() - interval '3 days', 'q', 1)")
+        Q.roll_up_stats(conn, 10.0, 2 * 86400.0)
+        assert conn.execute("SELECT count(*) FROM orchwf_stats_minutes WHERE minute < now() - interval '2 days'"
+                            ).fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM orchwf_queue_minutes").fetchone()[0] == 0
+
+
+@pytest.mark.parametrize(("lag", "keep"), [(-1.0, 86400.0), (7200.0, 86400.0), (10.0, 60.0)])
+def test_bad_parameters_are_refused_and_change_nothing(client: Client, app_db: str, lag: float, keep: float) -> None:
+    with connection(app_db) as conn:
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            Q.roll_up_stats(conn, lag, keep)
+        assert conn.execute("SELECT count(*) FROM orchwf_stats_minutes").fetchone()[0] == 0
