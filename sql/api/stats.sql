@@ -11,7 +11,7 @@
 --     the most it has seen.
 -- A minute is open until p_lag_seconds after its end, which covers a finish that
 -- committed a little after its completed_at (a transaction's start time). After an
--- outage, only the last hour is filled in, ten minutes a call. Rows older than p_keep are deleted.
+-- outage, only the last hour is filled in (see v_end). Rows older than p_keep are deleted.
 -- Returns the minutes written. One caller at a time; the others return 0 at once. With
 -- p_if_older_than, nothing is done if the current minute was rolled up less than that
 -- many seconds ago (the dashboard's call, for a database that no daemon maintains).
@@ -57,14 +57,16 @@ BEGIN
     ON CONFLICT (minute, queue) DO UPDATE SET ready = greatest(m.ready, EXCLUDED.ready);
 
     -- From the first open minute (else the one after the last closed), at most an hour
-    -- back; a first run starts with the last ten minutes.
+    -- back. Ten minutes a call: catching up after an outage never holds the maintenance
+    -- round long. The first run (an empty table: a new or upgraded database) does the
+    -- whole hour at once, so that the overview starts with the hour's history.
     v_from := greatest(
         coalesce((SELECT min(s.minute) FROM orchwf_stats_minutes s WHERE NOT s.closed),
                  (SELECT max(s.minute) + interval '1 minute' FROM orchwf_stats_minutes s),
-                 v_to - interval '10 minutes'),
+                 v_to - interval '1 hour'),
         v_to - interval '1 hour');
-    -- Ten minutes a call: catching up after an outage never holds the maintenance round long.
-    v_end := least(v_to, v_from + interval '10 minutes');
+    v_end := CASE WHEN EXISTS (SELECT 1 FROM orchwf_stats_minutes) THEN least(v_to, v_from + interval '10 minutes')
+                  ELSE v_to END;
 
     INSERT INTO orchwf_stats_minutes AS t (minute, completed, failed, cancelled, started, wait_p50_ms,
                                            wait_p99_ms, closed, rolled_at)
