@@ -9,6 +9,7 @@ from .errors import (
     InvalidStateError,
     NonRetryableError,
     OrchwfError,
+    ScheduleNotFoundError,
     StepFailedError,
     StepNotFoundError,
     StepTimeoutError,
@@ -21,6 +22,7 @@ from .orchestrator import Orchestrator
 from .stores import InMemoryStateManager, StateManager
 from .types import (
     RetryPolicy,
+    Schedule,
     StepContext,
     StepDefinition,
     StepInstance,
@@ -40,6 +42,8 @@ __all__ = [
     "OrchwfError",
     "RetryPolicy",
     "RetryPolicyBuilder",
+    "Schedule",
+    "ScheduleNotFoundError",
     "StateManager",
     "StepBuilder",
     "StepContext",

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
 from .dag import validate_definition, validate_policy, validate_step
 from .errors import ValidationError
 from .jsonvalue import check_json_object
-from .types import RetryPolicy, StepCompensator, StepDefinition, StepExecutor, WorkflowDefinition
+from .schedules import check_definition_schedules, check_schedule
+from .types import (
+    RetryPolicy,
+    Schedule,
+    StepCompensator,
+    StepDefinition,
+    StepExecutor,
+    WorkflowDefinition,
+)
 
 
 def _seconds(value: float | int | timedelta, what: str) -> float:
@@ -148,6 +157,7 @@ class WorkflowBuilder:
         self._version = "1.0.0"
         self._metadata: dict[str, Any] = {}
         self._steps: list[StepDefinition] = []
+        self._schedules: list[Schedule] = []
 
     def with_description(self, description: str) -> WorkflowBuilder:
         self._description = description
@@ -165,6 +175,15 @@ class WorkflowBuilder:
         self._steps.append(step)
         return self
 
+    def with_schedule(self, cron: str, *, timezone: str = "UTC", input: Mapping[str, Any] | None = None,
+                      name: str | None = None, misfire: str = "once") -> WorkflowBuilder:
+        """Start an instance at each tick of ``cron`` (five fields or ``@hourly`` and the
+        like) in ``timezone``, with ``input``; repeatable. The daemon fires it once
+        registered (docs/schedules.md); the in-process engine does not."""
+        self._schedules.append(check_schedule(
+            Schedule(cron, timezone, {} if input is None else input, name or "", misfire), self._id))
+        return self
+
     def build(self) -> WorkflowDefinition:
         """Return a new immutable definition; later builder calls do not change it."""
         if not self._id:
@@ -178,6 +197,8 @@ class WorkflowBuilder:
             version=self._version,
             metadata=check_json_object(self._metadata, "workflow metadata"),
             steps=tuple(self._steps),
+            schedules=tuple(self._schedules),
         )
         validate_definition(definition)
+        check_definition_schedules(definition)
         return definition

@@ -16,15 +16,18 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from .cron import CronSchedule
 from .dag import dependents, validate_definition
 from .db.connect import connect
 from .db.errors import translate_errors
 from .db.queries import Queries
-from .errors import ValidationError, WorkflowNotFoundError
+from .db.rows import ScheduleRow
+from .errors import ScheduleNotFoundError, ValidationError, WorkflowNotFoundError
 from .jsonvalue import check_json_object
+from .schedules import check_definition_schedules, check_name, check_schedule
 from .stores.base import is_uuid
 from .tracing import with_traceparent
-from .types import JSONDict, WorkflowDefinition, WorkflowEvent, WorkflowInstance
+from .types import JSONDict, Schedule, WorkflowDefinition, WorkflowEvent, WorkflowInstance
 
 MAX_KEY_LENGTH = 255
 MAX_PRIORITY = 2**29  # priorities are summed in int4 (instance + step + compensation boost)
@@ -40,11 +43,64 @@ def definition_document(definition: WorkflowDefinition) -> JSONDict:
 
 
 def register_workflow(conn: psycopg.Connection[Any], definition: WorkflowDefinition, *, schema: str = "public") -> None:
-    """Upsert a definition so producers can enqueue it by ID without importing its code."""
+    """Upsert a definition so producers can enqueue it by ID without importing its code,
+    and make the database's schedules of the workflow its own (``with_schedule``)."""
     validate_definition(definition)
+    schedules = check_definition_schedules(definition)
+    q = Queries.of(schema)
+    with translate_errors(), conn.transaction():
+        q.register_workflow(conn, definition.id, definition.name, definition.version,
+                            definition.version_hash, definition_document(definition))
+        for schedule in schedules:
+            save_schedule(conn, q, definition.id, schedule, "definition")
+        # Unchanged schedules keep their next run; those the definition dropped go.
+        q.forget_definition_schedules(conn, definition.id, [s.name for s in schedules])
+
+
+def save_schedule(conn: psycopg.Connection[Any], q: Queries, workflow_id: str, schedule: Schedule,
+                  source: str) -> None:
+    """Add or replace a validated schedule; its first run is the next tick after now (the
+    database's clock). An unchanged cron and time zone keep the next run they have."""
+    now = q.db_now(conn)
+    q.upsert_schedule(conn, {
+        "name": schedule.name, "workflow_id": workflow_id, "cron": schedule.cron, "timezone": schedule.timezone,
+        "input": Jsonb(dict(schedule.input)), "misfire": schedule.misfire, "source": source,
+        "next_run_at": CronSchedule.parse(schedule.cron, schedule.timezone).next_after(now)})
+
+
+def add_schedule(conn: psycopg.Connection[Any], workflow_id: str, cron: str, *, timezone: str = "UTC",
+                 input: Mapping[str, Any] | None = None, name: str | None = None, misfire: str = "once",
+                 schema: str = "public") -> str:
+    """Client.add_schedule on the caller's connection (the CLI's)."""
+    if not isinstance(workflow_id, str) or not workflow_id:
+        raise ValidationError(f"workflow_id must be a non-empty string, got {workflow_id!r}")
+    schedule = check_schedule(Schedule(cron, timezone, {} if input is None else input, name or "", misfire),
+                              workflow_id)
+    q = Queries.of(schema)
+    with translate_errors(), conn.transaction():
+        if not q.workflow_registered(conn, workflow_id):
+            raise WorkflowNotFoundError(workflow_id)
+        save_schedule(conn, q, workflow_id, schedule, "client")
+    return schedule.name
+
+
+def remove_schedule(conn: psycopg.Connection[Any], name: str, *, schema: str = "public") -> None:
+    check_name(name)
     with translate_errors():
-        Queries.of(schema).register_workflow(conn, definition.id, definition.name, definition.version,
-                                             definition.version_hash, definition_document(definition))
+        if not Queries.of(schema).delete_schedule(conn, name):
+            raise ScheduleNotFoundError(name)
+
+
+def set_schedule_paused(conn: psycopg.Connection[Any], name: str, paused: bool, *, schema: str = "public") -> None:
+    """Pause, or resume from the next tick after now (ticks while paused are skipped)."""
+    check_name(name)
+    q = Queries.of(schema)
+    with translate_errors(), conn.transaction():
+        row = q.get_schedule(conn, name)
+        if row is None:
+            raise ScheduleNotFoundError(name)
+        next_run = None if paused else CronSchedule.parse(row.cron, row.timezone).next_after(q.db_now(conn))
+        q.set_schedule_paused(conn, name, paused, next_run)
 
 
 def _check_options(
@@ -223,6 +279,39 @@ class Client:
             raise WorkflowNotFoundError(str(instance_id))
         with self._connect() as conn, translate_errors():
             return self.q.resume_workflow(conn, instance_id)
+
+    # -- cron schedules (docs/schedules.md) ------------------------------------------------
+
+    def add_schedule(self, workflow_id: str, cron: str, *, timezone: str = "UTC",
+                     input: Mapping[str, Any] | None = None, name: str | None = None,
+                     misfire: str = "once") -> str:
+        """Add (or replace, by name) a schedule that starts ``workflow_id`` at each tick of
+        ``cron`` in ``timezone``; returns its name (default ``"<workflow_id> <cron>"``).
+        The workflow must be registered. A daemon fires it (``orchwf worker``)."""
+        with self._connect() as conn:
+            return add_schedule(conn, workflow_id, cron, timezone=timezone, input=input, name=name,
+                                misfire=misfire, schema=self.schema)
+
+    def remove_schedule(self, name: str) -> None:
+        """Remove a schedule; instances it started stay. ScheduleNotFoundError (a KeyError)
+        when there is none."""
+        with self._connect() as conn:
+            remove_schedule(conn, name, schema=self.schema)
+
+    def list_schedules(self) -> list[ScheduleRow]:
+        """Every schedule, by name, with its next and last run."""
+        with self._connect() as conn, translate_errors():
+            return self.q.list_schedules(conn)
+
+    def pause_schedule(self, name: str) -> None:
+        """Stop firing ``name`` until resumed (ticks meanwhile are skipped)."""
+        with self._connect() as conn:
+            set_schedule_paused(conn, name, True, schema=self.schema)
+
+    def resume_schedule(self, name: str) -> None:
+        """Fire ``name`` again, from its next tick after now."""
+        with self._connect() as conn:
+            set_schedule_paused(conn, name, False, schema=self.schema)
 
     def wait(self, instance_id: str, timeout: float | None = None) -> WorkflowInstance:
         """Block until the instance is terminal (LISTEN orchwf_done, polling as fallback)."""

@@ -19,6 +19,17 @@ class WorkflowNotFoundError(OrchwfError, LookupError):
         self.workflow_id = workflow_id
 
 
+class ScheduleNotFoundError(OrchwfError, KeyError):
+    """No schedule of that name (Client.remove_schedule, pause_schedule, resume_schedule)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"schedule not found: {name}")
+        self.name = name
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
 class StepNotFoundError(OrchwfError, LookupError):
     def __init__(self, step_id: str) -> None:
         super().__init__(f"step not found: {step_id}")

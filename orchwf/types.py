@@ -170,6 +170,20 @@ class StepDefinition:
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """A cron schedule of a workflow (WorkflowBuilder.with_schedule, Client.add_schedule):
+    the daemon starts an instance with ``input`` at each tick (docs/schedules.md).
+    ``misfire``: what to do with ticks missed while no daemon ran: "once" (one run for
+    them all, the default), "all" (each), or "skip" (none)."""
+
+    cron: str
+    timezone: str = "UTC"
+    input: Mapping[str, Any] = field(default_factory=dict)
+    name: str = ""
+    misfire: str = "once"
+
+
+@dataclass(frozen=True)
 class WorkflowDefinition:
     id: str
     name: str
@@ -177,6 +191,9 @@ class WorkflowDefinition:
     description: str = ""
     version: str = "1.0.0"
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    # Not part of the graph (nor of version_hash): registering the definition keeps the
+    # database's schedules of this workflow in step with these.
+    schedules: tuple[Schedule, ...] = ()
 
     def step(self, step_id: str) -> StepDefinition:
         for step in self.steps:

@@ -16,6 +16,7 @@
 --     orchwf_ready_steps        the claim queue: only steps that can run now
 --     orchwf_running_steps      the claimed steps, for lease rescue
 --     orchwf_workers            live processes
+--   schedules: orchwf_schedules, cron schedules and when each fires next
 --   trends: per-minute rollups for the dashboard, kept two days, and the claim's samples
 --     orchwf_wait_samples       queue waits of each claim, until rolled up
 --     orchwf_stats_minutes      finishes, failures and queue wait p50/p99 per minute
@@ -196,6 +197,31 @@ CREATE TABLE orchwf_workers (
 CREATE INDEX orchwf_workers_supervisor_idx ON orchwf_workers (supervisor_id);
 
 CREATE SEQUENCE orchwf_lease_token_seq AS bigint CACHE 100;
+
+-- Cron schedules (docs/schedules.md). The daemon's cron service (maintenance/cron.py)
+-- starts an instance at each tick, with the idempotency key "cron:<name>:<tick>", in the
+-- transaction that moves next_run_at on: one instance per tick across every host.
+-- Times are instants; the expression is evaluated in the schedule's time zone.
+CREATE TABLE orchwf_schedules (
+    name             text PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 255),
+    workflow_id      text NOT NULL,
+    cron             text NOT NULL,
+    timezone         text NOT NULL DEFAULT 'UTC',
+    input            jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(input) = 'object'),
+    misfire          text NOT NULL DEFAULT 'once' CHECK (misfire IN ('skip', 'once', 'all')),
+    -- 'definition': WorkflowBuilder.with_schedule, kept in step with the registered
+    -- definition; 'client': Client.add_schedule or the CLI.
+    source           text NOT NULL DEFAULT 'client' CHECK (source IN ('client', 'definition')),
+    paused           boolean NOT NULL DEFAULT false,
+    next_run_at      timestamptz NOT NULL,
+    last_run_at      timestamptz,                 -- the last tick that started an instance
+    last_instance_id uuid,
+    last_error       text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);
+-- The cron service's question: which schedules are due.
+CREATE INDEX orchwf_schedules_due_idx ON orchwf_schedules (next_run_at) WHERE NOT paused;
 
 -- ---------------------------------------------------------------------------------
 -- Trends: small tables the dashboard draws the last hour from (sql/api/stats.sql).

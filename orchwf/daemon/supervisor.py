@@ -41,6 +41,7 @@ from ..db.rows import ProcessRegistration
 from ..types import WorkflowDefinition
 from . import metrics
 from .config import DaemonConfig
+from .maintenance.cron import CronService
 from .maintenance.listener import Listener
 from .maintenance.pruner import Pruner
 from .maintenance.rescuer import Rescuer
@@ -101,6 +102,7 @@ class Supervisor:
         self.scheduler = Scheduler(config.schema)
         self.pruner = Pruner(config.schema, config.retention_seconds)
         self.stats = StatsRollup(config.schema)
+        self.cron = CronService(config.schema)
         self.round = MaintenanceRound(config.schema, self.supervisor_id, list(config.queues), workflows)
         self.next_maintenance = 0.0
         self.next_db_attempt = 0.0
@@ -431,6 +433,8 @@ class Supervisor:
                 self.pruner.run_once(self.conn, now)
             if self.stats.due(now):
                 self.stats.run_once(self.conn, now)
+            if self.cron.due(now):
+                self.cron.run_once(self.conn, now)
             self.db_delay = 0.5  # reset once work succeeds, not on connect: a database that
             # accepts connections but fails every query (read-only, no privilege) is backed off
         except psycopg.Error as exc:

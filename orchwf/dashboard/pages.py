@@ -203,10 +203,26 @@ def overview_page(data: Row, view: View) -> str:
         f"{scheduled:,} · live worker processes "
         f'<a href="/workers">{esc(data["live_workers"])}</a>.</p></section>'
         f"<section><h2>Queues</h2>{queues}</section>"
+        f"{_schedules(data.get('schedules') or [])}"
         f'<section><h2>Last hour</h2>{_trends(data)}</section>'
         f'<p><a href="/instances">All instances →</a></p></div>'
     )
     return layout("Overview", body, view, active="/")
+
+
+def _schedules(rows: Sequence[Row]) -> str:
+    """The cron schedules, soonest first (none: no section)."""
+    if not rows:
+        return ""
+    body = _table(
+        ["Schedule", "Workflow", "Cron", "Next run", "Last run", "Last error"],
+        [[esc(r["name"]), esc(r["workflow_id"]), f'<code>{esc(r["cron"])}</code> {esc(r["timezone"])}',
+          "paused" if r["paused"] else f'{when(r["next_run_at"])} (in {esc(age(r["next_in"]))})',
+          (f'<a href="{instance_url(r["last_instance_id"])}">{when(r["last_run_at"])}</a>'
+           if r["last_instance_id"] else "–"),
+          f'<span class="error">{esc(compact(r["last_error"] or "", 120))}</span>'] for r in rows],
+        "schedules")
+    return f"<section><h2>Schedules</h2>{body}</section>"
 
 
 def _trends(data: Row) -> str:

@@ -33,6 +33,7 @@ MAX_CLAIMS = 1000
 COUNT_CAP = 10_000              # list totals are exact up to this, then "10000+"
 LIVE_SECONDS = 60               # a worker with an older heartbeat is stale
 TREND_MINUTES = 60              # the overview's charts: the last hour
+MAX_SCHEDULES = 50              # the overview lists the soonest schedules
 STALE_SECONDS = EVERY * 1.5     # trends older than this are rolled up by the dashboard itself
 
 
@@ -48,13 +49,15 @@ class Queries:
 
     def overview(self, window_seconds: float = 300) -> Row:
         """Active counts, finished counts (last hour and last window), queues, workers, and
-        the rollup's last ``TREND_MINUTES`` (``trend``, ``backlog_trend``) for the charts."""
+        the rollup's last ``TREND_MINUTES`` (``trend``, ``backlog_trend``) for the charts, and
+        the soonest ``schedules``."""
         with self.pool.connection() as conn:
             self._refresh_trends(conn)
             with conn.transaction():
                 self.q.snapshot(conn)
                 row = self.q.dashboard_overview(conn, window_seconds, COUNT_CAP * 10, LIVE_SECONDS)
             row["trend"], row["backlog_trend"] = self.q.dashboard_trend(conn, TREND_MINUTES)
+            row["schedules"] = self.q.dashboard_schedules(conn, MAX_SCHEDULES)
         row["window_seconds"] = window_seconds
         return row
 

@@ -35,6 +35,7 @@ from .rows import (
     QueueStats,
     RescuedStep,
     RunningClaim,
+    ScheduleRow,
     Stats,
     StepDetails,
     StepResult,
@@ -266,6 +267,48 @@ class Queries:
             raise ValidationError(f"unknown channel {channel!r}")
         conn.execute(self._compose("listen", channel=sql.Identifier(channel)))
 
+    # -- cron schedules -------------------------------------------------------------------
+
+    def db_now(self, conn: Conn) -> datetime:
+        """The database's clock, which every host fires schedules by."""
+        return self._value(conn, "db_now")  # type: ignore[no-any-return]
+
+    def upsert_schedule(self, conn: Conn, params: dict[str, Any]) -> None:
+        self._run(conn, "upsert_schedule", params)
+
+    def forget_definition_schedules(self, conn: Conn, workflow_id: str, keep: list[str]) -> None:
+        self._run(conn, "forget_definition_schedules", {"workflow_id": workflow_id, "keep": keep})
+
+    def delete_schedule(self, conn: Conn, name: str) -> bool:
+        return self._value(conn, "delete_schedule", {"name": name}) is not None
+
+    def list_schedules(self, conn: Conn, limit: int = 10_000) -> list[ScheduleRow]:
+        return self._rows(conn, "list_schedules", ScheduleRow, {"limit": limit})
+
+    def get_schedule(self, conn: Conn, name: str) -> ScheduleRow | None:
+        """The schedule, locked until the caller's transaction ends."""
+        rows = self._rows(conn, "get_schedule", ScheduleRow, {"name": name})
+        return rows[0] if rows else None
+
+    def set_schedule_paused(self, conn: Conn, name: str, paused: bool, next_run_at: datetime | None) -> bool:
+        return self._value(conn, "set_schedule_paused",
+                           {"name": name, "paused": paused, "next_run_at": next_run_at}) is not None
+
+    def due_schedules(self, conn: Conn, now: datetime, limit: int) -> list[ScheduleRow]:
+        """Due schedules, locked (another host skips them); inside a transaction."""
+        return self._rows(conn, "due_schedules", ScheduleRow, {"now": now, "limit": limit})
+
+    def schedule_fired(self, conn: Conn, name: str, next_run_at: datetime, last_run_at: datetime | None,
+                       last_instance_id: str | None, last_error: str | None) -> None:
+        self._run(conn, "schedule_fired", {"name": name, "next_run_at": next_run_at, "last_run_at": last_run_at,
+                                           "last_instance_id": last_instance_id, "last_error": last_error})
+
+    def workflow_registered(self, conn: Conn, workflow_id: str) -> bool:
+        return bool(self._value(conn, "workflow_registered", {"workflow_id": workflow_id}))
+
+    def next_schedule_due(self, conn: Conn) -> datetime | None:
+        return self._value(conn, "next_schedule_due")  # type: ignore[no-any-return]
+
     # -- producers and operators --------------------------------------------------------
 
     def register_workflow(self, conn: Conn, workflow_id: str, name: str, version: str, version_hash: str,
@@ -395,6 +438,9 @@ class Queries:
         """The last ``minutes`` of the rollup: per minute, and each queue's backlog per minute."""
         params = {"minutes": minutes}
         return self._all(conn, "dashboard_trend", params), self._all(conn, "dashboard_backlog_trend", params)
+
+    def dashboard_schedules(self, conn: Conn, limit: int) -> list[dict[str, Any]]:
+        return self._all(conn, "dashboard_schedules", {"limit": limit})
 
     def dashboard_list(self, conn: Conn, filters: dict[str, Any], limit: int, offset: int, cap: int
                        ) -> tuple[list[dict[str, Any]], int]:

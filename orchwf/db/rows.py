@@ -158,3 +158,21 @@ class DemoSummary:
     retries: int
     queue_waits_ms: list[float]
     compensations: int
+
+
+@dataclass
+class ScheduleRow:
+    """A cron schedule as stored (orchwf_schedules; docs/schedules.md)."""
+
+    name: str
+    workflow_id: str
+    cron: str
+    timezone: str
+    input: dict[str, Any]
+    misfire: str      # once | all | skip
+    source: str       # client | definition
+    paused: bool
+    next_run_at: datetime
+    last_run_at: datetime | None
+    last_instance_id: uuid.UUID | None
+    last_error: str | None

@@ -47,6 +47,14 @@ FROM {schema}.orchwf_queue_minutes q
 WHERE q.minute >= date_trunc('minute', now(), 'UTC') - %(minutes)s * interval '1 minute'
 ORDER BY q.minute, q.queue
 
+-- name: dashboard_schedules
+-- The overview's schedules (a small table): the soonest first.
+SELECT name, workflow_id, cron, timezone, paused, next_run_at, last_run_at, last_instance_id::text AS last_instance_id,
+       last_error, extract(epoch FROM next_run_at - now())::float8 AS next_in
+FROM {schema}.orchwf_schedules
+ORDER BY paused, next_run_at, name
+LIMIT %(limit)s
+
 -- name: dashboard_list
 -- {where} is built from db/queries.py's constant filter columns; values are parameters.
 -- Live and finished apart, each newest first and cut at the page, then merged (as the

@@ -184,3 +184,9 @@ exiting = WorkflowBuilder("exiting", "A step raises SystemExit").add_step(
 
 poison = WorkflowBuilder("poison", "Kills its worker every time").add_step(
     StepBuilder("abort", "Abort", aborts).with_retry_policy(fast_retry).build()).build()
+
+# A workflow with a schedule of its own (tests/daemon/test_cron_daemon.py).
+scheduled = (WorkflowBuilder("scheduled", "Started by its schedule")
+             .add_step(StepBuilder("only", "Only", record).build())
+             .with_schedule("* * * * *", input={"from": "schedule"}, name="scheduled-every-minute")
+             .build())

@@ -489,3 +489,21 @@ def test_overview_numbers_are_formatted_for_people() -> None:
     assert '<span class="n">850,000</span><span class="what">completed</span>' in page
     assert "completed 140,000/min" in page  # 700,000 in 5 minutes
     assert "Steps running 12,345" in page
+
+
+def test_the_overview_lists_schedules_with_their_next_and_last_run(live: tuple[str, str]) -> None:
+    base, dsn = live
+    status, _, page = fetch(base + "/")
+    assert status == 200 and "<h2>Schedules</h2>" not in page  # none: no section
+    with Client(dsn) as client:
+        client.register_workflow(chain)
+        client.add_schedule("dash_unit_chain", "*/5 * * * *", timezone="Europe/Berlin", name=EVIL)
+        client.add_schedule("dash_unit_chain", "@daily", name="nightly")
+        client.pause_schedule("nightly")
+    status, _, page = fetch(base + "/")
+    assert status == 200 and "<h2>Schedules</h2>" in page
+    rows = re.findall(r"<tr>(.*?)</tr>", page.split('class="schedules"')[1].split("</table>")[0], re.S)
+    assert len(rows) == 3  # a header and two schedules, the active one first
+    assert "<code>*/5 * * * *</code> Europe/Berlin" in rows[1] and re.search(r"\(in \d+m\d\ds\)|\(in [\d.]+s\)", rows[1])
+    assert "nightly" in rows[2] and "paused" in rows[2]
+    assert "<script>" not in page.split('class="schedules"')[1]

@@ -10,5 +10,6 @@ two seconds, and hands each service its part of the answer.
   suspects.py   whether suspects wait for a quarantine worker
   pruner.py     retention: finished history older than --retention, silent process rows
   stats.py      the dashboard's per-minute trends (finishes, queue waits, backlog)
+  cron.py       cron schedules: one instance per tick, across every host
   listener.py   the host's one LISTEN connection, which wakes the workers
 """

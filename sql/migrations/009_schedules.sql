@@ -1,0 +1,28 @@
+-- orchwf 009: cron schedules (issue 15): one table, read and written by the daemon's
+-- cron service and the Client. Workers of earlier releases ignore it: only the new
+-- release's supervisors fire schedules (docs/schedules.md, "Rolling deploys").
+
+-- Cron schedules (docs/schedules.md). The daemon's cron service (maintenance/cron.py)
+-- starts an instance at each tick, with the idempotency key "cron:<name>:<tick>", in the
+-- transaction that moves next_run_at on: one instance per tick across every host.
+-- Times are instants; the expression is evaluated in the schedule's time zone.
+CREATE TABLE orchwf_schedules (
+    name             text PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 255),
+    workflow_id      text NOT NULL,
+    cron             text NOT NULL,
+    timezone         text NOT NULL DEFAULT 'UTC',
+    input            jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(input) = 'object'),
+    misfire          text NOT NULL DEFAULT 'once' CHECK (misfire IN ('skip', 'once', 'all')),
+    -- 'definition': WorkflowBuilder.with_schedule, kept in step with the registered
+    -- definition; 'client': Client.add_schedule or the CLI.
+    source           text NOT NULL DEFAULT 'client' CHECK (source IN ('client', 'definition')),
+    paused           boolean NOT NULL DEFAULT false,
+    next_run_at      timestamptz NOT NULL,
+    last_run_at      timestamptz,                 -- the last tick that started an instance
+    last_instance_id uuid,
+    last_error       text,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);
+-- The cron service's question: which schedules are due.
+CREATE INDEX orchwf_schedules_due_idx ON orchwf_schedules (next_run_at) WHERE NOT paused;
