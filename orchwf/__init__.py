@@ -4,7 +4,7 @@ A library (builders, an in-process Orchestrator, state stores) and a daemon
 (``orchwf-worker``) whose forked workers claim steps from Postgres.
 """
 
-from .builders import RetryPolicyBuilder, StepBuilder, WorkflowBuilder
+from .builders import RetryPolicyBuilder, StepBuilder, WorkflowBuilder, sleep_step
 from .errors import (
     InvalidStateError,
     NonRetryableError,
@@ -65,6 +65,7 @@ __all__ = [
     "set_business_id",
     "set_correlation_id",
     "set_trace_id",
+    "sleep_step",
 ]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -18,6 +19,8 @@ from .types import (
     StepExecutor,
     WorkflowDefinition,
 )
+
+MAX_DELAY = 366 * 86400.0
 
 
 def _seconds(value: float | int | timedelta, what: str) -> float:
@@ -105,6 +108,16 @@ class StepBuilder:
         self._fields["timeout"] = seconds if seconds != 0 else None
         if seconds < 0:
             self._fields["timeout"] = seconds  # rejected by build()
+        return self
+
+    def with_delay(self, delay: float | timedelta) -> StepBuilder:
+        """Durable sleep: the step becomes ready ``delay`` after its dependencies complete
+        (a first step: after the instance starts). In the daemon the wait holds no slot,
+        lease or connection and survives restarts; the in-process engine waits in memory."""
+        seconds = _seconds(delay, "delay")
+        if not math.isfinite(seconds) or not 0 <= seconds <= MAX_DELAY:
+            raise ValidationError(f"delay must be between 0 and {MAX_DELAY:.0f} seconds (366 days), got {delay!r}")
+        self._fields["delay"] = seconds
         return self
 
     def with_required(self, required: bool) -> StepBuilder:
@@ -202,3 +215,13 @@ class WorkflowBuilder:
         validate_definition(definition)
         check_definition_schedules(definition)
         return definition
+
+
+def _sleep(ctx: Any, data: Any) -> dict[str, Any]:
+    return {}
+
+
+def sleep_step(step_id: str, seconds: float | timedelta) -> StepBuilder:
+    """A step that only waits: ``seconds`` after its dependencies complete, it completes
+    with no output. Add dependencies (``.with_dependencies(...)``) and ``build()`` it."""
+    return StepBuilder(step_id, f"Sleep {step_id}", _sleep).with_delay(seconds)

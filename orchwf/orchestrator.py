@@ -459,7 +459,7 @@ class Orchestrator:
             data = prepare_step_input(inst.input, deps, inst.context)
         step.input = data
         attempt = 0
-        delay = 0.0
+        delay = sdef.delay  # with_delay: in memory here (the daemon's wait is durable)
         while True:
             attempt += 1
             if delay > 0:

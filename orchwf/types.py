@@ -146,6 +146,7 @@ class StepDefinition:
     compensator: StepCompensator | None = None
     transactional: bool = False
     crash_counts_as_attempt: bool = False
+    delay: float = 0.0  # seconds between its dependencies completing (or the start) and it becoming ready
 
     @property
     def policy(self) -> RetryPolicy:
@@ -166,7 +167,7 @@ class StepDefinition:
             "has_compensator": self.compensator is not None,
             "transactional": self.transactional,
             "crash_counts_as_attempt": self.crash_counts_as_attempt,
-        }
+        } | ({"delay": self.delay} if self.delay else {})  # absent at 0: unchanged hashes
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,9 @@ CREATE TABLE orchwf_live_steps (
     deadline_at      timestamptz,                    -- hard per-attempt deadline (step timeout)
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
+    -- with_delay (durable sleep): once its dependencies complete, the step waits this long
+    -- in run_after (no slot, lease or connection held), then the scheduler makes it ready.
+    delay_seconds    double precision NOT NULL DEFAULT 0 CHECK (delay_seconds >= 0),
     -- Only a running step may hold a lease: finishing or requeueing a step must clear it.
     -- (Running steps of in-process runs have no lease, so running does not require one.)
     CONSTRAINT orchwf_ls_lease_consistent CHECK (status = 'running' OR lease_token IS NULL)

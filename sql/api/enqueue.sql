@@ -110,17 +110,20 @@ BEGIN
                    (st.value->>'timeout')::double precision AS timeout,
                    coalesce((st.value->>'required')::boolean, true) AS required,
                    coalesce((st.value->>'crash_counts_as_attempt')::boolean, false) AS crash_counts,
-                   coalesce((st.value->>'has_compensator')::boolean, false) AS has_compensator
+                   coalesce((st.value->>'has_compensator')::boolean, false) AS has_compensator,
+                   coalesce((st.value->>'delay')::double precision, 0) AS delay
             FROM jsonb_array_elements(v_def->'steps') WITH ORDINALITY AS st(value, ord)),
         new_steps AS (
             INSERT INTO orchwf_live_steps AS s (
                 id, step_id, workflow_inst_id, status, execution_order, priority, dependencies,
                 dependents, pending_deps, run_after, max_attempts, timeout_seconds, required,
-                crash_counts_as_attempt, has_compensator)
+                crash_counts_as_attempt, has_compensator, delay_seconds)
             SELECT orchwf_uuid7(), d.step_id, i.id, 'pending', d.ord, d.priority, d.deps,
                    d.dependents, cardinality(d.deps),
-                   CASE WHEN cardinality(d.deps) = 0 AND p_run_after > now() THEN p_run_after END,
-                   d.max_attempts, d.timeout, d.required, d.crash_counts, d.has_compensator
+                   -- a first step waits for the start time, then its own delay (with_delay)
+                   CASE WHEN cardinality(d.deps) = 0 AND (p_run_after > now() OR d.delay > 0)
+                        THEN greatest(p_run_after, now()) + d.delay * interval '1 second' END,
+                   d.max_attempts, d.timeout, d.required, d.crash_counts, d.has_compensator, d.delay
             FROM unnest(v_inserted) AS i(id) CROSS JOIN defsteps d
             RETURNING s.id, s.workflow_inst_id, s.priority, s.pending_deps, s.run_after),
         new_ready AS (
@@ -135,8 +138,9 @@ BEGIN
         IF p_run_after IS NULL OR p_run_after <= now() THEN
             -- One notification per transaction and queue: Postgres folds identical payloads.
             PERFORM pg_notify('orchwf_ready', v_queue);
-        ELSE
-            PERFORM pg_notify('orchwf_scheduled', '');
+        END IF;
+        IF p_run_after > now() OR v_def @? '$.steps[*] ? (@.delay > 0)' THEN
+            PERFORM pg_notify('orchwf_scheduled', '');  -- the scheduler learns the new due time
         END IF;
     END IF;
 

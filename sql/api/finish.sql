@@ -119,6 +119,7 @@ DECLARE
     v_failed   boolean;  -- a required step failed for good
     v_comp     boolean;  -- a compensation step finished
     v_later    boolean;  -- a failed attempt waits for a backoff
+    v_delayed  boolean;  -- a released dependent waits for its delay (with_delay)
 BEGIN
     IF EXISTS (SELECT 1 FROM unnest(p_outcomes) o
                WHERE o NOT IN ('completed', 'failed', 'skipped', 'retry', 'requeue', 'release')) THEN
@@ -227,19 +228,28 @@ BEGIN
             WHERE s.id = ANY (v_accepted) AND s.status IN ('completed', 'skipped')
             GROUP BY 1, 2),
         released AS (
+            -- A dependent with a delay (with_delay) waits in run_after for the scheduler.
             UPDATE orchwf_live_steps s
-            SET pending_deps = s.pending_deps - dec.n, updated_at = now()
+            SET pending_deps = s.pending_deps - dec.n, updated_at = now(),
+                run_after = CASE WHEN s.pending_deps - dec.n = 0 AND s.delay_seconds > 0
+                                 THEN now() + s.delay_seconds * interval '1 second' ELSE s.run_after END
             FROM dec
             WHERE s.workflow_inst_id = dec.workflow_inst_id AND s.workflow_inst_id = ANY (v_insts)
               AND s.step_id = dec.child AND s.status = 'pending'
-            RETURNING s.id, s.workflow_inst_id, s.priority, s.pending_deps)
-        INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
-        SELECT r.id, i.id, i.workflow_id, i.queue, r.priority + i.priority
-        FROM released r JOIN orchwf_live_instances i ON i.id = r.workflow_inst_id AND i.id = ANY (v_insts)
-        WHERE r.pending_deps = 0 AND i.status IN ('pending', 'running')
-        ON CONFLICT DO NOTHING;
-        GET DIAGNOSTICS v_n = ROW_COUNT;
+            RETURNING s.id, s.workflow_inst_id, s.priority, s.pending_deps, s.run_after),
+        ready AS (
+            INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
+            SELECT r.id, i.id, i.workflow_id, i.queue, r.priority + i.priority
+            FROM released r JOIN orchwf_live_instances i ON i.id = r.workflow_inst_id AND i.id = ANY (v_insts)
+            WHERE r.pending_deps = 0 AND r.run_after IS NULL AND i.status IN ('pending', 'running')
+            ON CONFLICT DO NOTHING
+            RETURNING 1)
+        SELECT (SELECT count(*) FROM ready), EXISTS (SELECT 1 FROM released r WHERE r.run_after IS NOT NULL)
+        INTO v_n, v_delayed;
         v_released := v_released + v_n;
+        IF v_delayed THEN
+            PERFORM pg_notify('orchwf_scheduled', '');
+        END IF;
     END IF;
 
     -- Count finished steps against their instances and, in the same UPDATE (one new row

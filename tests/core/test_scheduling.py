@@ -394,3 +394,23 @@ def test_a_one_thread_pool_runs_async_steps_in_priority_order():
     finally:
         orch.shutdown()
     assert rec.calls == ["p3a", "p3b", "p2", "p1"]
+
+
+def test_a_delayed_step_waits_in_the_in_process_engine() -> None:
+    """with_delay / sleep_step: the in-process engine waits in memory before the step."""
+    import time
+
+    from orchwf import InMemoryStateManager, Orchestrator, StepBuilder, WorkflowBuilder, sleep_step
+
+    seen: list[float] = []
+    wf = (WorkflowBuilder("napping", "Napping")
+          .add_step(StepBuilder("a", "A", lambda ctx, data: seen.append(time.monotonic()) or {}).build())
+          .add_step(sleep_step("nap", 0.3).with_dependencies("a").build())
+          .add_step(StepBuilder("b", "B", lambda ctx, data: seen.append(time.monotonic()) or {})
+                    .with_dependencies("nap").build())
+          .build())
+    assert wf.step("nap").to_json()["delay"] == 0.3 and "delay" not in wf.step("a").to_json()
+    with Orchestrator(InMemoryStateManager()) as orch:
+        orch.register_workflow(wf)
+        assert orch.start_workflow("napping", {}).success
+    assert seen[1] - seen[0] >= 0.3

@@ -8,7 +8,7 @@ import time
 
 import psycopg
 
-from orchwf import NonRetryableError, RetryPolicyBuilder, StepBuilder, WorkflowBuilder
+from orchwf import NonRetryableError, RetryPolicyBuilder, StepBuilder, WorkflowBuilder, sleep_step
 
 DSN = os.environ.get("ORCHWF_TEST_APP_DSN", "")
 
@@ -190,3 +190,14 @@ scheduled = (WorkflowBuilder("scheduled", "Started by its schedule")
              .add_step(StepBuilder("only", "Only", record).build())
              .with_schedule("* * * * *", input={"from": "schedule"}, name="scheduled-every-minute")
              .build())
+
+# Durable sleep (tests/daemon/test_sleep.py): a, then a nap, then b; and a late first step.
+NAP = float(os.environ.get("ORCHWF_TEST_NAP", "1.5"))
+sleeper = (WorkflowBuilder("sleeper", "Naps between two steps")
+           .add_step(StepBuilder("a", "A", record).build())
+           .add_step(sleep_step("nap", NAP).with_dependencies("a").build())
+           .add_step(StepBuilder("b", "B", record).with_dependencies("nap").build())
+           .build())
+late_start = (WorkflowBuilder("late_start", "Its first step waits")
+              .add_step(StepBuilder("first", "First", record).with_delay(1.0).build())
+              .build())
