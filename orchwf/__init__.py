@@ -4,7 +4,7 @@ A library (builders, an in-process Orchestrator, state stores) and a daemon
 (``orchwf-worker``) whose forked workers claim steps from Postgres.
 """
 
-from .builders import RetryPolicyBuilder, StepBuilder, WorkflowBuilder, sleep_step
+from .builders import RetryPolicyBuilder, StepBuilder, WorkflowBuilder, sleep_step, wait_for_signal
 from .errors import (
     InvalidStateError,
     NonRetryableError,
@@ -66,6 +66,7 @@ __all__ = [
     "set_correlation_id",
     "set_trace_id",
     "sleep_step",
+    "wait_for_signal",
 ]
 
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 from .dag import validate_definition, validate_policy, validate_step
-from .errors import ValidationError
+from .errors import NonRetryableError, ValidationError
 from .jsonvalue import check_json_object
 from .schedules import check_definition_schedules, check_schedule
 from .types import (
@@ -225,3 +225,29 @@ def sleep_step(step_id: str, seconds: float | timedelta) -> StepBuilder:
     """A step that only waits: ``seconds`` after its dependencies complete, it completes
     with no output. Add dependencies (``.with_dependencies(...)``) and ``build()`` it."""
     return StepBuilder(step_id, f"Sleep {step_id}", _sleep).with_delay(seconds)
+
+
+MAX_SIGNAL_NAME = 255
+
+
+def _signal_in_process(ctx: Any, data: Any) -> dict[str, Any]:
+    raise NonRetryableError("wait_for_signal steps run in the daemon only (orchwf worker); "
+                            "the in-process engine has no signals")
+
+
+def wait_for_signal(step_id: str, name: str, *, timeout: float | timedelta | None = None) -> StepBuilder:
+    """A step that completes when the instance receives the signal ``name``
+    (Client.signal, orchwf_signal in SQL, ``orchwf signal``); its output is the signal's
+    payload. A signal sent before the step waits is kept for it. With ``timeout`` the step
+    fails after that long without one (retries and compensation apply). Daemon only;
+    the wait holds no slot, lease or connection."""
+    if not isinstance(name, str) or not 1 <= len(name) <= MAX_SIGNAL_NAME or "\x00" in name:
+        raise ValidationError(f"a signal name must be a string of 1 to {MAX_SIGNAL_NAME} characters, got {name!r}")
+    builder = StepBuilder(step_id, f"Wait for {name}", _signal_in_process)
+    builder._fields["signal"] = name
+    if timeout is not None:
+        seconds = _seconds(timeout, "signal timeout")
+        if not math.isfinite(seconds) or not 0 < seconds <= MAX_DELAY:
+            raise ValidationError(f"signal timeout must be between 0 and {MAX_DELAY:.0f} seconds, got {timeout!r}")
+        builder._fields["signal_timeout"] = seconds
+    return builder

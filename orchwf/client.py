@@ -103,6 +103,19 @@ def set_schedule_paused(conn: psycopg.Connection[Any], name: str, paused: bool, 
         q.set_schedule_paused(conn, name, paused, next_run)
 
 
+def signal(conn: psycopg.Connection[Any], instance_id: str, name: str, payload: Mapping[str, Any] | None = None,
+           *, schema: str = "public") -> int:
+    """Send the signal ``name`` to an instance inside the caller's transaction (a rollback
+    sends nothing); returns its id. See Client.signal."""
+    if not is_uuid(instance_id):
+        raise WorkflowNotFoundError(str(instance_id))
+    if not isinstance(name, str) or not 1 <= len(name) <= MAX_KEY_LENGTH or "\x00" in name:
+        raise ValidationError(f"a signal name must be a string of 1 to {MAX_KEY_LENGTH} characters, got {name!r}")
+    data = check_json_object({} if payload is None else payload, "signal payload")
+    with translate_errors():
+        return Queries.of(schema).send_signal(conn, str(instance_id), name, data)
+
+
 def _check_options(
     workflow_id: str, priority: int | None, queue: str | None, run_after: datetime | None
 ) -> None:
@@ -279,6 +292,15 @@ class Client:
             raise WorkflowNotFoundError(str(instance_id))
         with self._connect() as conn, translate_errors():
             return self.q.resume_workflow(conn, instance_id)
+
+    def signal(self, instance_id: str, name: str, payload: Mapping[str, Any] | None = None) -> int:
+        """Send the signal ``name`` (with a JSON-object ``payload``) to a running instance:
+        a step of it that waits for ``name`` (wait_for_signal) completes with the payload
+        as its output, now or when it comes to wait (a signal is kept until then). Each
+        signal is received once. Refused, with nothing stored: an unknown or finished
+        instance, a name none of its steps waits for. Returns the signal's id."""
+        with self._connect() as conn:
+            return signal(conn, instance_id, name, payload, schema=self.schema)
 
     # -- cron schedules (docs/schedules.md) ------------------------------------------------
 

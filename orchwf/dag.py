@@ -43,6 +43,8 @@ def validate_step(step: StepDefinition) -> None:
         raise ValidationError(f"step {step.id}: duplicate dependency")
     if step.retry_policy is not None:
         validate_policy(step.retry_policy, step.id)
+    if step.signal is not None and step.delay:
+        raise ValidationError(f"step {step.id}: a step that waits for a signal cannot also have a delay")
 
 
 def validate_policy(policy: object, where: str = "retry policy") -> None:

@@ -56,6 +56,10 @@ class StepTimeoutError(OrchwfError, TimeoutError):
     """One attempt of a step overran its timeout."""
 
 
+class SignalTimeoutError(OrchwfError, TimeoutError):
+    """A wait_for_signal step's timeout passed without its signal."""
+
+
 class NonRetryableError(OrchwfError):
     """Raised by an executor to fail the step at once, whatever the retry policy says."""
 

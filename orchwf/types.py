@@ -147,6 +147,8 @@ class StepDefinition:
     transactional: bool = False
     crash_counts_as_attempt: bool = False
     delay: float = 0.0  # seconds between its dependencies completing (or the start) and it becoming ready
+    signal: str | None = None            # wait_for_signal: the name it waits for
+    signal_timeout: float | None = None  # seconds it waits before it fails (None: forever)
 
     @property
     def policy(self) -> RetryPolicy:
@@ -167,7 +169,8 @@ class StepDefinition:
             "has_compensator": self.compensator is not None,
             "transactional": self.transactional,
             "crash_counts_as_attempt": self.crash_counts_as_attempt,
-        } | ({"delay": self.delay} if self.delay else {})  # absent at 0: unchanged hashes
+        } | ({"delay": self.delay} if self.delay else {}) | (  # absent when unused: unchanged hashes
+            {"signal": self.signal, "signal_timeout": self.signal_timeout} if self.signal else {})
 
 
 @dataclass(frozen=True)

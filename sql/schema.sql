@@ -16,6 +16,8 @@
 --     orchwf_ready_steps        the claim queue: only steps that can run now
 --     orchwf_running_steps      the claimed steps, for lease rescue
 --     orchwf_workers            live processes
+--   signals: orchwf_signals, sent to instances and not yet consumed (or consumed, until
+--     their instance finishes)
 --   schedules: orchwf_schedules, cron schedules and when each fires next
 --   trends: per-minute rollups for the dashboard, kept two days, and the claim's samples
 --     orchwf_wait_samples       queue waits of each claim, until rolled up
@@ -126,6 +128,10 @@ CREATE TABLE orchwf_live_steps (
     -- with_delay (durable sleep): once its dependencies complete, the step waits this long
     -- in run_after (no slot, lease or connection held), then the scheduler makes it ready.
     delay_seconds    double precision NOT NULL DEFAULT 0 CHECK (delay_seconds >= 0),
+    -- wait_for_signal: the name it waits for; made ready by orchwf_signal, or by its
+    -- timeout (seconds, NULL: none) through run_after.
+    wait_signal      text,
+    wait_timeout     double precision,
     -- Only a running step may hold a lease: finishing or requeueing a step must clear it.
     -- (Running steps of in-process runs have no lease, so running does not require one.)
     CONSTRAINT orchwf_ls_lease_consistent CHECK (status = 'running' OR lease_token IS NULL)
@@ -200,6 +206,21 @@ CREATE TABLE orchwf_workers (
 CREATE INDEX orchwf_workers_supervisor_idx ON orchwf_workers (supervisor_id);
 
 CREATE SEQUENCE orchwf_lease_token_seq AS bigint CACHE 100;
+
+-- Signals (Client.signal, orchwf_signal): kept until a step of the instance that waits
+-- for that name consumes one, in the transaction that completes it (exactly once), and
+-- deleted with their instance when it finishes.
+CREATE TABLE orchwf_signals (
+    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    workflow_inst_id uuid NOT NULL,
+    name             text NOT NULL,
+    payload          jsonb NOT NULL DEFAULT '{}',
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    consumed_by      uuid,                 -- the step instance that received it
+    consumed_at      timestamptz
+);
+-- A waiting step's question ("is there one for me?"), oldest first; and the cleanup.
+CREATE INDEX orchwf_signals_instance_idx ON orchwf_signals (workflow_inst_id, name, id);
 
 -- Cron schedules (docs/schedules.md). The daemon's cron service (maintenance/cron.py)
 -- starts an instance at each tick, with the idempotency key "cron:<name>:<tick>", in the

@@ -417,6 +417,26 @@ def enqueue_cmd(dsn: str | None, schema: str, workflow_id: str, input_: dict[str
         click.echo(instance_id)
 
 
+@click.command("signal")
+@db_options
+@click.argument("instance_id")
+@click.argument("name")
+@click.option("--payload", default="{}", callback=_json_object, metavar="JSON|@FILE|-", show_default=True,
+              help="The signal's payload (a JSON object): the output of the step that receives it.")
+@json_option
+def signal_cmd(dsn: str | None, schema: str, instance_id: str, name: str, payload: dict[str, Any],
+               as_json: bool) -> None:
+    """Send the signal NAME to INSTANCE_ID: its wait_for_signal step for NAME completes."""
+    from ..client import signal
+
+    with connection(dsn) as conn:
+        signal_id = signal(conn, instance_id, name, payload, schema=schema)
+    if as_json:
+        emit_json({"id": signal_id, "instance_id": instance_id, "name": name})
+    else:
+        click.echo(f"signal {name!r} sent to {instance_id} (id {signal_id})")
+
+
 # -- stats, workers, prune -------------------------------------------------------------------
 
 @click.command("stats")
@@ -532,7 +552,7 @@ def prune_cmd(dsn: str | None, schema: str, older_than: float, as_json: bool) ->
                    f"older than {age(older_than)}")
 
 
-COMMANDS = [list_cmd, show_cmd, cancel_cmd, resume_cmd, retry_step_cmd, enqueue_cmd, stats_cmd, workers_cmd,
-            prune_cmd]
+COMMANDS = [list_cmd, show_cmd, cancel_cmd, resume_cmd, retry_step_cmd, enqueue_cmd, signal_cmd, stats_cmd,
+            workers_cmd, prune_cmd]
 
 __all__ = ["COMMANDS", "parse_duration"]

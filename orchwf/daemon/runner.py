@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -23,7 +24,7 @@ from ..db.connect import connect
 from ..db.dsn import redact
 from ..db.queries import Queries
 from ..db.rows import StepResult
-from ..errors import StepTimeoutError
+from ..errors import SignalTimeoutError, StepTimeoutError
 from ..lifecycle import COMPENSATE_STEP, Event, Outcome, compensation_order, decide_failure
 from ..logs import step_log_context
 from ..semantics import (
@@ -179,6 +180,9 @@ class StepRunner:
         claim.timed = bool(sdef.timeout)
         t0 = time.monotonic()
         try:
+            if sdef.signal is not None:
+                return self._run_transactional(claim, replace(sdef, executor=self._receive(claim, sdef)), ctx,
+                                               data, t0)
             if sdef.transactional:
                 return self._run_transactional(claim, sdef, ctx, data, t0)
             assert sdef.executor is not None
@@ -288,6 +292,23 @@ class StepRunner:
             finally:
                 ctx.conn = None
         return Result(claim, Outcome.COMPLETED, output=output, duration_ms=duration, committed=True)
+
+    def _receive(self, claim: Claim, sdef: StepDefinition) -> Callable[[StepContext, dict[str, Any]], Any]:
+        """A wait_for_signal step's executor: take the oldest waiting signal in the
+        transaction that completes the step (exactly once: a fenced-out finish rolls the
+        take back); none means the step was made ready by its timeout."""
+        name = sdef.signal
+        assert name is not None
+
+        def receive(ctx: StepContext, data: dict[str, Any]) -> dict[str, Any]:
+            assert ctx.conn is not None
+            payload = self.q.consume_signal(ctx.conn, claim.instance_id, claim.step_uuid, name)
+            if payload is None:
+                raise SignalTimeoutError(f"no signal {name!r} within {sdef.signal_timeout:g}s"
+                                         if sdef.signal_timeout else f"no signal {name!r} waiting")
+            return payload
+
+        return receive
 
     # -- compensation ---------------------------------------------------------------------
 

@@ -303,6 +303,16 @@ class Queries:
         self._run(conn, "schedule_fired", {"name": name, "next_run_at": next_run_at, "last_run_at": last_run_at,
                                            "last_instance_id": last_instance_id, "last_error": last_error})
 
+    def send_signal(self, conn: Conn, instance_id: str, name: str, payload: dict[str, Any]) -> int:
+        return int(self._value(conn, "send_signal", {"instance_id": instance_id, "name": name,
+                                                     "payload": Jsonb(payload)}))
+
+    def consume_signal(self, conn: Conn, instance_id: str, step_inst_id: Any, name: str) -> dict[str, Any] | None:
+        """The oldest waiting signal's payload, now consumed by the step (None: none)."""
+        row = self._one(conn, "consume_signal", {"instance_id": instance_id, "step_inst_id": step_inst_id,
+                                                 "name": name})
+        return None if row is None else row["payload"]
+
     def workflow_registered(self, conn: Conn, workflow_id: str) -> bool:
         return bool(self._value(conn, "workflow_registered", {"workflow_id": workflow_id}))
 

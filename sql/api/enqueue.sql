@@ -111,25 +111,32 @@ BEGIN
                    coalesce((st.value->>'required')::boolean, true) AS required,
                    coalesce((st.value->>'crash_counts_as_attempt')::boolean, false) AS crash_counts,
                    coalesce((st.value->>'has_compensator')::boolean, false) AS has_compensator,
-                   coalesce((st.value->>'delay')::double precision, 0) AS delay
+                   coalesce((st.value->>'delay')::double precision, 0) AS delay,
+                   st.value->>'signal' AS signal,
+                   (st.value->>'signal_timeout')::double precision AS signal_timeout
             FROM jsonb_array_elements(v_def->'steps') WITH ORDINALITY AS st(value, ord)),
         new_steps AS (
             INSERT INTO orchwf_live_steps AS s (
                 id, step_id, workflow_inst_id, status, execution_order, priority, dependencies,
                 dependents, pending_deps, run_after, max_attempts, timeout_seconds, required,
-                crash_counts_as_attempt, has_compensator, delay_seconds)
+                crash_counts_as_attempt, has_compensator, delay_seconds, wait_signal, wait_timeout)
             SELECT orchwf_uuid7(), d.step_id, i.id, 'pending', d.ord, d.priority, d.deps,
                    d.dependents, cardinality(d.deps),
-                   -- a first step waits for the start time, then its own delay (with_delay)
-                   CASE WHEN cardinality(d.deps) = 0 AND (p_run_after > now() OR d.delay > 0)
+                   -- a first step waits for the start time, then its own delay (with_delay);
+                   -- one that waits for a signal, until its timeout (a signal comes sooner)
+                   CASE WHEN cardinality(d.deps) = 0 AND d.signal IS NOT NULL
+                        THEN CASE WHEN d.signal_timeout > 0
+                                  THEN greatest(p_run_after, now()) + d.signal_timeout * interval '1 second' END
+                        WHEN cardinality(d.deps) = 0 AND (p_run_after > now() OR d.delay > 0)
                         THEN greatest(p_run_after, now()) + d.delay * interval '1 second' END,
-                   d.max_attempts, d.timeout, d.required, d.crash_counts, d.has_compensator, d.delay
+                   d.max_attempts, d.timeout, d.required, d.crash_counts, d.has_compensator, d.delay, d.signal,
+                   d.signal_timeout
             FROM unnest(v_inserted) AS i(id) CROSS JOIN defsteps d
-            RETURNING s.id, s.workflow_inst_id, s.priority, s.pending_deps, s.run_after),
+            RETURNING s.id, s.workflow_inst_id, s.priority, s.pending_deps, s.run_after, s.wait_signal),
         new_ready AS (
             INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
             SELECT n.id, n.workflow_inst_id, p_workflow_id, v_queue, n.priority + v_priority
-            FROM new_steps n WHERE n.pending_deps = 0 AND n.run_after IS NULL
+            FROM new_steps n WHERE n.pending_deps = 0 AND n.run_after IS NULL AND n.wait_signal IS NULL
             RETURNING 1)
         INSERT INTO orchwf_event_history (id, workflow_inst_id, event_type, event_data, instance_created_at)
         SELECT orchwf_uuid7(), i.id, 'workflow.started', jsonb_build_object('workflow_id', p_workflow_id), i.at
@@ -139,7 +146,7 @@ BEGIN
             -- One notification per transaction and queue: Postgres folds identical payloads.
             PERFORM pg_notify('orchwf_ready', v_queue);
         END IF;
-        IF p_run_after > now() OR v_def @? '$.steps[*] ? (@.delay > 0)' THEN
+        IF p_run_after > now() OR v_def @? '$.steps[*] ? (@.delay > 0 || @.signal_timeout > 0)' THEN
             PERFORM pg_notify('orchwf_scheduled', '');  -- the scheduler learns the new due time
         END IF;
     END IF;

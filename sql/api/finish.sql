@@ -228,20 +228,29 @@ BEGIN
             WHERE s.id = ANY (v_accepted) AND s.status IN ('completed', 'skipped')
             GROUP BY 1, 2),
         released AS (
-            -- A dependent with a delay (with_delay) waits in run_after for the scheduler.
+            -- A dependent with a delay (with_delay) waits in run_after for the scheduler; one
+            -- that waits for a signal (wait_for_signal) is ready if a signal is there, else
+            -- it waits for orchwf_signal, or its timeout in run_after. (orchwf_signal locks
+            -- the instance first, as this function does: it sees this release, or this
+            -- statement sees its signal.)
             UPDATE orchwf_live_steps s
             SET pending_deps = s.pending_deps - dec.n, updated_at = now(),
-                run_after = CASE WHEN s.pending_deps - dec.n = 0 AND s.delay_seconds > 0
-                                 THEN now() + s.delay_seconds * interval '1 second' ELSE s.run_after END
+                run_after = CASE WHEN s.pending_deps - dec.n > 0 THEN s.run_after
+                                 WHEN s.delay_seconds > 0 THEN now() + s.delay_seconds * interval '1 second'
+                                 WHEN s.wait_signal IS NOT NULL AND s.wait_timeout > 0
+                                      AND NOT orchwf_signal_waiting(s.workflow_inst_id, s.wait_signal)
+                                 THEN now() + s.wait_timeout * interval '1 second'
+                                 ELSE s.run_after END
             FROM dec
             WHERE s.workflow_inst_id = dec.workflow_inst_id AND s.workflow_inst_id = ANY (v_insts)
               AND s.step_id = dec.child AND s.status = 'pending'
-            RETURNING s.id, s.workflow_inst_id, s.priority, s.pending_deps, s.run_after),
+            RETURNING s.id, s.workflow_inst_id, s.priority, s.pending_deps, s.run_after, s.wait_signal),
         ready AS (
             INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
             SELECT r.id, i.id, i.workflow_id, i.queue, r.priority + i.priority
             FROM released r JOIN orchwf_live_instances i ON i.id = r.workflow_inst_id AND i.id = ANY (v_insts)
             WHERE r.pending_deps = 0 AND r.run_after IS NULL AND i.status IN ('pending', 'running')
+              AND (r.wait_signal IS NULL OR orchwf_signal_waiting(r.workflow_inst_id, r.wait_signal))
             ON CONFLICT DO NOTHING
             RETURNING 1)
         SELECT (SELECT count(*) FROM ready), EXISTS (SELECT 1 FROM released r WHERE r.run_after IS NOT NULL)

@@ -305,6 +305,8 @@ BEGIN
            g.business_id, g.priority, g.queue, g.idempotency_key, g.run_mode, g.definition_hash, 0,
            g.created_at, g.updated_at
     FROM gone g;
+    -- Their signals go with them (received or not), by key.
+    DELETE FROM orchwf_signals g WHERE g.workflow_inst_id = ANY (p_ids);
     -- No ready or running rows are left: the instance's steps all finished (the claim and
     -- the finish took theirs) or orchwf_end_instance removed them.
 END;

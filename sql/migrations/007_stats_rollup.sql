@@ -43,3 +43,21 @@ CREATE TABLE orchwf_queue_minutes (
     ready  bigint NOT NULL,
     PRIMARY KEY (minute, queue)
 );
+
+-- Roles that run the daemon on an existing install (those that may insert into the ready
+-- queue) get the new tables' privileges, so a least-privilege runtime role keeps working
+-- after this migration (docs/reliability.md, "Least privilege").
+DO $$
+DECLARE
+    v_role name;
+BEGIN
+    FOR v_role IN
+        SELECT DISTINCT r.rolname FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
+        JOIN pg_roles r ON r.oid = a.grantee
+        WHERE c.oid = 'orchwf_ready_steps'::regclass AND a.privilege_type = 'INSERT' AND a.grantee <> c.relowner
+    LOOP
+        EXECUTE format('GRANT SELECT, INSERT, DELETE ON orchwf_wait_samples TO %I', v_role);
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON orchwf_stats_minutes, orchwf_queue_minutes TO %I', v_role);
+    END LOOP;
+END;
+$$;

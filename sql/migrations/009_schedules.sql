@@ -26,3 +26,20 @@ CREATE TABLE orchwf_schedules (
 );
 -- The cron service's question: which schedules are due.
 CREATE INDEX orchwf_schedules_due_idx ON orchwf_schedules (next_run_at) WHERE NOT paused;
+
+-- Roles that run the daemon on an existing install (those that may insert into the ready
+-- queue) get the new tables' privileges, so a least-privilege runtime role keeps working
+-- after this migration (docs/reliability.md, "Least privilege").
+DO $$
+DECLARE
+    v_role name;
+BEGIN
+    FOR v_role IN
+        SELECT DISTINCT r.rolname FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a
+        JOIN pg_roles r ON r.oid = a.grantee
+        WHERE c.oid = 'orchwf_ready_steps'::regclass AND a.privilege_type = 'INSERT' AND a.grantee <> c.relowner
+    LOOP
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON orchwf_schedules TO %I', v_role);
+    END LOOP;
+END;
+$$;

@@ -24,3 +24,7 @@ SELECT {schema}.orchwf_retry_step(%(id)s, %(step_id)s) AS status
 -- name: listen
 -- Channels are constants of db/queries.py (LISTEN takes no parameters).
 LISTEN {channel}
+
+-- name: send_signal
+-- orchwf_signal (sql/api/signals.sql) in the caller's transaction.
+SELECT {schema}.orchwf_signal(%(instance_id)s, %(name)s, %(payload)s) AS id

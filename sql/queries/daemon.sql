@@ -132,3 +132,13 @@ SELECT EXISTS (SELECT 1 FROM {schema}.orchwf_ready_steps r
 
 -- name: mark_processes_alive
 UPDATE {schema}.orchwf_workers SET heartbeat_at = now() WHERE supervisor_id = %(supervisor_id)s
+
+-- name: consume_signal
+-- A wait_for_signal step takes the oldest signal of its name, in the transaction that
+-- completes it: if the finish is fenced out, the signal stays for the next attempt.
+UPDATE {schema}.orchwf_signals g SET consumed_by = %(step_inst_id)s, consumed_at = now()
+WHERE g.id = (SELECT x.id FROM {schema}.orchwf_signals x
+              WHERE x.workflow_inst_id = %(instance_id)s AND x.name = %(name)s AND x.consumed_by IS NULL
+              ORDER BY x.id LIMIT 1
+              FOR UPDATE SKIP LOCKED)
+RETURNING g.payload

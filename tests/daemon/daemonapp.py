@@ -8,7 +8,7 @@ import time
 
 import psycopg
 
-from orchwf import NonRetryableError, RetryPolicyBuilder, StepBuilder, WorkflowBuilder, sleep_step
+from orchwf import NonRetryableError, RetryPolicyBuilder, StepBuilder, WorkflowBuilder, sleep_step, wait_for_signal
 
 DSN = os.environ.get("ORCHWF_TEST_APP_DSN", "")
 
@@ -201,3 +201,15 @@ sleeper = (WorkflowBuilder("sleeper", "Naps between two steps")
 late_start = (WorkflowBuilder("late_start", "Its first step waits")
               .add_step(StepBuilder("first", "First", record).with_delay(1.0).build())
               .build())
+
+# Signals (tests/daemon/test_signals.py): a, wait for "approval", then b (sees the payload).
+approval = (WorkflowBuilder("approval", "Waits for an approval")
+            .add_step(StepBuilder("a", "A", record).build())
+            .add_step(wait_for_signal("approve", "approval").with_dependencies("a").build())
+            .add_step(StepBuilder("b", "B", record).with_dependencies("approve").build())
+            .build())
+impatient = (WorkflowBuilder("impatient", "Waits one second for a signal, twice")
+             .add_step(wait_for_signal("wait", "go", timeout=1.0)
+                       .with_retry_policy(RetryPolicyBuilder().with_max_attempts(2).with_initial_interval(0.1).build())
+                       .build())
+             .build())

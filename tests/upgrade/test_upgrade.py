@@ -231,3 +231,73 @@ def test_a_rollback_to_an_old_release_keeps_the_data_and_the_old_release_runs_on
         assert set(wait_done(dsn, waiting).values()) == {"completed"}, old.output()
     finally:
         old.stop()
+
+
+# The runtime grants release 3 documented (docs/reliability.md), for its schema "public".
+RELEASE_3_RUNTIME_GRANTS = [
+    "GRANT USAGE ON SCHEMA public TO {role}",
+    "GRANT SELECT ON orchwf_migrations TO {role}",
+    "GRANT SELECT, INSERT, UPDATE ON orchwf_workflow_definitions TO {role}",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON orchwf_live_instances TO {role}",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON orchwf_live_steps TO {role}",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON orchwf_ready_steps TO {role}",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON orchwf_running_steps TO {role}",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON orchwf_workers TO {role}",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON orchwf_instance_history TO {role}",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON orchwf_step_history TO {role}",
+    "GRANT SELECT, INSERT ON orchwf_event_history TO {role}",
+    "GRANT SELECT ON orchwf_partitioning, orchwf_partitions TO {role}",
+    "GRANT SELECT ON orchwf_workflow_instances, orchwf_step_instances TO {role}",
+    "GRANT SELECT, INSERT ON orchwf_workflow_events TO {role}",
+    "GRANT USAGE ON SEQUENCE orchwf_lease_token_seq, orchwf_event_seq TO {role}",
+    "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {role}"
+]
+
+
+def test_a_least_privilege_runtime_role_keeps_working_after_the_upgrade(make_empty_db, tmp_path: Path) -> None:
+    """A release-3 install whose daemon runs as a role with exactly release 3's documented
+    grants: after `orchwf migrate up` (as the owner) that role still claims (the claim now
+    records wait samples), finishes, rolls the trends up, fires schedules and takes
+    signals: the migrations grant their new tables to it."""
+    import secrets
+
+    from psycopg import sql
+    from psycopg.conninfo import make_conninfo
+
+    from orchwf import Client, StepBuilder, WorkflowBuilder, wait_for_signal
+    from orchwf.daemon.maintenance.cron import Clock, CronService
+    from orchwf.db.queries import ClaimRequest, Queries
+    from orchwf.db.rows import StepResult
+
+    dsn = make_empty_db()
+    install_release(dsn, extract("release-3", tmp_path))
+    role = f"orchwf_rt_{secrets.token_hex(3)}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        for grant in RELEASE_3_RUNTIME_GRANTS:
+            conn.execute(grant.format(role=sql.Identifier(role).as_string(conn)))
+    try:
+        migrate(dsn)
+        runtime = make_conninfo(dsn, user=role)
+        flow = (WorkflowBuilder("lp_flow", "Least privilege")
+                .add_step(StepBuilder("a", "A", lambda ctx, data: {}).build())
+                .add_step(wait_for_signal("go", "go").with_dependencies("a").build()).build())
+        q = Queries.of("public")
+        with Client(runtime) as client:
+            client.register_workflow(flow)
+            instance = client.enqueue("lp_flow", {})
+            with psycopg.connect(runtime, autocommit=True) as conn:
+                [step] = q.claim_steps(conn, ClaimRequest("w-lp", ["default"], ["lp_flow"], 5, 30))
+                assert q.finish_steps(conn, [StepResult(step.step_inst_id, step.lease_token, "completed", {}, None,
+                                                        1)]) == {step.step_inst_id: True}
+                assert q.roll_up_stats(conn, 10.0, 86400.0) > 0
+                assert conn.execute("SELECT count(*) FROM orchwf_stats_minutes").fetchone()[0] > 0
+                client.add_schedule("lp_flow", "* * * * *", misfire="all")
+                assert CronService("public", Clock(2.0, time.time() - 130)).run_once(conn).started >= 1
+                client.signal(instance, "go", {"ok": True})
+                claimed = q.claim_steps(conn, ClaimRequest("w-lp", ["default"], ["lp_flow"], 50, 30))
+                assert [c.step_id for c in claimed if str(c.workflow_inst_id) == instance] == ["go"]
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))

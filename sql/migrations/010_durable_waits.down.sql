@@ -1,7 +1,11 @@
--- orchwf 010 down: the functions that read delay_seconds come back as they were before
--- 010 (release 3 shipped them in sql/api/enqueue.sql and sql/api/finish.sql, below),
--- then the column goes. Steps waiting for their delay keep their run_after: they run
--- when it is due.
+-- orchwf 010 down: the functions that read the new columns come back as they were
+-- before 010 (release 3 shipped them in sql/api/enqueue.sql, finish.sql and util.sql,
+-- below), then the columns and the signals go. Steps waiting for their delay keep their
+-- run_after and run when it is due; steps waiting for a signal are left pending (resume
+-- or cancel them).
+
+DROP FUNCTION IF EXISTS orchwf_signal(uuid, text, jsonb);
+DROP TABLE IF EXISTS orchwf_signals;
 
 CREATE OR REPLACE FUNCTION orchwf_enqueue_many(
     p_workflow_id      text,
@@ -560,4 +564,52 @@ BEGIN
 END;
 $$;
 
-ALTER TABLE orchwf_live_steps DROP COLUMN IF EXISTS delay_seconds;
+CREATE OR REPLACE FUNCTION orchwf_archive_instances(p_ids uuid[]) RETURNS void
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+SET jit = off
+AS $$
+DECLARE
+    v_ids     uuid[];
+    v_created timestamptz[];
+BEGIN
+    -- The instances' created_at by key lookups first: joining the steps to the runtime
+    -- table would hash all of it (its size is the backlog) when its statistics lag.
+    SELECT array_agg(i.id), array_agg(i.created_at) INTO v_ids, v_created
+    FROM orchwf_live_instances i WHERE i.id = ANY (p_ids);
+    WITH gone AS (
+        DELETE FROM orchwf_live_steps s WHERE s.workflow_inst_id = ANY (p_ids)
+        RETURNING s.*)
+    INSERT INTO orchwf_step_history (
+        id, step_id, workflow_inst_id, status, input, output, started_at, completed_at, error, retry_count,
+        last_retry_at, duration_ms, execution_order, priority, attempts, crashes, max_attempts, timeout_seconds,
+        required, crash_counts_as_attempt, has_compensator, dependencies, dependents, pending_deps, run_after,
+        lease_owner, lease_token, lease_expires_at, deadline_at, created_at, updated_at, instance_created_at)
+    SELECT g.id, g.step_id, g.workflow_inst_id, g.status, g.input, g.output, g.started_at, g.completed_at, g.error,
+           g.retry_count, g.last_retry_at, g.duration_ms, g.execution_order, g.priority, g.attempts, g.crashes,
+           g.max_attempts, g.timeout_seconds, g.required, g.crash_counts_as_attempt, g.has_compensator,
+           g.dependencies, g.dependents, g.pending_deps, NULL, NULL, NULL, NULL, NULL, g.created_at, g.updated_at,
+           x.at
+    FROM gone g JOIN unnest(v_ids, v_created) AS x(id, at) ON x.id = g.workflow_inst_id
+    WHERE g.step_id <> '$compensate';  -- the compensation pseudo-step is not history
+    WITH gone AS (
+        DELETE FROM orchwf_live_instances i WHERE i.id = ANY (p_ids)
+        RETURNING i.*)
+    INSERT INTO orchwf_instance_history (
+        id, workflow_id, status, input, output, context, current_step_id, started_at, completed_at, error,
+        retry_count, last_retry_at, metadata, trace_id, correlation_id, business_id, priority, queue,
+        idempotency_key, run_mode, definition_hash, steps_remaining, created_at, updated_at)
+    SELECT g.id, g.workflow_id, g.status, g.input, g.output, g.context, g.current_step_id, g.started_at,
+           g.completed_at, g.error, g.retry_count, g.last_retry_at, g.metadata, g.trace_id, g.correlation_id,
+           g.business_id, g.priority, g.queue, g.idempotency_key, g.run_mode, g.definition_hash, 0,
+           g.created_at, g.updated_at
+    FROM gone g;
+    -- No ready or running rows are left: the instance's steps all finished (the claim and
+    -- the finish took theirs) or orchwf_end_instance removed them.
+END;
+$$;
+
+ALTER TABLE orchwf_live_steps DROP COLUMN IF EXISTS delay_seconds, DROP COLUMN IF EXISTS wait_signal,
+    DROP COLUMN IF EXISTS wait_timeout;

@@ -1,5 +1,5 @@
-"""``orchwf schedules``: add, list, pause, resume, remove; bad input is one error line
-and stores nothing."""
+"""``orchwf schedules`` (add, list, pause, resume, remove) and ``orchwf signal``: bad input
+is one error line and stores nothing."""
 
 from __future__ import annotations
 
@@ -57,3 +57,25 @@ def test_an_unknown_name_is_one_error_line(orchwf) -> None:
     for action in ("remove", "pause", "resume"):
         result = orchwf("schedules", action, "nobody")
         assert result.exit_code == 1 and result.stderr == "error: schedule not found: nobody\n"
+
+
+def test_signal_from_the_cli(orchwf, ops_db: str) -> None:
+    """``orchwf signal``: a root step that waits for "go" becomes ready; bad input is one line."""
+    import psycopg
+
+    from orchwf import Client, WorkflowBuilder, wait_for_signal
+
+    with Client(ops_db) as client:
+        client.register_workflow(WorkflowBuilder("cli_wait", "Waits").add_step(wait_for_signal("w", "go").build()).build())
+        instance = client.enqueue("cli_wait", {})
+    with psycopg.connect(ops_db) as conn:
+        assert conn.execute("SELECT count(*) FROM orchwf_ready_steps").fetchone()[0] == 0  # it waits
+    sent = orchwf("signal", instance, "go", "--payload", '{"ok": true}')
+    assert sent.exit_code == 0 and sent.stdout.startswith(f"signal 'go' sent to {instance} (id "), sent.stderr
+    with psycopg.connect(ops_db) as conn:
+        assert conn.execute("SELECT count(*) FROM orchwf_ready_steps").fetchone()[0] == 1
+        assert conn.execute("SELECT payload FROM orchwf_signals").fetchone()[0] == {"ok": True}
+    unknown = orchwf("signal", "00000000-0000-7000-8000-000000000000", "go")
+    assert unknown.exit_code == 1 and unknown.stderr.startswith("error: workflow not found")
+    bad = orchwf("signal", instance, "stop")
+    assert bad.exit_code == 1 and "waits for a signal named 'stop'" in bad.stderr

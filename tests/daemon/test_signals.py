@@ -1,0 +1,155 @@
+"""Signals (orchwf.wait_for_signal, Client.signal, orchwf_signal in SQL) in the daemon: a
+waiting step holds nothing and completes with the payload; a signal sent early is kept;
+one sent in a rolled-back transaction never arrives; each is received exactly once, with
+workers killed meanwhile; a timeout fails the step; bad input changes nothing."""
+
+from __future__ import annotations
+
+import os
+import signal as signals
+import time
+import uuid
+
+import psycopg
+import pytest
+from daemonkit import executions, wait_for
+
+from orchwf import Client, InvalidStateError, ValidationError, WorkflowNotFoundError, wait_for_signal
+from orchwf.client import signal
+
+pytestmark = pytest.mark.slow
+
+
+def _status(dsn: str, ids: list[str]) -> dict[str, str]:
+    with psycopg.connect(dsn) as conn:
+        return dict(conn.execute("SELECT id::text, status FROM orchwf_workflow_instances WHERE id = ANY(%s::uuid[])",
+                                 (ids,)).fetchall())
+
+
+def _step(dsn: str, instance: str, step_id: str) -> tuple:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT status, output, error FROM orchwf_step_instances"
+                            " WHERE workflow_inst_id = %s AND step_id = %s", (instance, step_id)).fetchone()
+
+
+def _waiting(dsn: str, ids: list[str]) -> int:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT count(*) FROM orchwf_live_steps WHERE workflow_inst_id = ANY(%s::uuid[])"
+                            " AND step_id = 'approve' AND status = 'pending' AND pending_deps = 0",
+                            (ids,)).fetchone()[0]
+
+
+def test_a_waiting_step_holds_nothing_and_completes_with_the_payload(client: Client, app_db: str,
+                                                                     start_daemon) -> None:
+    start_daemon("--workers", "1", "--concurrency", "4")
+    ids = [client.enqueue("approval", {}) for _ in range(30)]
+    wait_for(lambda: _waiting(app_db, ids) == 30, 30, "every instance to wait for its approval")
+    time.sleep(0.5)
+    with psycopg.connect(app_db) as conn:
+        ready = conn.execute("SELECT count(*) FROM orchwf_ready_steps").fetchone()[0]
+        running = conn.execute("SELECT count(*) FROM orchwf_running_steps").fetchone()[0]
+        in_tx = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                             " AND state LIKE 'idle in transaction%%'").fetchone()[0]
+    assert (ready, running, in_tx) == (0, 0, 0)
+    assert set(_status(app_db, ids).values()) == {"running"}
+    for n, instance in enumerate(ids):
+        client.signal(instance, "approval", {"approved_by": f"user{n}"})
+    wait_for(lambda: set(_status(app_db, ids).values()) == {"completed"}, 30, "the approvals")
+    for n, instance in enumerate(ids):
+        assert _step(app_db, instance, "approve")[:2] == ("completed", {"approved_by": f"user{n}"})
+    assert sum(1 for row in executions(app_db) if row[1] == "b") == 30
+
+
+def test_a_signal_sent_before_the_step_waits_is_kept(client: Client, app_db: str, start_daemon) -> None:
+    instance = client.enqueue("approval", {})  # no daemon yet: step a has not run
+    client.signal(instance, "approval", {"early": True})
+    start_daemon("--workers", "1")
+    wait_for(lambda: _status(app_db, [instance]) == {instance: "completed"}, 30, "the early approval")
+    assert _step(app_db, instance, "approve")[1] == {"early": True}
+
+
+def test_a_signal_in_a_rolled_back_transaction_never_arrives(client: Client, app_db: str, start_daemon) -> None:
+    start_daemon("--workers", "1")
+    instance = client.enqueue("approval", {})
+    wait_for(lambda: _waiting(app_db, [instance]) == 1, 30, "the wait")
+    with psycopg.connect(app_db) as conn:  # the app's own transaction
+        signal(conn, instance, "approval", {"n": 1})
+        conn.rollback()
+    time.sleep(1.5)
+    assert _status(app_db, [instance]) == {instance: "running"}
+    with psycopg.connect(app_db) as conn:
+        assert conn.execute("SELECT count(*) FROM orchwf_signals").fetchone()[0] == 0
+        signal(conn, instance, "approval", {"n": 2})
+        conn.commit()
+    wait_for(lambda: _status(app_db, [instance]) == {instance: "completed"}, 30, "the committed signal")
+    assert _step(app_db, instance, "approve")[1] == {"n": 2}
+
+
+def test_signals_are_received_exactly_once_while_workers_are_killed(client: Client, app_db: str,
+                                                                      start_daemon) -> None:
+    """Two signals for each of 300 instances (one step waits for each): every instance
+    takes exactly one, its first, whatever kill -9 does to the workers meanwhile."""
+    daemon = start_daemon("--workers", "2", "--concurrency", "8", "--lease-seconds", "2")
+    ids = client.enqueue_many("approval", [{} for _ in range(300)])
+    wait_for(lambda: _waiting(app_db, ids) >= 250, 60, "most instances to wait")
+    with psycopg.connect(app_db, autocommit=True) as conn:
+        for instance in ids:
+            conn.execute("SELECT orchwf_signal(%s, 'approval', %s::jsonb)", (instance, '{"first": true}'))
+    for _ in range(3):  # kill workers while the waits complete
+        time.sleep(0.3)
+        for pid in daemon.worker_pids():
+            os.kill(pid, signals.SIGKILL)
+    with psycopg.connect(app_db, autocommit=True) as conn:
+        for instance in ids:
+            if _status(app_db, [instance])[instance] == "running":
+                conn.execute("SELECT orchwf_signal(%s, 'approval', %s::jsonb)", (instance, '{"first": false}'))
+    wait_for(lambda: set(_status(app_db, ids).values()) == {"completed"}, 120, "every instance")
+    with psycopg.connect(app_db) as conn:
+        outputs = dict(conn.execute("SELECT workflow_inst_id::text, output FROM orchwf_step_instances"
+                                    " WHERE workflow_inst_id = ANY(%s::uuid[]) AND step_id = 'approve'",
+                                    (ids,)).fetchall())
+        left = conn.execute("SELECT count(*) FROM orchwf_signals").fetchone()[0]
+    assert all(out == {"first": True} for out in outputs.values()), "a step took a later signal than its first"
+    assert len(outputs) == 300 and left == 0  # the signals went with their finished instances
+
+
+def test_a_wait_that_times_out_fails_and_retries(client: Client, app_db: str, start_daemon) -> None:
+    start_daemon("--workers", "1")
+    t0 = time.monotonic()
+    instance = client.enqueue("impatient", {})
+    wait_for(lambda: _status(app_db, [instance]) == {instance: "failed"}, 30, "the timeout")
+    status, _, error = _step(app_db, instance, "wait")
+    assert status == "failed" and "no signal 'go' within 1s" in error
+    assert time.monotonic() - t0 >= 1.0
+
+
+def test_bad_signals_are_refused_and_change_nothing(client: Client, app_db: str, start_daemon) -> None:
+    start_daemon("--workers", "1")
+    running = client.enqueue("approval", {})
+    done = client.enqueue("single", {})
+    wait_for(lambda: _waiting(app_db, [running]) == 1 and _status(app_db, [done]) == {done: "completed"}, 30,
+             "one waiting, one finished")
+    with pytest.raises(WorkflowNotFoundError):
+        client.signal(str(uuid.uuid4()), "approval")
+    with pytest.raises(WorkflowNotFoundError):
+        client.signal("not-a-uuid", "approval")
+    with pytest.raises(InvalidStateError, match="has finished"):
+        client.signal(done, "approval")
+    with pytest.raises(ValidationError, match="waits for a signal named 'nobody'"):
+        client.signal(running, "nobody")
+    with pytest.raises(ValidationError, match="signal payload"):
+        client.signal(running, "approval", [1, 2])  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="signal name"):
+        client.signal(running, "")
+    with psycopg.connect(app_db) as conn:
+        assert conn.execute("SELECT count(*) FROM orchwf_signals").fetchone()[0] == 0
+    assert _status(app_db, [running]) == {running: "running"}
+
+
+def test_a_bad_wait_is_refused_at_definition() -> None:
+    with pytest.raises(ValidationError, match="signal name"):
+        wait_for_signal("w", "")
+    with pytest.raises(ValidationError, match="signal timeout"):
+        wait_for_signal("w", "go", timeout=-1)
+    with pytest.raises(ValidationError, match="cannot also have a delay"):
+        wait_for_signal("w", "go").with_delay(5).build()
