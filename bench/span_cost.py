@@ -13,7 +13,8 @@ exporter; printed per span (the median of ``rounds``):
 
 Cases: orchwf's ``step_span``/``end_step`` with no traceparent in the metadata (the
 instance's own trace, as in ``python -m bench tracing``) and with one (a producer that
-traced the enqueue); the bare SDK (``start_as_current_span`` with the same name, kind
+traced the enqueue), and with a traceparent whose trace the producer did not sample
+(the SDK's default sampler follows it: no span is recorded); the bare SDK (``start_as_current_span`` with the same name, kind
 and attributes, parent given), the floor orchwf's wrapping adds to; tracing off.
 """
 
@@ -97,6 +98,7 @@ def measure(spans: int = 20_000, rounds: int = 5) -> dict[str, dict[str, float]]
             "orchwf, no traceparent": (_orchwf, None),
             "orchwf, traceparent": (_orchwf, {"traceparent": TRACEPARENT}),
             "bare SDK": (_bare_sdk, None),
+            "orchwf, traceparent not sampled": (_orchwf, {"traceparent": TRACEPARENT[:-2] + "00"}),
         }
         samples: dict[str, list[tuple[float, float]]] = {name: [] for name in cases}
         _time(_orchwf, _rows(2048, None))  # warm up: imports, the exporter's connection
@@ -108,7 +110,7 @@ def measure(spans: int = 20_000, rounds: int = 5) -> dict[str, dict[str, float]]
         tracer, tracing._tracer = tracing._tracer, None
         off = [_time(_orchwf, _rows(spans, None)) for _ in range(rounds)]
         tracing._tracer = tracer
-    expected = (2048 + rounds * spans * len(cases))
+    expected = 2048 + rounds * spans * (len(cases) - 1)  # the unsampled ones are not exported
     if received != expected:
         raise RuntimeError(f"the sink received {received:,} spans, {expected:,} were made: spans were dropped")
     out = {name: {"caller_us": statistics.median(c for c, _ in s), "process_us": statistics.median(p for _, p in s)}
