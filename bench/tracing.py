@@ -1,17 +1,22 @@
 """``python -m bench tracing``: what OpenTelemetry tracing costs the drain. orchwf drains
 20,000 single-step workflows at its defaults with the plain bench app and with
 ``bench.apps.orchwf_traced_app`` (a span per step attempt through the SDK's
-BatchSpanProcessor, serialised by an exporter writing to /dev/null), in interleaved
-rounds; printed: each side's median rate and the ratio (docs/benchmarks.md, "Tracing").
+BatchSpanProcessor and the OTLP/HTTP protobuf exporter, posting to a sink in a process of
+its own: bench/otlp_sink.py), in interleaved rounds; printed: each side's median rate,
+worker CPU per job and the ratio (docs/benchmarks.md, "Tracing"). Every traced drain
+checks that the sink received a span per job: a span dropped by a full queue would make
+tracing look cheaper than it is.
 """
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
-from .common import log
+from .common import cpu_seconds, log
 from .drain import _spread, drain_once
+from .otlp_sink import Sink
 from .systems.orchwf_sys import OrchwfSystem
 
 JOBS = 20_000
@@ -20,35 +25,50 @@ JOBS = 20_000
 class _Traced(OrchwfSystem):
     app = "bench.apps.orchwf_traced_app"
 
+    def __init__(self, endpoint: str) -> None:
+        super().__init__()
+        self.env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": endpoint}  # the sink's
+
 
 def run(server_dsn: str, workdir: Path, rounds: int = 3, jobs: int = JOBS) -> dict[str, Any]:
     logdir = workdir / "logs"
     logdir.mkdir(parents=True, exist_ok=True)
     runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
-    for rnd in range(rounds):
-        for label, kind in (("off", OrchwfSystem), ("on", _Traced)):
-            log(f"--- tracing {label}: drain {jobs:,} (round {rnd + 1} of {rounds})")
-            system = kind()
-            system.setup(server_dsn, f"orchwf_tracing_{label}")
-            try:
-                runs[label].append(drain_once(system, jobs, logdir))
-            finally:
-                system.close()
+    sink_cpu = 0.0
+    with Sink() as sink:
+        for rnd in range(rounds):
+            for label in ("off", "on"):
+                log(f"--- tracing {label}: drain {jobs:,} (round {rnd + 1} of {rounds})")
+                system = _Traced(sink.endpoint) if label == "on" else OrchwfSystem()
+                system.setup(server_dsn, f"orchwf_tracing_{label}")
+                before, cpu_before = sink.count(), cpu_seconds(sink.proc.pid)
+                try:
+                    runs[label].append(drain_once(system, jobs, logdir))
+                finally:
+                    system.close()
+                spans = sink.count() - before  # the workers flushed at exit (drain_once stopped them)
+                sink_cpu += cpu_seconds(sink.proc.pid) - cpu_before
+                if label == "on" and spans != jobs:
+                    raise RuntimeError(f"the sink received {spans:,} spans for {jobs:,} jobs: spans were dropped")
     out = {label: {"per_s": _spread([r["per_s"] for r in rs]),
                    "window_per_s": _spread([r["window_per_s"] for r in rs]),
-                   "cpu_us_per_job": rs[len(rs) // 2]["cpu_us_per_job"]} for label, rs in runs.items()}
+                   "cpu_us_per_job": {side: statistics.median(r["cpu_us_per_job"][side] for r in rs)
+                                      for side in ("workers", "postgres")}} for label, rs in runs.items()}
     out["ratio"] = out["on"]["per_s"]["median"] / out["off"]["per_s"]["median"]
     out["window_ratio"] = out["on"]["window_per_s"]["median"] / out["off"]["window_per_s"]["median"]
     out["rounds"], out["jobs"] = rounds, jobs
+    out["sink_cpu_us_per_span"] = sink_cpu / (rounds * jobs) * 1e6  # the stand-in collector's, not a worker's
     return out
 
 
 def table(r: dict[str, Any]) -> str:
-    lines = ["| tracing | launch -> last (median, min-max) | window | worker CPU µs/job |", "|---|---:|---:|---:|"]
+    lines = ["| tracing | launch -> last (median, min-max) | window | worker CPU µs/job | Postgres CPU µs/job |",
+             "|---|---:|---:|---:|---:|"]
     for label in ("off", "on"):
-        rate, window = r[label]["per_s"], r[label]["window_per_s"]
+        rate, window, cpu = r[label]["per_s"], r[label]["window_per_s"], r[label]["cpu_us_per_job"]
         lines.append(f"| {label} | {rate['median']:,.0f}/s ({rate['min']:,.0f}-{rate['max']:,.0f}) | "
-                     f"{window['median']:,.0f}/s | {r[label]['cpu_us_per_job']['workers']:,.0f} |")
+                     f"{window['median']:,.0f}/s | {cpu['workers']:,.0f} | {cpu['postgres']:,.0f} |")
     lines.append(f"\non / off: {r['ratio']:.2f}x launch to last, {r['window_ratio']:.2f}x window "
-                 f"({r['rounds']} rounds of {r['jobs']:,})")
+                 f"({r['rounds']} rounds of {r['jobs']:,}); every span received by the sink, "
+                 f"which spent {r['sink_cpu_us_per_span']:.0f} µs of CPU a span")
     return "\n".join(lines)

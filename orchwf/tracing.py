@@ -36,14 +36,39 @@ _tracer: Any = None  # set in a worker whose app configured tracing
 _no_span = contextlib.nullcontext(None)
 
 
+class _Otel:
+    """The OpenTelemetry names the per-step code uses, imported and built once, on first
+    use: a worker makes thousands of spans a second, and an import statement or a new
+    propagator per span is a measurable part of one (bench/span_cost.py)."""
+
+    def __init__(self) -> None:
+        from opentelemetry import context, trace
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        self.trace = trace
+        self.attach, self.detach = context.attach, context.detach
+        self.propagator = TraceContextTextMapPropagator()
+        self.consumer = trace.SpanKind.CONSUMER
+        self.error = trace.StatusCode.ERROR
+        self.sampled = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+
+
+_otel: _Otel | None = None
+
+
+def _api() -> _Otel:
+    global _otel
+    if _otel is None:
+        _otel = _Otel()
+    return _otel
+
+
 def current_traceparent() -> str | None:
     """The W3C traceparent of the span active in the caller, or None."""
     if "opentelemetry.trace" not in sys.modules:
         return None  # never imported: no span can be active
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
     carrier: dict[str, str] = {}
-    TraceContextTextMapPropagator().inject(carrier)
+    _api().propagator.inject(carrier)
     return carrier.get(TRACEPARENT)
 
 
@@ -64,9 +89,7 @@ def start_in_worker(hook: Callable[[], object]) -> None:
     global _tracer
     try:
         hook()
-        from opentelemetry import trace
-
-        _tracer = trace.get_tracer("orchwf")
+        _tracer = _api().trace.get_tracer("orchwf")
     except Exception:
         log.exception("%s() failed: this worker runs without tracing", HOOK)
 
@@ -76,9 +99,7 @@ def shutdown() -> None:
     the SDK's own flush at exit."""
     if _tracer is None:
         return
-    from opentelemetry import trace
-
-    stop = getattr(trace.get_tracer_provider(), "shutdown", None)
+    stop = getattr(_api().trace.get_tracer_provider(), "shutdown", None)
     if stop is not None:
         try:
             stop()
@@ -86,14 +107,40 @@ def shutdown() -> None:
             log.exception("could not flush the traces")
 
 
-def step_span(row: ClaimedStep, worker_id: str) -> contextlib.AbstractContextManager[Any]:
+class _CurrentSpan:
+    """The step's span, current while the step runs (so the spans the step's code makes
+    are its children) and ended after. What the SDK's ``start_as_current_span`` does,
+    without its two generator-based context managers per span. An exception that
+    escapes the block is recorded on the span, as the SDK records it."""
+
+    __slots__ = ("span", "token")
+
+    def __init__(self, span: Any) -> None:
+        self.span = span
+
+    def __enter__(self) -> Any:
+        api = _api()
+        self.token = api.attach(api.trace.set_span_in_context(self.span))
+        return self.span
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        _api().detach(self.token)
+        if isinstance(exc, Exception):
+            self.span.record_exception(exc)
+            self.span.set_status(_api().trace.Status(_api().error, f"{type(exc).__name__}: {exc}"))
+        self.span.end()
+
+
+def step_span(row: ClaimedStep, worker_id: str, instance_id: str | None = None
+              ) -> contextlib.AbstractContextManager[Any]:
     """The current span of one step attempt (None when tracing is off). An exception
-    that escapes the block is recorded on it; end_step records the attempt's outcome."""
+    that escapes the block is recorded on it; end_step records the attempt's outcome.
+    ``instance_id``: the instance ID as text, when the caller has made it already."""
     if _tracer is None:
         return _no_span
     attributes = {
         "orchwf.workflow_id": row.workflow_id,
-        "orchwf.instance_id": str(row.workflow_inst_id),
+        "orchwf.instance_id": instance_id or str(row.workflow_inst_id),
         "orchwf.step_id": row.step_id,
         "orchwf.step_instance_id": str(row.step_inst_id),
         "orchwf.attempt": row.attempt,
@@ -101,37 +148,32 @@ def step_span(row: ClaimedStep, worker_id: str) -> contextlib.AbstractContextMan
     }
     if row.trace_id:
         attributes["orchwf.trace_id"] = row.trace_id
-    from opentelemetry.trace import SpanKind
-
-    return _tracer.start_as_current_span(  # type: ignore[no-any-return]
+    return _CurrentSpan(_tracer.start_span(
         f"{row.workflow_id}.{row.step_id}", context=parent_context(row.workflow_inst_id, row.metadata),
-        kind=SpanKind.CONSUMER, attributes=attributes)
+        kind=_api().consumer, attributes=attributes))
 
 
 def end_step(span: Any, outcome: str, error: str | None, exception: BaseException | None) -> None:
     """Record how the attempt ended; an attempt that did not complete is an error."""
-    from opentelemetry.trace import Status, StatusCode
-
     span.set_attribute("orchwf.outcome", outcome)
     if outcome != "completed":
         if exception is not None:
             span.record_exception(exception)
-        span.set_status(Status(StatusCode.ERROR, error))
+        api = _api()
+        span.set_status(api.trace.Status(api.error, error))
 
 
 def parent_context(instance_id: uuid.UUID, metadata: Mapping[str, Any] | None) -> Any:
     """The context step spans start in: the traceparent stored at enqueue, else the
     instance's own (unexported) span, whose IDs are derived from the instance ID."""
-    from opentelemetry import trace
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-
-    value = (metadata or {}).get(TRACEPARENT)
+    api = _api()
+    trace = api.trace
+    value = metadata.get(TRACEPARENT) if metadata else None
     if isinstance(value, str):
-        context = TraceContextTextMapPropagator().extract({TRACEPARENT: value})
+        context = api.propagator.extract({TRACEPARENT: value})
         if trace.get_current_span(context).get_span_context().is_valid:
             return context
     number = instance_id.int
-    instance_span = trace.SpanContext(
-        trace_id=number, span_id=(number & 0xFFFF_FFFF_FFFF_FFFF) or 1, is_remote=True,
-        trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED))
+    instance_span = trace.SpanContext(trace_id=number, span_id=(number & 0xFFFF_FFFF_FFFF_FFFF) or 1,
+                                      is_remote=True, trace_flags=api.sampled)
     return trace.set_span_in_context(trace.NonRecordingSpan(instance_span))

@@ -2,9 +2,10 @@
 with steps that take visible time (for the trace picture), and a ``configure_tracing``
 hook that each worker calls after fork.
 
-* ``python -m bench tracing``: spans go through the SDK's BatchSpanProcessor to a
-  ConsoleSpanExporter writing to /dev/null: every span is built, batched and serialised
-  (as an OTLP exporter would), and nothing is sent anywhere.
+* ``python -m bench tracing`` and ``python -m bench.span_cost``: spans go through the
+  SDK's BatchSpanProcessor to the OTLP/HTTP exporter (protobuf), as in production, which
+  posts them to $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: the bench's sink
+  (bench/otlp_sink.py), a process of its own as a collector is.
 * ``python -m bench.trace_picture`` sets $ORCHWF_BENCH_SPANS: each finished span is
   appended to that file as a JSON line, by the worker that ended it.
 """
@@ -49,7 +50,6 @@ def configure_tracing() -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import (
         BatchSpanProcessor,
-        ConsoleSpanExporter,
         SimpleSpanProcessor,
         SpanExporter,
         SpanExportResult,
@@ -74,5 +74,7 @@ def configure_tracing() -> None:
     if SPANS:
         provider.add_span_processor(SimpleSpanProcessor(JsonLines()))
     else:
-        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter(out=open(os.devnull, "w"))))  # noqa: SIM115
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)

@@ -170,6 +170,7 @@ class OrchwfSystem(System):
     name = "orchwf"
     knob = "--concurrency"
     app = APP  # the module given to --app
+    env: dict[str, str] | None = None  # added to the workers' environment
     runtime_tables = RUNTIME_TABLES
     history_tables = HISTORY_TABLES
 
@@ -293,7 +294,7 @@ class OrchwfSystem(System):
         args = [sys.executable, "-m", *self._worker_flags(), "--app", self.app, "--dsn", self.dsn,
                 "--log-level", "WARNING"]
         logfile = logdir / "orchwf-worker.log"
-        return Proc("orchwf", spawn(args, logfile), logfile)
+        return Proc("orchwf", spawn(args, logfile, self.env), logfile)
 
     def wait_ready(self, proc: Proc) -> None:
         wait_until(lambda: len(children(proc.popen.pid)) >= self.workers or proc.popen.poll() is not None,

@@ -130,10 +130,11 @@ class StepRunner:
     def _execute(self, claim: Claim) -> None:
         result = Result(claim, Outcome.RELEASE, error="orchwf internal error")
         row = claim.row
+        instance_id = claim.instance_id
         try:
-            with (step_log_context(instance_id=claim.instance_id, workflow_id=row.workflow_id, step_id=row.step_id,
+            with (step_log_context(instance_id=instance_id, workflow_id=row.workflow_id, step_id=row.step_id,
                                    attempt=row.attempt, trace_id=row.trace_id),
-                  tracing.step_span(row, self.worker_id) as span):
+                  tracing.step_span(row, self.worker_id, instance_id) as span):
                 result = self._run(claim)
                 if span is not None:
                     tracing.end_step(span, result.outcome.value, result.error, result.exception)

@@ -226,3 +226,35 @@ def test_the_hook_is_configure_tracing_in_the_app_module(tmp_path: Path, monkeyp
     load_definitions("badtracingapp")
     with pytest.raises(ValidationError, match="configure_tracing must be a function"):
         tracing_hook("badtracingapp")
+
+
+def test_a_step_span_is_current_in_its_block_and_records_what_escapes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """step_span's own context manager does what the SDK's start_as_current_span does:
+    the span is current inside (the step's spans nest under it), the previous context
+    is back after, and an exception that escapes is recorded and the span ended."""
+    from opentelemetry import trace
+
+    from orchwf import tracing
+    from orchwf.db.rows import ClaimedStep
+
+    tracer, exporter = sdk_tracer()
+    monkeypatch.setattr(tracing, "_tracer", tracer)
+    row = ClaimedStep(step_inst_id=uuid.uuid4(), workflow_inst_id=uuid.uuid4(), workflow_id="wf", step_id="s",
+                      lease_token=1, attempt=1, retry_count=0, workflow_input={}, metadata=None, trace_id=None,
+                      completed=None, step_input={})
+    before = trace.get_current_span()
+    with tracing.step_span(row, "w1") as span:
+        assert trace.get_current_span() is span
+        with tracer.start_as_current_span("inner"):
+            pass
+        tracing.end_step(span, "completed", None, None)
+    assert trace.get_current_span() is before
+    with pytest.raises(RuntimeError, match="boom"), tracing.step_span(row, "w1"):
+        raise RuntimeError("boom")
+    assert trace.get_current_span() is before
+    inner, ok, broken = exporter.get_finished_spans()
+    assert inner.parent.span_id == ok.context.span_id
+    assert ok.name == broken.name == "wf.s" and ok.attributes["orchwf.outcome"] == "completed"
+    assert ok.context.trace_id == row.workflow_inst_id.int
+    assert broken.status.status_code == trace.StatusCode.ERROR and broken.status.description == "RuntimeError: boom"
+    assert [e.name for e in broken.events] == ["exception"]
