@@ -232,9 +232,12 @@ def _tracing(argv: list[str]) -> int:
     def flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--rounds", type=int, default=3)
         p.add_argument("--jobs", type=int, default=tracing.JOBS)
+        p.add_argument("--sample-ratio", type=float, default=None,
+                       help="also drain with the workers' sampler keeping this ratio of instances")
 
     return _orchwf_only(argv, "tracing", tracing, flags,
-                        lambda dsn, work, a: tracing.run(dsn, work, rounds=a.rounds, jobs=a.jobs))
+                        lambda dsn, work, a: tracing.run(dsn, work, rounds=a.rounds, jobs=a.jobs,
+                                                         sample_ratio=a.sample_ratio))
 
 
 if __name__ == "__main__":

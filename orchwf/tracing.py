@@ -18,6 +18,7 @@ then, so instances enqueued by producers without OpenTelemetry are traced too.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import sys
 import uuid
@@ -51,6 +52,8 @@ class _Otel:
         self.consumer = trace.SpanKind.CONSUMER
         self.error = trace.StatusCode.ERROR
         self.sampled = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+        self.not_sampled = trace.TraceFlags(trace.TraceFlags.DEFAULT)
+        self.empty = context.Context()
 
 
 _otel: _Otel | None = None
@@ -174,6 +177,20 @@ def parent_context(instance_id: uuid.UUID, metadata: Mapping[str, Any] | None) -
         if trace.get_current_span(context).get_span_context().is_valid:
             return context
     number = instance_id.int
+    flags = api.sampled if instance_sampled(instance_id) else api.not_sampled
     instance_span = trace.SpanContext(trace_id=number, span_id=(number & 0xFFFF_FFFF_FFFF_FFFF) or 1,
-                                      is_remote=True, trace_flags=api.sampled)
+                                      is_remote=True, trace_flags=flags)
     return trace.set_span_in_context(trace.NonRecordingSpan(instance_span))
+
+
+def instance_sampled(instance_id: uuid.UUID) -> bool:
+    """Whether the worker's sampler keeps an instance enqueued with no traceparent: its
+    root decision for the instance, the same in every worker and for every step. The
+    sampler is asked about a trace ID whose low 64 bits are a hash of the instance ID:
+    a ratio sampler (TraceIdRatioBased) reads those bits, and a UUID's start with its
+    variant bits, which would read as "large" (every ratio of 0.5 or less keeping none)."""
+    sampler = getattr(_tracer, "sampler", None)
+    if sampler is None:
+        return True
+    mixed = int.from_bytes(hashlib.blake2b(instance_id.bytes, digest_size=16).digest(), "big")
+    return bool(sampler.should_sample(_api().empty, mixed, "orchwf.instance").decision.is_sampled())

@@ -258,3 +258,38 @@ def test_a_step_span_is_current_in_its_block_and_records_what_escapes_it(monkeyp
     assert ok.context.trace_id == row.workflow_inst_id.int
     assert broken.status.status_code == trace.StatusCode.ERROR and broken.status.description == "RuntimeError: boom"
     assert [e.name for e in broken.events] == ["exception"]
+
+
+def test_a_ratio_sampler_in_the_workers_thins_out_instances_enqueued_with_no_span(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """OTEL_TRACES_SAMPLER=parentbased_traceidratio in the workers: about the ratio of the
+    instances enqueued with no span is kept, each whole (every step, every attempt, every
+    worker decides alike), and the rest cost no recorded span."""
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    from orchwf import tracing
+    from orchwf.db.rows import ClaimedStep
+    from orchwf.ids import new_id
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.25)))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(tracing, "_tracer", provider.get_tracer("tests"))
+    instances = [uuid.UUID(new_id()) for _ in range(800)]  # UUIDv7, as orchwf makes them
+    for instance in instances:
+        for step in ("a", "b"):
+            row = ClaimedStep(step_inst_id=uuid.uuid4(), workflow_inst_id=instance, workflow_id="wf", step_id=step,
+                              lease_token=1, attempt=1, retry_count=0, workflow_input={}, metadata=None,
+                              trace_id=None, completed=None, step_input={})
+            with tracing.step_span(row, "w1") as span:
+                tracing.end_step(span, "completed", None, None)
+    kept: dict[int, list[str]] = {}
+    for span in exporter.get_finished_spans():
+        kept.setdefault(span.context.trace_id, []).append(span.name)
+    assert 0.15 * 800 < len(kept) < 0.35 * 800, len(kept)
+    assert all(sorted(names) == ["wf.a", "wf.b"] for names in kept.values())  # whole instances
+    assert set(kept) <= {i.int for i in instances}
