@@ -4,7 +4,14 @@ A library (builders, an in-process Orchestrator, state stores) and a daemon
 (``orchwf-worker``) whose forked workers claim steps from Postgres.
 """
 
-from .builders import RetryPolicyBuilder, StepBuilder, WorkflowBuilder, sleep_step, wait_for_signal
+from .builders import (
+    RetryPolicyBuilder,
+    StepBuilder,
+    WorkflowBuilder,
+    child_workflow_step,
+    sleep_step,
+    wait_for_signal,
+)
 from .errors import (
     InvalidStateError,
     NonRetryableError,
@@ -62,6 +69,7 @@ __all__ = [
     "WorkflowNotFoundError",
     "WorkflowResult",
     "WorkflowStatus",
+    "child_workflow_step",
     "set_business_id",
     "set_correlation_id",
     "set_trace_id",

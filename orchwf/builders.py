@@ -251,3 +251,23 @@ def wait_for_signal(step_id: str, name: str, *, timeout: float | timedelta | Non
             raise ValidationError(f"signal timeout must be between 0 and {MAX_DELAY:.0f} seconds, got {timeout!r}")
         builder._fields["signal_timeout"] = seconds
     return builder
+
+
+def _child_in_process(ctx: Any, data: Any) -> dict[str, Any]:
+    raise NonRetryableError("child_workflow_step steps run in the daemon only (orchwf worker)")
+
+
+def child_workflow_step(step_id: str, workflow_id: str, input_from: str | None = None) -> StepBuilder:
+    """A step that starts an instance of ``workflow_id`` and completes with the child's
+    output. The child's input is this step's input (the workflow's input merged with its
+    dependencies' outputs), or with ``input_from`` the output of that dependency. A child
+    that fails or is cancelled fails the step (its retry policy starts a new child);
+    cancelling the parent cancels its children. Daemon only; the wait holds no slot."""
+    if not isinstance(workflow_id, str) or not workflow_id:
+        raise ValidationError(f"child workflow ID must be a non-empty string, got {workflow_id!r}")
+    if input_from is not None and (not isinstance(input_from, str) or not input_from):
+        raise ValidationError(f"input_from must be a step ID, got {input_from!r}")
+    builder = StepBuilder(step_id, f"Run {workflow_id}", _child_in_process)
+    builder._fields["child_workflow"] = workflow_id
+    builder._fields["child_input_from"] = input_from
+    return builder

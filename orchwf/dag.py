@@ -45,6 +45,8 @@ def validate_step(step: StepDefinition) -> None:
         validate_policy(step.retry_policy, step.id)
     if step.signal is not None and step.delay:
         raise ValidationError(f"step {step.id}: a step that waits for a signal cannot also have a delay")
+    if step.child_input_from is not None and step.child_input_from not in step.dependencies:
+        raise ValidationError(f"step {step.id}: input_from {step.child_input_from!r} must be one of its dependencies")
 
 
 def validate_policy(policy: object, where: str = "retry policy") -> None:

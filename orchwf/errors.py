@@ -60,6 +60,10 @@ class SignalTimeoutError(OrchwfError, TimeoutError):
     """A wait_for_signal step's timeout passed without its signal."""
 
 
+class ChildWorkflowFailedError(OrchwfError):
+    """A child_workflow_step's child failed or was cancelled."""
+
+
 class NonRetryableError(OrchwfError):
     """Raised by an executor to fail the step at once, whatever the retry policy says."""
 

@@ -35,6 +35,7 @@ class Outcome(str, Enum):
     RETRY = "retry"          # a failed attempt with budget left: run again after a backoff
     REQUEUE = "requeue"      # the worker died: back to the queue, counted as a crash
     RELEASE = "release"      # given back (shutdown, a lost reply): not counted at all
+    WAIT = "wait"            # a child workflow started: the step waits for it (not an attempt)
 
     def __str__(self) -> str:
         return self.value
@@ -60,6 +61,7 @@ class Event(str, Enum):
     STEP_SKIPPED = "step.skipped"
     STEP_RESCUED = "step.rescued"
     STEP_RELEASED = "step.released"
+    STEP_CHILD_STARTED = "step.child_started"
     STEP_COMPENSATED = "step.compensated"
     STEP_COMPENSATION_FAILED = "step.compensation_failed"
 
@@ -81,6 +83,8 @@ EVENT_MEANINGS: dict[Event, str] = {
     Event.STEP_SKIPPED: "an optional step failed for good; its dependents run anyway",
     Event.STEP_RESCUED: "daemon only: its worker died or its lease expired; it goes back to the queue",
     Event.STEP_RELEASED: "daemon only: its worker gave it back unfinished (shutdown); the attempt does not count",
+    Event.STEP_CHILD_STARTED: "daemon only: a child_workflow_step started its child and waits for it "
+                              "(data: child_instance_id)",
     Event.STEP_COMPENSATED: "the step's compensator ran",
     Event.STEP_COMPENSATION_FAILED: "the step's compensator raised (data: error); the others still run",
 }

@@ -159,7 +159,7 @@ def step_span(row: ClaimedStep, worker_id: str, instance_id: str | None = None
 def end_step(span: Any, outcome: str, error: str | None, exception: BaseException | None) -> None:
     """Record how the attempt ended; an attempt that did not complete is an error."""
     span.set_attribute("orchwf.outcome", outcome)
-    if outcome != "completed":
+    if outcome not in ("completed", "wait"):
         if exception is not None:
             span.record_exception(exception)
         api = _api()

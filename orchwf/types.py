@@ -149,6 +149,8 @@ class StepDefinition:
     delay: float = 0.0  # seconds between its dependencies completing (or the start) and it becoming ready
     signal: str | None = None            # wait_for_signal: the name it waits for
     signal_timeout: float | None = None  # seconds it waits before it fails (None: forever)
+    child_workflow: str | None = None    # child_workflow_step: the workflow it starts
+    child_input_from: str | None = None  # the dependency whose output is the child's input (None: the step's input)
 
     @property
     def policy(self) -> RetryPolicy:
@@ -170,7 +172,9 @@ class StepDefinition:
             "transactional": self.transactional,
             "crash_counts_as_attempt": self.crash_counts_as_attempt,
         } | ({"delay": self.delay} if self.delay else {}) | (  # absent when unused: unchanged hashes
-            {"signal": self.signal, "signal_timeout": self.signal_timeout} if self.signal else {})
+            {"signal": self.signal, "signal_timeout": self.signal_timeout} if self.signal else {}) | (
+            {"child_workflow": self.child_workflow, "child_input_from": self.child_input_from}
+            if self.child_workflow else {})
 
 
 @dataclass(frozen=True)

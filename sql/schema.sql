@@ -87,6 +87,9 @@ CREATE TABLE orchwf_live_instances (
 -- Listing (live instances first in created_at order) and retention's question "does any
 -- instance of this partition's range still run?".
 CREATE INDEX orchwf_li_created_idx ON orchwf_live_instances (created_at DESC, id DESC);
+-- The children of an instance (child_workflow_step), to cancel them with it.
+CREATE INDEX orchwf_li_parent_idx ON orchwf_live_instances ((metadata->>'orchwf_parent'))
+    WHERE metadata ? 'orchwf_parent';
 -- A duplicate idempotency key among live instances: ON CONFLICT DO NOTHING (history is
 -- checked under an advisory lock, sql/api/enqueue.sql).
 CREATE UNIQUE INDEX orchwf_li_idempotency_idx ON orchwf_live_instances (workflow_id, idempotency_key)

@@ -248,6 +248,7 @@ def show_cmd(dsn: str | None, schema: str, instance_id: str, as_json: bool) -> N
             "events": [_event_json(e) for e in events if e.step_inst_id == s.id],
         })
     doc = _instance_summary(inst) | {
+        "parent": _parent(inst.metadata), "children": _children(events),
         "input": inst.input, "output": inst.output, "metadata": inst.metadata,
         "steps": [{k: v for k, v in s.items() if not k.startswith("_")} for s in steps],
         "events": [_event_json(e) for e in events if e.step_inst_id is None],
@@ -255,7 +256,19 @@ def show_cmd(dsn: str | None, schema: str, instance_id: str, as_json: bool) -> N
     if as_json:
         emit_json(doc)
         return
-    _print_tree(inst, steps, doc["events"])
+    _print_tree(inst, steps, doc["events"], doc["parent"], doc["children"])
+
+
+def _parent(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The instance that started this one (child_workflow_step), from its metadata."""
+    if not metadata or "orchwf_parent" not in metadata:
+        return None
+    return {"id": metadata["orchwf_parent"], "step_id": metadata.get("orchwf_parent_step")}
+
+
+def _children(events: list[Any]) -> list[str]:
+    """The child workflows its steps started, from their step.child_started events."""
+    return [str(e.event_data.get("child_instance_id")) for e in events if e.event_type == "step.child_started"]
 
 
 def _event_json(event: Any) -> dict[str, Any]:
@@ -267,7 +280,8 @@ def _event_line(event: dict[str, Any]) -> str:
     return f"{clock(event['at'])}  {event['type']}" + (f"  {data}" if data else "")
 
 
-def _print_tree(inst: Any, steps: list[dict[str, Any]], events: list[dict[str, Any]]) -> None:
+def _print_tree(inst: Any, steps: list[dict[str, Any]], events: list[dict[str, Any]],
+                parent: dict[str, Any] | None = None, children: Sequence[str] = ()) -> None:
     click.echo(f"workflow {inst.id}  {inst.workflow_id}  {str(inst.status).upper()}")
     fields = [
         ("queue", f"{inst.queue} · priority {inst.priority} · mode {inst.run_mode} · resumed {inst.retry_count}x"),
@@ -284,6 +298,10 @@ def _print_tree(inst: Any, steps: list[dict[str, Any]], events: list[dict[str, A
         fields.append(("idempotency", inst.idempotency_key))
     if inst.error:
         fields.append(("error", inst.error))
+    if parent:
+        fields.append(("parent", f"parent {parent['id']} (step {parent['step_id']})"))
+    for child in children:
+        fields.append(("child", f"child {child}"))
     fields.append(("input", short(inst.input, 100)))
     if inst.output:
         fields.append(("output", short(inst.output, 100)))

@@ -113,6 +113,8 @@ def step_finished(workflow: str, step: str, outcome: str, accepted: bool, durati
     elif outcome == "release":
         STEPS_RELEASED.labels(workflow, step).inc()
         return
+    elif outcome == "wait":
+        return  # a child workflow started: the step finishes when it reports
     STEP_DURATION.labels(workflow, step).observe(duration_ms / 1000.0)
 
 

@@ -20,11 +20,12 @@ from typing import Any
 import psycopg
 
 from .. import tracing
+from ..client import enqueue_many
 from ..db.connect import connect
 from ..db.dsn import redact
 from ..db.queries import Queries
 from ..db.rows import StepResult
-from ..errors import SignalTimeoutError, StepTimeoutError
+from ..errors import ChildWorkflowFailedError, SignalTimeoutError, StepTimeoutError
 from ..lifecycle import COMPENSATE_STEP, Event, Outcome, compensation_order, decide_failure
 from ..logs import step_log_context
 from ..semantics import (
@@ -40,6 +41,14 @@ from .claim import Claim, Result
 from .config import DaemonConfig
 
 log = logging.getLogger("orchwf.worker")
+
+
+class _Park(Exception):
+    """A child workflow was enqueued: the step waits for its report (Outcome.WAIT)."""
+
+    def __init__(self, child_id: str) -> None:
+        super().__init__(child_id)
+        self.child_id = child_id
 
 
 class _Stale(Exception):
@@ -184,6 +193,9 @@ class StepRunner:
             if sdef.signal is not None:
                 return self._run_transactional(claim, replace(sdef, executor=self._receive(claim, sdef)), ctx,
                                                data, t0)
+            if sdef.child_workflow is not None:
+                return self._run_transactional(claim, replace(sdef, executor=self._child(claim, sdef)), ctx,
+                                               data, t0)
             if sdef.transactional:
                 return self._run_transactional(claim, sdef, ctx, data, t0)
             assert sdef.executor is not None
@@ -265,6 +277,7 @@ class StepRunner:
             ctx.conn = conn
             output: dict[str, Any] = {}
             duration = 0
+            outcome = Outcome.COMPLETED
             try:
                 with conn.transaction():
                     if sdef.timeout and not inspect.iscoroutinefunction(sdef.executor):
@@ -274,11 +287,15 @@ class StepRunner:
                             conn.cancel()  # stop the statement the abandoned thread may be running
                             raise
                     else:
-                        output = normalize_output(call_executor(sdef.executor, ctx, data, sdef.timeout), sdef.id)
+                        try:
+                            output = normalize_output(call_executor(sdef.executor, ctx, data, sdef.timeout),
+                                                      sdef.id)
+                        except _Park as park:  # a child workflow started: the step waits for it
+                            outcome, output = Outcome.WAIT, {"child_instance_id": park.child_id}
                     duration = int((time.monotonic() - t0) * 1000)
                     try:
                         acks = self.q.finish_steps(conn, [StepResult(
-                            claim.step_uuid, claim.row.lease_token, Outcome.COMPLETED.value, output, None,
+                            claim.step_uuid, claim.row.lease_token, outcome.value, output, None,
                             duration, 0.0, data)])
                     except psycopg.Error as exc:
                         raise _Blip(redact(str(exc)).strip()) from None
@@ -286,13 +303,12 @@ class StepRunner:
                         raise _Stale()
             except _Stale:
                 # The transaction rolled back with the step's own writes: nothing happened.
-                return Result(claim, Outcome.COMPLETED, output=output, duration_ms=duration, committed=True,
-                              stale=True)
+                return Result(claim, outcome, output=output, duration_ms=duration, committed=True, stale=True)
             except psycopg.OperationalError as exc:
                 raise _Blip(redact(str(exc)).strip()) from None  # the commit itself failed
             finally:
                 ctx.conn = None
-        return Result(claim, Outcome.COMPLETED, output=output, duration_ms=duration, committed=True)
+        return Result(claim, outcome, output=output, duration_ms=duration, committed=True)
 
     def _receive(self, claim: Claim, sdef: StepDefinition) -> Callable[[StepContext, dict[str, Any]], Any]:
         """A wait_for_signal step's executor: take the oldest waiting signal in the
@@ -310,6 +326,37 @@ class StepRunner:
             return payload
 
         return receive
+
+    def _child(self, claim: Claim, sdef: StepDefinition) -> Callable[[StepContext, dict[str, Any]], Any]:
+        """A child_workflow_step's executor. First run: enqueue the child (its idempotency
+        key is this step and its failure count) and park the step (_Park: the finish
+        records 'wait' in the same transaction). The child, once finished, reports with a
+        signal that makes the step ready (orchwf_report_to_parents); second run: take the
+        report, and complete with the child's output or fail with its error (the retry
+        policy then starts a new child)."""
+        workflow = sdef.child_workflow
+        assert workflow is not None
+        name = f"orchwf:child:{claim.step_uuid}:{claim.row.retry_count}"
+
+        def run_child(ctx: StepContext, data: dict[str, Any]) -> dict[str, Any]:
+            assert ctx.conn is not None
+            report = self.q.consume_signal(ctx.conn, claim.instance_id, claim.step_uuid, name)
+            if report is None:
+                source = data if sdef.child_input_from is None else dict(data.get(sdef.child_input_from) or {})
+                metadata = {"orchwf_parent": claim.instance_id, "orchwf_parent_step": sdef.id,
+                            "orchwf_parent_signal": name}
+                if claim.row.trace_id:
+                    metadata["trace_id"] = claim.row.trace_id
+                [child] = enqueue_many(ctx.conn, workflow, [source], metadata=metadata,
+                                       idempotency_keys=[f"child:{claim.step_uuid}:{claim.row.retry_count}"],
+                                       schema=self.config.schema)
+                raise _Park(child)
+            if report.get("status") == "completed":
+                return dict(report.get("output") or {})
+            raise ChildWorkflowFailedError(f"child workflow {report.get('child_instance_id')} "
+                                           f"{report.get('status')}: {report.get('error') or 'no error given'}")
+
+        return run_child
 
     # -- compensation ---------------------------------------------------------------------
 

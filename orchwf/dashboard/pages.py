@@ -18,6 +18,7 @@ from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from ..stores.base import is_uuid
 from .charts_svg import Series, line_chart, minutes, ms_label
 from .dag_svg import DagNode, render_dag
 from .queries import COUNT_CAP, FILTERS, MAX_EVENTS, STATUSES, TREND_MINUTES, Row
@@ -351,6 +352,9 @@ def instance_page(inst: Row, view: View, *, notice: str = "", error: str = "") -
         ("business ID", esc(inst["business_id"])),
         ("idempotency key", esc(inst["idempotency_key"])),
         ("error", f'<pre class="error">{esc(inst["error"])}</pre>' if inst["error"] else ""),
+        ("parent", _parent_link(inst.get("metadata"))),
+        ("children", " ".join(f'<a class="child" href="{instance_url(c)}">{esc(c)}</a>'
+                              for c in _child_ids(inst["events"]))),
     ], element_id="summary")
     # orchwf_retry_step re-runs one step only when no OTHER step failed (else: resume).
     failed = {s["step_id"] for s in inst["steps"] if s["status"] == "failed"}
@@ -389,6 +393,21 @@ def instance_page(inst: Row, view: View, *, notice: str = "", error: str = "") -
         f"<section><h2>Events</h2>{more}{timeline}</section></div>"
     )
     return layout(f"Instance {iid}", body, view, active="/instances")
+
+
+def _parent_link(metadata: Any) -> str:
+    """The instance whose child_workflow_step started this one, as a link."""
+    if not isinstance(metadata, dict) or not is_uuid(metadata.get("orchwf_parent")):
+        return ""
+    parent = str(metadata["orchwf_parent"])
+    return (f'<a class="parent" href="{instance_url(parent)}">{esc(parent)}</a>'
+            f' (step {esc(metadata.get("orchwf_parent_step", ""))})')
+
+
+def _child_ids(events: Sequence[Row]) -> list[str]:
+    """The child workflows its steps started (step.child_started events)."""
+    return [str(e["data"]["child_instance_id"]) for e in events if e["event_type"] == "step.child_started"
+            and isinstance(e.get("data"), dict) and is_uuid(e["data"].get("child_instance_id"))]
 
 
 def _legend() -> str:

@@ -31,6 +31,11 @@ AS $$
 DECLARE
     v_queue text;
 BEGIN
+    -- Its child workflows first (child_workflow_step), before this instance's own rows:
+    -- a child that finishes meanwhile reports to a step this transaction has not locked.
+    PERFORM orchwf_cancel_workflow(c.id) FROM orchwf_live_instances c
+    WHERE c.metadata ? 'orchwf_parent' AND c.metadata->>'orchwf_parent' = p_inst::text
+      AND c.status IN ('pending', 'running');
     DELETE FROM orchwf_ready_steps WHERE workflow_inst_id = p_inst;
     -- Running steps lose their lease here: whatever their workers return is discarded.
     DELETE FROM orchwf_running_steps WHERE workflow_inst_id = p_inst;
@@ -114,7 +119,7 @@ DECLARE
     v_row      record;
     v_released integer := 0;
     v_n        integer;
-    v_requeue  boolean;  -- an accepted attempt goes back to the queue
+    v_requeued uuid[];   -- accepted attempts that go back to the queue
     v_parents  boolean;  -- an accepted step completed (or was skipped) and has dependents
     v_failed   boolean;  -- a required step failed for good
     v_comp     boolean;  -- a compensation step finished
@@ -122,7 +127,7 @@ DECLARE
     v_delayed  boolean;  -- a released dependent waits for its delay (with_delay)
 BEGIN
     IF EXISTS (SELECT 1 FROM unnest(p_outcomes) o
-               WHERE o NOT IN ('completed', 'failed', 'skipped', 'retry', 'requeue', 'release')) THEN
+               WHERE o NOT IN ('completed', 'failed', 'skipped', 'retry', 'requeue', 'release', 'wait')) THEN
         RAISE EXCEPTION 'unknown outcome in %', p_outcomes USING ERRCODE = 'OW400';
     END IF;
 
@@ -139,11 +144,17 @@ BEGIN
     done AS (
         UPDATE orchwf_live_steps s
         SET status = CASE r.outcome WHEN 'retry' THEN 'retrying' WHEN 'requeue' THEN 'retrying'
-                                    WHEN 'release' THEN 'pending' ELSE r.outcome END,
+                                    WHEN 'release' THEN 'pending' WHEN 'wait' THEN 'pending' ELSE r.outcome END,
+            -- 'wait': a child workflow started (child_workflow_step); the step waits for its
+            -- report (orchwf_archive_instances), which is not an attempt.
+            attempts = s.attempts - (r.outcome = 'wait')::integer,
+            wait_signal = CASE WHEN r.outcome = 'wait' THEN 'orchwf:child:' || s.id || ':' || s.retry_count
+                               ELSE s.wait_signal END,
             output = CASE WHEN r.outcome = 'completed' THEN coalesce(r.output, '{}') ELSE s.output END,
             input = coalesce(r.input, s.input),
             -- A completed step keeps no error of an earlier attempt (as in-process).
-            error = CASE r.outcome WHEN 'completed' THEN NULL WHEN 'release' THEN s.error ELSE r.error END,
+            error = CASE r.outcome WHEN 'completed' THEN NULL WHEN 'wait' THEN NULL WHEN 'release' THEN s.error
+                                   ELSE r.error END,
             completed_at = CASE WHEN r.outcome IN ('completed', 'failed', 'skipped') THEN now() END,
             duration_ms = coalesce(r.duration, s.duration_ms),
             retry_count = s.retry_count + (r.outcome = 'retry')::integer,
@@ -154,7 +165,8 @@ BEGIN
             updated_at = now()
         FROM r
         WHERE s.id = r.id AND s.id = ANY (p_ids) AND s.lease_token = r.token AND s.status = 'running'
-        RETURNING s.id, s.workflow_inst_id, s.step_id, s.status, r.outcome, r.error, r.duration, r.delay,
+        RETURNING s.id, s.workflow_inst_id, s.step_id, s.status, r.outcome, r.error, r.output AS reported,
+                  r.duration, r.delay,
                   s.retry_count, s.attempts, cardinality(s.dependents) > 0 AS has_dependents),
     events AS (
         -- One event per result, and a second one (step.skipped) for a skipped step. Only
@@ -172,12 +184,14 @@ BEGIN
         CROSS JOIN LATERAL (
             SELECT CASE d.outcome WHEN 'completed' THEN 'step.completed' WHEN 'retry' THEN 'step.attempt_failed'
                                   WHEN 'requeue' THEN 'step.rescued' WHEN 'release' THEN 'step.released'
-                                  ELSE 'step.failed' END,
+                                  WHEN 'wait' THEN 'step.child_started' ELSE 'step.failed' END,
                    CASE d.outcome WHEN 'completed' THEN jsonb_build_object('duration_ms', d.duration)
                                   WHEN 'retry' THEN jsonb_build_object('error', d.error, 'attempt', d.attempts,
                                                                        'retry_in_seconds', d.delay)
                                   WHEN 'requeue' THEN jsonb_build_object('cause', d.error)
                                   WHEN 'release' THEN '{}'::jsonb
+                                  WHEN 'wait' THEN jsonb_build_object('child_instance_id',
+                                                                      d.reported->>'child_instance_id')
                                   ELSE jsonb_build_object('error', d.error, 'retries', d.retry_count) END
             UNION ALL
             SELECT 'step.skipped', jsonb_build_object('error', d.error) WHERE d.outcome = 'skipped'
@@ -191,12 +205,12 @@ BEGIN
         WHERE x.step_inst_id = ANY (p_ids) AND x.step_inst_id = r.id AND x.lease_token = r.token
         RETURNING 1)
     SELECT coalesce(array_agg(d.id), '{}'),
-           coalesce(bool_or(d.outcome IN ('retry', 'requeue', 'release')), false),
+           coalesce(array_agg(d.id) FILTER (WHERE d.outcome IN ('retry', 'requeue', 'release')), '{}'),
            coalesce(bool_or(d.status IN ('completed', 'skipped') AND d.has_dependents), false),
            coalesce(bool_or(d.status = 'failed' AND d.step_id <> '$compensate'), false),
            coalesce(bool_or(d.step_id = '$compensate' AND d.status IN ('completed', 'failed', 'skipped')), false),
            coalesce(bool_or(d.outcome = 'retry' AND d.delay > 0), false)
-    INTO v_accepted, v_requeue, v_parents, v_failed, v_comp, v_later
+    INTO v_accepted, v_requeued, v_parents, v_failed, v_comp, v_later
     FROM done d;
 
     -- The statements below only run when the batch needs them: each costs a plan
@@ -208,12 +222,12 @@ BEGIN
     END IF;
 
     -- Attempts that go straight back to the queue.
-    IF v_requeue THEN
+    IF cardinality(v_requeued) > 0 THEN
         -- A step that was running in a process that died is a suspect (docs/reliability.md).
         INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority, suspect)
         SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority, s.crashes > 0
         FROM orchwf_live_steps s JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id AND i.id = ANY (v_insts)
-        WHERE s.id = ANY (v_accepted) AND s.status IN ('retrying', 'pending') AND s.run_after IS NULL
+        WHERE s.id = ANY (v_requeued) AND s.status IN ('retrying', 'pending') AND s.run_after IS NULL
           AND i.status IN ('pending', 'running')
         ON CONFLICT DO NOTHING;
         GET DIAGNOSTICS v_n = ROW_COUNT;

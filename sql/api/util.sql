@@ -273,10 +273,18 @@ AS $$
 DECLARE
     v_ids     uuid[];
     v_created timestamptz[];
+    v_reports jsonb;
 BEGIN
     -- The instances' created_at by key lookups first: joining the steps to the runtime
     -- table would hash all of it (its size is the backlog) when its statistics lag.
-    SELECT array_agg(i.id), array_agg(i.created_at) INTO v_ids, v_created
+    SELECT array_agg(i.id), array_agg(i.created_at),
+           -- child workflows' outcomes for the steps that started them (orchwf_report_to_parents)
+           coalesce(jsonb_agg(jsonb_build_object('parent', i.metadata->'orchwf_parent',
+                                                 'name', i.metadata->'orchwf_parent_signal',
+                                                 'payload', jsonb_build_object('child_instance_id', i.id,
+                                                     'status', i.status, 'output', i.output, 'error', i.error)))
+                    FILTER (WHERE i.metadata ? 'orchwf_parent_signal'), '[]')
+    INTO v_ids, v_created, v_reports
     FROM orchwf_live_instances i WHERE i.id = ANY (p_ids);
     WITH gone AS (
         DELETE FROM orchwf_live_steps s WHERE s.workflow_inst_id = ANY (p_ids)
@@ -307,6 +315,7 @@ BEGIN
     FROM gone g;
     -- Their signals go with them (received or not), by key.
     DELETE FROM orchwf_signals g WHERE g.workflow_inst_id = ANY (p_ids);
+    PERFORM orchwf_report_to_parents(v_reports);
     -- No ready or running rows are left: the instance's steps all finished (the claim and
     -- the finish took theirs) or orchwf_end_instance removed them.
 END;
@@ -393,3 +402,41 @@ CREATE OR REPLACE TRIGGER orchwf_workflow_events_insert INSTEAD OF INSERT ON orc
 
 -- The partitions around now exist after every `orchwf migrate up`.
 SELECT orchwf_extend_partitions();
+
+
+-- Child workflows (child_workflow_step) that finished report to the step that started
+-- them: a signal of the name that step waits for, with the child's status, output and
+-- error, which makes it ready (as orchwf_signal does). A parent that is no longer live
+-- gets nothing.
+CREATE OR REPLACE FUNCTION orchwf_report_to_parents(p_reports jsonb) RETURNS void
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_queues text[];
+BEGIN
+    IF p_reports IS NULL OR jsonb_array_length(p_reports) = 0 THEN
+        RETURN;
+    END IF;
+    WITH sent AS (
+        INSERT INTO orchwf_signals (workflow_inst_id, name, payload)
+        SELECT p.id, x.name, x.payload
+        FROM jsonb_to_recordset(p_reports) AS x(parent text, name text, payload jsonb)
+        JOIN orchwf_live_instances p ON p.id = x.parent::uuid
+        RETURNING workflow_inst_id, name),
+    woken AS (
+        UPDATE orchwf_live_steps s SET run_after = NULL, updated_at = now()
+        FROM sent g
+        WHERE s.workflow_inst_id = g.workflow_inst_id AND s.wait_signal = g.name AND s.status = 'pending'
+          AND s.pending_deps = 0
+        RETURNING s.id, s.workflow_inst_id, s.priority),
+    queued AS (
+        INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
+        SELECT w.id, p.id, p.workflow_id, p.queue, w.priority + p.priority
+        FROM woken w JOIN orchwf_live_instances p ON p.id = w.workflow_inst_id
+        ON CONFLICT DO NOTHING
+        RETURNING queue)
+    SELECT array_agg(DISTINCT q.queue) INTO v_queues FROM queued q;
+    PERFORM pg_notify('orchwf_ready', q.name) FROM unnest(v_queues) AS q(name);
+END;
+$$;

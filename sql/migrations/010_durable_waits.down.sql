@@ -5,6 +5,9 @@
 -- or cancel them).
 
 DROP FUNCTION IF EXISTS orchwf_signal(uuid, text, jsonb);
+DROP FUNCTION IF EXISTS orchwf_signal_waiting(uuid, text);
+DROP FUNCTION IF EXISTS orchwf_report_to_parents(jsonb);
+DROP INDEX IF EXISTS orchwf_li_parent_idx;
 DROP TABLE IF EXISTS orchwf_signals;
 
 CREATE OR REPLACE FUNCTION orchwf_enqueue_many(

@@ -1,4 +1,4 @@
--- orchwf 010: durable waits (issue 16). A step with a delay (StepBuilder.with_delay,
+-- orchwf 010: durable waits (issue 16): delays, signals and child workflows. A step with a delay (StepBuilder.with_delay,
 -- orchwf.sleep_step) waits in run_after once its dependencies complete, and the scheduler
 -- makes it ready when due. A step that waits for a signal (orchwf.wait_for_signal) is
 -- made ready by the signal (orchwf_signal), or by its timeout through run_after. Neither
@@ -9,6 +9,10 @@ ALTER TABLE orchwf_live_steps
     ADD COLUMN delay_seconds double precision NOT NULL DEFAULT 0 CHECK (delay_seconds >= 0),
     ADD COLUMN wait_signal   text,
     ADD COLUMN wait_timeout  double precision;
+
+-- The children of an instance (child_workflow_step), to cancel them with it.
+CREATE INDEX orchwf_li_parent_idx ON orchwf_live_instances ((metadata->>'orchwf_parent'))
+    WHERE metadata ? 'orchwf_parent';
 
 -- Signals (Client.signal, orchwf_signal): kept until a step of the instance that waits
 -- for that name consumes one, in the transaction that completes it (exactly once), and

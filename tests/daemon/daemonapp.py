@@ -8,7 +8,15 @@ import time
 
 import psycopg
 
-from orchwf import NonRetryableError, RetryPolicyBuilder, StepBuilder, WorkflowBuilder, sleep_step, wait_for_signal
+from orchwf import (
+    NonRetryableError,
+    RetryPolicyBuilder,
+    StepBuilder,
+    WorkflowBuilder,
+    child_workflow_step,
+    sleep_step,
+    wait_for_signal,
+)
 
 DSN = os.environ.get("ORCHWF_TEST_APP_DSN", "")
 
@@ -213,3 +221,43 @@ impatient = (WorkflowBuilder("impatient", "Waits one second for a signal, twice"
                        .with_retry_policy(RetryPolicyBuilder().with_max_attempts(2).with_initial_interval(0.1).build())
                        .build())
              .build())
+
+# Child workflows (tests/daemon/test_child_workflows.py).
+def child_work(ctx, data):
+    log_execution(ctx, note=str(ctx.metadata.get("orchwf_parent", "")))
+    if data.get("gate"):
+        while not os.path.exists(data["gate"]):
+            time.sleep(0.02)
+    return {"doubled": 2 * int(data.get("n", 0))}
+
+
+def child_flaky(ctx, data):
+    """Fails in the first child of each parent, succeeds in the next."""
+    parent = str(ctx.metadata.get("orchwf_parent", ""))
+    log_execution(ctx, note=parent)
+    with psycopg.connect(DSN) as conn:
+        runs = conn.execute("SELECT count(*) FROM orchwf_test_exec WHERE step_id = 'flaky_work' AND note = %s",
+                            (parent,)).fetchone()[0]
+    if runs == 1:
+        raise RuntimeError("the first child fails")
+    return {"second": True}
+
+
+child = WorkflowBuilder("child", "A child").add_step(StepBuilder("work", "Work", child_work).build()).build()
+flaky_child = (WorkflowBuilder("flaky_child", "Fails once per parent")
+               .add_step(StepBuilder("flaky_work", "Work", child_flaky).build()).build())
+parent = (WorkflowBuilder("parent", "Starts a child")
+          .add_step(StepBuilder("prep", "Prep", lambda ctx, data: {"n": data.get("n", 1), "gate": data.get("gate")})
+                    .build())
+          .add_step(child_workflow_step("run_child", "child", input_from="prep").with_dependencies("prep").build())
+          .add_step(StepBuilder("after", "After", record).with_dependencies("run_child").build())
+          .build())
+retrying_parent = (WorkflowBuilder("retrying_parent", "Its child fails once")
+                   .add_step(child_workflow_step("run_child", "flaky_child")
+                             .with_retry_policy(RetryPolicyBuilder().with_max_attempts(2)
+                                                .with_initial_interval(0.05).build())
+                             .build())
+                   .build())
+failing_parent = (WorkflowBuilder("failing_parent", "Its child always fails")
+                  .add_step(child_workflow_step("run_child", "failing").build())
+                  .build())
