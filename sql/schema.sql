@@ -41,6 +41,17 @@ CREATE TABLE orchwf_workflow_definitions (
     updated_at    timestamptz NOT NULL DEFAULT now()
 );
 
+-- Every version of every definition ever registered (the current one is in
+-- orchwf_workflow_definitions): `orchwf workflows` lists them with their instances.
+CREATE TABLE orchwf_workflow_versions (
+    workflow_id        text NOT NULL,
+    version_hash       text NOT NULL,
+    version            text NOT NULL,
+    first_registered_at timestamptz NOT NULL DEFAULT now(),
+    last_registered_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (workflow_id, version_hash)
+);
+
 -- ---------------------------------------------------------------------------------
 -- Runtime
 -- ---------------------------------------------------------------------------------
@@ -163,7 +174,10 @@ CREATE TABLE orchwf_ready_steps (
     ready_at         timestamptz NOT NULL DEFAULT now(),
     -- A suspect was running in a worker process that died: only the quarantine worker
     -- claims it (docs/reliability.md).
-    suspect          boolean NOT NULL DEFAULT false
+    suspect          boolean NOT NULL DEFAULT false,
+    -- The version of its instance's definition: a worker claims only the versions its
+    -- code has (orchwf_claim_steps' p_versions). NULL: any.
+    definition_hash  text
 ) WITH (
     -- Pure insert/delete churn: vacuum after ~1% dead rows (with a floor), unthrottled,
     -- so the claim's index scan never wades through dead entries.
@@ -204,6 +218,7 @@ CREATE TABLE orchwf_workers (
     concurrency   integer NOT NULL DEFAULT 1,
     started_at    timestamptz NOT NULL DEFAULT now(),
     heartbeat_at  timestamptz NOT NULL DEFAULT now(),
+    versions      text[] NOT NULL DEFAULT '{}',    -- the definition versions (hashes) its code has
     CONSTRAINT orchwf_workers_role_check CHECK (role IN ('supervisor', 'worker', 'quarantine'))
 );
 CREATE INDEX orchwf_workers_supervisor_idx ON orchwf_workers (supervisor_id);

@@ -468,6 +468,7 @@ def stats_cmd(dsn: str | None, schema: str, window: float, as_json: bool) -> Non
         raise click.BadParameter("must be more than 0", param_hint="--window")
     with connection(dsn) as conn:
         stats = queries(schema).stats(conn, STATS_DEPTH_CAP, window, LIVE_SECONDS)
+        unserved = queries(schema).unserved_versions(conn, LIVE_SECONDS)
     running_steps, scheduled, pending, running = stats.running_steps, stats.scheduled_steps, stats.pending, stats.running
     finished = {k: stats.finished.get(k, 0) for k in ("completed", "failed", "cancelled")}
     doc: dict[str, Any] = {
@@ -480,6 +481,7 @@ def stats_cmd(dsn: str | None, schema: str, window: float, as_json: bool) -> Non
         "per_minute": {k: round(v * 60 / window, 3) for k, v in finished.items()},
         "live_processes": {"supervisor": stats.live_processes.get("supervisor", 0),
                            "worker": stats.live_processes.get("worker", 0)},
+        "waiting_for_a_version": unserved,
     }
     if as_json:
         emit_json(doc)
@@ -497,6 +499,29 @@ def stats_cmd(dsn: str | None, schema: str, window: float, as_json: bool) -> Non
         f"{k} {finished[k]} ({doc['per_minute'][k]:g}/min)" for k in ("completed", "failed", "cancelled")))
     click.echo(f"live       worker processes {doc['live_processes']['worker']} · "
                f"supervisors {doc['live_processes']['supervisor']}")
+    for u in unserved:
+        click.echo(f"waiting    {u['instances']} instances of {u['workflow_id']} version {u['version_hash']}: "
+                   f"no live worker has this version (oldest {age(u['oldest_age'])})")
+
+
+@click.command("workflows")
+@db_options
+@json_option
+def workflows_cmd(dsn: str | None, schema: str, as_json: bool) -> None:
+    """Registered workflow definitions and their versions, with live instances and workers."""
+    with connection(dsn) as conn:
+        rows = queries(schema).workflow_versions(conn, LIVE_SECONDS)
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no workflows registered")
+        return
+    table(["WORKFLOW", "VERSION", "HASH", "CURRENT", "FIRST REGISTERED", "LAST REGISTERED", "LIVE INSTANCES",
+           "WORKERS"],
+          [[r["workflow_id"], r["version"], r["version_hash"], "yes" if r["current"] else "",
+            ts(r["first_registered_at"]), ts(r["last_registered_at"]), r["live_instances"], r["workers"]]
+           for r in rows])
 
 
 @click.command("workers")
@@ -571,6 +596,6 @@ def prune_cmd(dsn: str | None, schema: str, older_than: float, as_json: bool) ->
 
 
 COMMANDS = [list_cmd, show_cmd, cancel_cmd, resume_cmd, retry_step_cmd, enqueue_cmd, signal_cmd, stats_cmd,
-            workers_cmd, prune_cmd]
+            workers_cmd, workflows_cmd, prune_cmd]
 
 __all__ = ["COMMANDS", "parse_duration"]

@@ -280,6 +280,13 @@ class DatabaseCollector:
             f"orchwf_workflows_{status}",
             f"Workflow instances {status}, database-wide, counted since this supervisor started "
             f"({FINISH_LAG_SECONDS}s behind)", labels=["workflow"]) for status in FINAL_STATUSES}
+        unserved = GaugeMetricFamily(
+            "orchwf_instances_waiting_for_version",
+            "Live instances whose definition version no live worker has: they wait for a worker with that code",
+            labels=["workflow"])
+        unserved_age = GaugeMetricFamily(
+            "orchwf_instances_waiting_for_version_oldest_age_seconds",
+            "Age of the oldest instance waiting for a worker with its definition version", labels=["workflow"])
         seen_roles = set()
         seen_queues = set()
         for kind, name, a, b, _t in rows:
@@ -295,6 +302,9 @@ class DatabaseCollector:
             elif kind == "workers":
                 workers.add_metric([name], a or 0.0)
                 seen_roles.add(name)
+            elif kind == "unserved":
+                unserved.add_metric([name], a or 0.0)
+                unserved_age.add_metric([name], max(0.0, b or 0.0))
         for queue in self.queues:
             if queue not in seen_queues:
                 depth.add_metric([queue], 0.0)
@@ -305,7 +315,7 @@ class DatabaseCollector:
         for (status, workflow), count in sorted(self.finished.items()):
             if status in finished:
                 finished[status].add_metric([workflow], count)
-        yield from (depth, oldest, dead, live, enqueued, workers, *finished.values())
+        yield from (depth, oldest, dead, live, enqueued, workers, unserved, unserved_age, *finished.values())
 
 
 # -- exposition -----------------------------------------------------------------------------

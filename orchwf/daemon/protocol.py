@@ -30,13 +30,16 @@ Acks = dict[uuid.UUID, bool]
 
 class WorkerProtocol:
     def __init__(self, config: DaemonConfig, worker_id: str, supervisor_id: str, index: int,
-                 workflows: list[str], quarantine: bool, on_connection: Callable[[bool], None]) -> None:
-        """``on_connection(up)`` tells the metrics whether the connection is up."""
+                 workflows: list[str], quarantine: bool, on_connection: Callable[[bool], None],
+                 versions: list[str] | None = None) -> None:
+        """``on_connection(up)`` tells the metrics whether the connection is up;
+        ``versions``: the definition versions (hashes) this code has, which it claims."""
         self.config = config
         self.worker_id = worker_id
         self.supervisor_id = supervisor_id
         self.index = index
         self.workflows = workflows
+        self.versions = sorted(versions or [])
         self.quarantine = quarantine
         self.on_connection = on_connection
         self.q = Queries.of(config.schema)
@@ -64,7 +67,8 @@ class WorkerProtocol:
             self.q.register_process(self.conn, ProcessRegistration(
                 worker_id=self.worker_id, supervisor_id=self.supervisor_id, host=self.config.hostname,
                 pid=os.getpid(), role="quarantine" if self.quarantine else "worker",
-                queues=list(self.config.queues), workflows=self.workflows, concurrency=self.config.concurrency))
+                queues=list(self.config.queues), workflows=self.workflows, concurrency=self.config.concurrency,
+                versions=self.versions))
             self.q.release_orphans(self.conn, self.worker_id, list(inflight))
         except psycopg.Error as exc:
             self.failed(exc)
@@ -107,7 +111,7 @@ class WorkerProtocol:
 
     def claim_request(self, limit: int) -> ClaimRequest:
         return ClaimRequest(self.worker_id, list(self.config.queues), self.workflows, limit,
-                            self.config.lease_seconds, self.quarantine)
+                            self.config.lease_seconds, self.quarantine, self.versions or None)
 
     def claim(self, conn: psycopg.Connection[Any], limit: int) -> list[ClaimedStep] | None:
         """Up to ``limit`` steps (committed), or None if the database failed."""

@@ -81,7 +81,8 @@ class Worker:
         os.set_blocking(self._notify_r, False)
         os.set_blocking(self._notify_w, False)
         self.db = WorkerProtocol(config, worker_id, supervisor_id, index, sorted(definitions), quarantine,
-                                 on_connection=metrics.db_connected)
+                                 on_connection=metrics.db_connected,
+                                 versions=[d.version_hash for d in definitions.values()])
         self.runner = StepRunner(config, definitions, worker_id, index, self._deliver)
 
     @property

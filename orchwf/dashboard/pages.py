@@ -204,11 +204,24 @@ def overview_page(data: Row, view: View) -> str:
         f"{scheduled:,} · live worker processes "
         f'<a href="/workers">{esc(data["live_workers"])}</a>.</p></section>'
         f"<section><h2>Queues</h2>{queues}</section>"
+        f"{_unserved(data.get('unserved') or [])}"
         f"{_schedules(data.get('schedules') or [])}"
         f'<section><h2>Last hour</h2>{_trends(data)}</section>'
         f'<p><a href="/instances">All instances →</a></p></div>'
     )
     return layout("Overview", body, view, active="/")
+
+
+def _unserved(rows: Sequence[Row]) -> str:
+    """Instances whose definition version no live worker has (none: no section)."""
+    if not rows:
+        return ""
+    body = _table(["Workflow", "Version", "Instances", "Oldest"],
+                  [[esc(r["workflow_id"]), f'<code>{esc(r["version_hash"])}</code>', esc(f'{r["instances"]:,}'),
+                    esc(age(r["oldest_age"]))] for r in rows], "unserved")
+    return ("<section><h2>Waiting for a worker with their version</h2>"
+            "<p>No live worker's code has these definition versions: the instances wait (deploy or keep a "
+            f"worker with that version).</p>{body}</section>")
 
 
 def _schedules(rows: Sequence[Row]) -> str:

@@ -58,6 +58,7 @@ class Queries:
                 row = self.q.dashboard_overview(conn, window_seconds, COUNT_CAP * 10, LIVE_SECONDS)
             row["trend"], row["backlog_trend"] = self.q.dashboard_trend(conn, TREND_MINUTES)
             row["schedules"] = self.q.dashboard_schedules(conn, MAX_SCHEDULES)
+            row["unserved"] = self.q.unserved_versions(conn, LIVE_SECONDS)
         row["window_seconds"] = window_seconds
         return row
 

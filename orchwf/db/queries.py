@@ -356,6 +356,13 @@ class Queries:
             live_processes={k: int(v) for k, v in row["live_processes"].items()},
         )
 
+    def unserved_versions(self, conn: Conn, live_seconds: float) -> list[dict[str, Any]]:
+        """Live instances, by workflow and version, that no live worker's code can run."""
+        return self._all(conn, "unserved_versions", {"live": live_seconds})
+
+    def workflow_versions(self, conn: Conn, live_seconds: float) -> list[dict[str, Any]]:
+        return self._all(conn, "workflow_versions", {"live": live_seconds})
+
     def demo_summary(self, conn: Conn, ids: list[str]) -> DemoSummary:
         params = {"ids": ids}
         totals = self._one(conn, "instance_step_totals", params) or {}
@@ -559,6 +566,7 @@ class ClaimRequest:
     limit: int
     lease_seconds: float
     suspects: bool = False  # a quarantine worker: suspects only
+    versions: list[str] | None = None  # the definition versions (hashes) the worker's code has; None: any
 
     def params(self) -> dict[str, Any]:
         return asdict(self)

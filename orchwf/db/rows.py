@@ -87,6 +87,7 @@ class ProcessRegistration:
     queues: list[str]
     workflows: list[str]
     concurrency: int
+    versions: list[str] = field(default_factory=list)  # definition versions (hashes) its code has
 
 
 @dataclass

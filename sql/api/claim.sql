@@ -6,7 +6,8 @@ CREATE OR REPLACE FUNCTION orchwf_claim_steps(
     p_workflows     text[],
     p_limit         integer,
     p_lease_seconds double precision,
-    p_suspects      boolean   -- a quarantine worker: suspects only (see above)
+    p_suspects      boolean,  -- a quarantine worker: suspects only (see above)
+    p_versions      text[]    -- the definition versions (hashes) the worker's code has; NULL: any
 ) RETURNS TABLE (
     step_inst_id     uuid,
     workflow_inst_id uuid,
@@ -55,6 +56,7 @@ BEGIN
                 FROM orchwf_ready_steps r
                 WHERE NOT p_suspects AND r.queue = q.name AND r.workflow_id = ANY (p_workflows)
                   AND r.ready_at <= now() AND NOT r.suspect
+                  AND (p_versions IS NULL OR r.definition_hash IS NULL OR r.definition_hash = ANY (p_versions))
                 ORDER BY r.priority DESC, r.ready_at, r.workflow_inst_id, r.step_inst_id
                 LIMIT p_limit
                 FOR UPDATE SKIP LOCKED) ordinary
@@ -64,6 +66,7 @@ BEGIN
                 FROM orchwf_ready_steps r
                 WHERE p_suspects AND r.suspect AND r.queue = q.name AND r.workflow_id = ANY (p_workflows)
                   AND r.ready_at <= now()
+                  AND (p_versions IS NULL OR r.definition_hash IS NULL OR r.definition_hash = ANY (p_versions))
                 ORDER BY r.priority DESC, r.ready_at, r.workflow_inst_id, r.step_inst_id
                 LIMIT p_limit
                 FOR UPDATE SKIP LOCKED) suspects) x
@@ -128,4 +131,33 @@ BEGIN
     JOIN orchwf_live_instances i ON i.id = c.workflow_inst_id
     WHERE i.id = ANY (ARRAY(SELECT x.workflow_inst_id FROM claimed x));
 END;
+$$;
+
+-- The claim of release 3's workers, which know no versions: any version of their
+-- workflows (docs/signals.md, "Versions": deploy the release with versions first).
+CREATE OR REPLACE FUNCTION orchwf_claim_steps(
+    p_worker        text,
+    p_queues        text[],
+    p_workflows     text[],
+    p_limit         integer,
+    p_lease_seconds double precision,
+    p_suspects      boolean
+) RETURNS TABLE (
+    step_inst_id     uuid,
+    workflow_inst_id uuid,
+    workflow_id      text,
+    step_id          text,
+    lease_token      bigint,
+    attempt          integer,
+    retry_count      integer,
+    workflow_input   jsonb,
+    metadata         jsonb,
+    trace_id         text,
+    completed        jsonb,
+    step_input       jsonb
+)
+LANGUAGE sql
+SET search_path FROM CURRENT
+AS $$
+    SELECT * FROM orchwf_claim_steps(p_worker, p_queues, p_workflows, p_limit, p_lease_seconds, p_suspects, NULL)
 $$;

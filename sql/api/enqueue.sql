@@ -134,8 +134,9 @@ BEGIN
             FROM unnest(v_inserted) AS i(id) CROSS JOIN defsteps d
             RETURNING s.id, s.workflow_inst_id, s.priority, s.pending_deps, s.run_after, s.wait_signal),
         new_ready AS (
-            INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
-            SELECT n.id, n.workflow_inst_id, p_workflow_id, v_queue, n.priority + v_priority
+            INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority,
+                                            definition_hash)
+            SELECT n.id, n.workflow_inst_id, p_workflow_id, v_queue, n.priority + v_priority, v_hash
             FROM new_steps n WHERE n.pending_deps = 0 AND n.run_after IS NULL AND n.wait_signal IS NULL
             RETURNING 1)
         INSERT INTO orchwf_event_history (id, workflow_inst_id, event_type, event_data, instance_created_at)

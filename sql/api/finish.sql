@@ -57,8 +57,9 @@ BEGIN
         ON CONFLICT (workflow_inst_id, step_id) DO UPDATE
             SET status = 'pending', input = EXCLUDED.input, attempts = 0, retry_count = 0,
                 crashes = 0, error = NULL, completed_at = NULL, updated_at = now();
-        INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
-        SELECT s.id, i.id, i.workflow_id, i.queue, i.priority + 1000
+        INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority,
+                                        definition_hash)
+        SELECT s.id, i.id, i.workflow_id, i.queue, i.priority + 1000, i.definition_hash
         FROM orchwf_live_steps s JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id
         WHERE s.workflow_inst_id = p_inst AND s.step_id = '$compensate'
         ON CONFLICT DO NOTHING
@@ -224,8 +225,9 @@ BEGIN
     -- Attempts that go straight back to the queue.
     IF cardinality(v_requeued) > 0 THEN
         -- A step that was running in a process that died is a suspect (docs/reliability.md).
-        INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority, suspect)
-        SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority, s.crashes > 0
+        INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority, suspect,
+                                        definition_hash)
+        SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority, s.crashes > 0, i.definition_hash
         FROM orchwf_live_steps s JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id AND i.id = ANY (v_insts)
         WHERE s.id = ANY (v_requeued) AND s.status IN ('retrying', 'pending') AND s.run_after IS NULL
           AND i.status IN ('pending', 'running')
@@ -260,8 +262,9 @@ BEGIN
               AND s.step_id = dec.child AND s.status = 'pending'
             RETURNING s.id, s.workflow_inst_id, s.priority, s.pending_deps, s.run_after, s.wait_signal),
         ready AS (
-            INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
-            SELECT r.id, i.id, i.workflow_id, i.queue, r.priority + i.priority
+            INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority,
+                                            definition_hash)
+            SELECT r.id, i.id, i.workflow_id, i.queue, r.priority + i.priority, i.definition_hash
             FROM released r JOIN orchwf_live_instances i ON i.id = r.workflow_inst_id AND i.id = ANY (v_insts)
             WHERE r.pending_deps = 0 AND r.run_after IS NULL AND i.status IN ('pending', 'running')
               AND (r.wait_signal IS NULL OR orchwf_signal_waiting(r.workflow_inst_id, r.wait_signal))
@@ -393,7 +396,8 @@ CREATE OR REPLACE FUNCTION orchwf_finish_and_claim(
     p_workflows     text[],
     p_limit         integer,
     p_lease_seconds double precision,
-    p_suspects      boolean
+    p_suspects      boolean,
+    p_versions      text[]
 ) RETURNS TABLE (
     step_inst_id     uuid,
     accepted         boolean,
@@ -421,7 +425,47 @@ BEGIN
         RETURN QUERY
         SELECT c.step_inst_id, NULL::boolean, c.workflow_inst_id, c.workflow_id, c.step_id, c.lease_token,
                c.attempt, c.retry_count, c.workflow_input, c.metadata, c.trace_id, c.completed, c.step_input
-        FROM orchwf_claim_steps(p_worker, p_queues, p_workflows, p_limit, p_lease_seconds, p_suspects) c;
+        FROM orchwf_claim_steps(p_worker, p_queues, p_workflows, p_limit, p_lease_seconds, p_suspects,
+                                p_versions) c;
     END IF;
 END;
+$$;
+
+-- The signature of release 3's workers (no versions: any version of their workflows).
+CREATE OR REPLACE FUNCTION orchwf_finish_and_claim(
+    p_ids           uuid[],
+    p_tokens        bigint[],
+    p_outcomes      text[],
+    p_outputs       jsonb[],
+    p_errors        text[],
+    p_durations     bigint[],
+    p_delays        double precision[],
+    p_inputs        jsonb[],
+    p_worker        text,
+    p_queues        text[],
+    p_workflows     text[],
+    p_limit         integer,
+    p_lease_seconds double precision,
+    p_suspects      boolean
+) RETURNS TABLE (
+    step_inst_id     uuid,
+    accepted         boolean,
+    workflow_inst_id uuid,
+    workflow_id      text,
+    step_id          text,
+    lease_token      bigint,
+    attempt          integer,
+    retry_count      integer,
+    workflow_input   jsonb,
+    metadata         jsonb,
+    trace_id         text,
+    completed        jsonb,
+    step_input       jsonb
+)
+LANGUAGE sql
+SET search_path FROM CURRENT
+AS $$
+    SELECT * FROM orchwf_finish_and_claim(p_ids, p_tokens, p_outcomes, p_outputs, p_errors, p_durations, p_delays,
+                                          p_inputs, p_worker, p_queues, p_workflows, p_limit, p_lease_seconds,
+                                          p_suspects, NULL)
 $$;

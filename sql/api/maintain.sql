@@ -33,8 +33,9 @@ BEGIN
           AND s.status IN ('pending', 'retrying')
         RETURNING s.id, s.workflow_inst_id, s.priority, s.crashes),
     ins AS (
-        INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority, suspect)
-        SELECT p.id, i.id, i.workflow_id, i.queue, p.priority + i.priority, p.crashes > 0
+        INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority, suspect,
+                                        definition_hash)
+        SELECT p.id, i.id, i.workflow_id, i.queue, p.priority + i.priority, p.crashes > 0, i.definition_hash
         FROM promoted p JOIN orchwf_live_instances i ON i.id = p.workflow_inst_id AND i.id = ANY (v_insts)
         ON CONFLICT DO NOTHING
         RETURNING queue)

@@ -84,8 +84,8 @@ BEGIN
         steps_remaining = (SELECT count(*) FROM orchwf_live_steps
                            WHERE workflow_inst_id = p_inst AND status = 'pending')
     WHERE id = p_inst;
-    INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
-    SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority
+    INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority, definition_hash)
+    SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority, i.definition_hash
     FROM orchwf_live_steps s JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id
     WHERE s.workflow_inst_id = p_inst AND s.status = 'pending' AND s.pending_deps = 0
     ON CONFLICT DO NOTHING;

@@ -25,6 +25,7 @@ DECLARE
     v_workflow text;
     v_queue    text;
     v_priority integer;
+    v_hash     text;
     v_id       bigint;
     v_woken    integer;
 BEGIN
@@ -36,7 +37,7 @@ BEGIN
     END IF;
     -- The instance first, as the finish locks it: a release of the waiting step and this
     -- signal are ordered (each sees the other).
-    SELECT i.workflow_id, i.queue, i.priority INTO v_workflow, v_queue, v_priority
+    SELECT i.workflow_id, i.queue, i.priority, i.definition_hash INTO v_workflow, v_queue, v_priority, v_hash
     FROM orchwf_live_instances i WHERE i.id = p_inst AND i.status IN ('pending', 'running')
     FOR NO KEY UPDATE;
     IF NOT FOUND THEN
@@ -59,8 +60,8 @@ BEGIN
           AND s.pending_deps = 0
           AND NOT EXISTS (SELECT 1 FROM orchwf_ready_steps r WHERE r.step_inst_id = s.id)
         RETURNING s.id, s.priority)
-    INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
-    SELECT w.id, p_inst, v_workflow, v_queue, w.priority + v_priority FROM woken w
+    INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority, definition_hash)
+    SELECT w.id, p_inst, v_workflow, v_queue, w.priority + v_priority, v_hash FROM woken w
     ON CONFLICT DO NOTHING;
     GET DIAGNOSTICS v_woken = ROW_COUNT;
     IF v_woken > 0 THEN

@@ -431,8 +431,9 @@ BEGIN
           AND s.pending_deps = 0
         RETURNING s.id, s.workflow_inst_id, s.priority),
     queued AS (
-        INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority)
-        SELECT w.id, p.id, p.workflow_id, p.queue, w.priority + p.priority
+        INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority,
+                                        definition_hash)
+        SELECT w.id, p.id, p.workflow_id, p.queue, w.priority + p.priority, p.definition_hash
         FROM woken w JOIN orchwf_live_instances p ON p.id = w.workflow_inst_id
         ON CONFLICT DO NOTHING
         RETURNING queue)

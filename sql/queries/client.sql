@@ -1,7 +1,12 @@
 -- The producer and operator API (orchwf/client.py, the CLI, the dashboard's actions).
 
 -- name: register_workflow
--- Upsert a definition so producers can enqueue it by ID without importing its code.
+-- Upsert a definition so producers can enqueue it by ID without importing its code (the
+-- current version), and record the version (every version ever registered).
+WITH seen AS (
+    INSERT INTO {schema}.orchwf_workflow_versions (workflow_id, version_hash, version)
+    VALUES (%(workflow_id)s, %(version_hash)s, %(version)s)
+    ON CONFLICT (workflow_id, version_hash) DO UPDATE SET last_registered_at = now(), version = EXCLUDED.version)
 INSERT INTO {schema}.orchwf_workflow_definitions (workflow_id, name, version, version_hash, definition)
 VALUES (%(workflow_id)s, %(name)s, %(version)s, %(version_hash)s, %(definition)s)
 ON CONFLICT (workflow_id) DO UPDATE SET name = EXCLUDED.name, version = EXCLUDED.version,

@@ -5,8 +5,10 @@
 -- name: register_process
 -- A supervisor, worker or quarantine process, for operators and the release of a dead
 -- process's claims. A worker that reconnects only refreshes its heartbeat.
-INSERT INTO {schema}.orchwf_workers (worker_id, supervisor_id, host, pid, role, queues, workflows, concurrency)
-VALUES (%(worker_id)s, %(supervisor_id)s, %(host)s, %(pid)s, %(role)s, %(queues)s, %(workflows)s, %(concurrency)s)
+INSERT INTO {schema}.orchwf_workers (worker_id, supervisor_id, host, pid, role, queues, workflows, concurrency,
+                                     versions)
+VALUES (%(worker_id)s, %(supervisor_id)s, %(host)s, %(pid)s, %(role)s, %(queues)s, %(workflows)s, %(concurrency)s,
+        %(versions)s)
 ON CONFLICT (worker_id) DO UPDATE SET heartbeat_at = now()
 
 -- name: unregister_process
@@ -25,7 +27,7 @@ SELECT {schema}.orchwf_release_orphans(%(worker_id)s, %(keep)s) AS released
 SELECT step_inst_id, workflow_inst_id, workflow_id, step_id, lease_token, attempt, retry_count,
        workflow_input, metadata, trace_id, completed, step_input
 FROM {schema}.orchwf_claim_steps(%(worker_id)b, %(queues)b, %(workflows)b, %(limit)b, %(lease_seconds)b,
-                                 %(suspects)b)
+                                 %(suspects)b, %(versions)b::text[])
 
 -- name: finish_steps
 SELECT step_inst_id, accepted
@@ -38,7 +40,8 @@ SELECT step_inst_id, accepted, workflow_inst_id, workflow_id, step_id, lease_tok
        workflow_input, metadata, trace_id, completed, step_input
 FROM {schema}.orchwf_finish_and_claim(%(ids)b, %(tokens)b, %(outcomes)b, %(outputs)b::jsonb[], %(errors)b,
                                       %(durations)b, %(delays)b, %(inputs)b::jsonb[], %(worker_id)b,
-                                      %(queues)b, %(workflows)b, %(limit)b, %(lease_seconds)b, %(suspects)b)
+                                      %(queues)b, %(workflows)b, %(limit)b, %(lease_seconds)b, %(suspects)b,
+                                      %(versions)b::text[])
 
 -- name: heartbeat
 -- Renews the leases; returns the steps whose lease was lost (rescued, cancelled).

@@ -83,3 +83,33 @@ SELECT 1 FROM pg_database WHERE datname = %(name)s
 
 -- name: create_database
 CREATE DATABASE {database}
+
+-- name: unserved_versions
+-- Live instances whose definition version no live worker has (a worker that lists no
+-- versions, of a release before them, takes any version of its workflows): they wait,
+-- neither failed nor run with other code. orchwf stats, the dashboard, the metrics.
+SELECT g.workflow_id, g.version_hash, g.instances, extract(epoch FROM now() - g.oldest)::float8 AS oldest_age
+FROM (SELECT i.workflow_id, i.definition_hash AS version_hash, count(*) AS instances, min(i.created_at) AS oldest
+      FROM {schema}.orchwf_live_instances i
+      WHERE i.definition_hash IS NOT NULL AND i.status IN ('pending', 'running') AND i.run_mode = 'daemon'
+      GROUP BY 1, 2) g
+WHERE NOT EXISTS (SELECT 1 FROM {schema}.orchwf_workers w
+                  WHERE w.role IN ('worker', 'quarantine') AND w.heartbeat_at > now() - %(live)s * interval '1 second'
+                    AND g.workflow_id = ANY (w.workflows)
+                    AND (cardinality(w.versions) = 0 OR g.version_hash = ANY (w.versions)))
+ORDER BY g.oldest
+
+-- name: workflow_versions
+-- orchwf workflows: every registered version, whether it is the current one, its live
+-- instances and the live workers whose code has it.
+SELECT v.workflow_id, v.version, v.version_hash, coalesce(d.version_hash = v.version_hash, false) AS current,
+       v.first_registered_at, v.last_registered_at, coalesce(l.n, 0) AS live_instances,
+       (SELECT count(*) FROM {schema}.orchwf_workers w
+        WHERE w.role IN ('worker', 'quarantine') AND w.heartbeat_at > now() - %(live)s * interval '1 second'
+          AND v.workflow_id = ANY (w.workflows) AND v.version_hash = ANY (w.versions)) AS workers
+FROM {schema}.orchwf_workflow_versions v
+LEFT JOIN {schema}.orchwf_workflow_definitions d ON d.workflow_id = v.workflow_id
+LEFT JOIN (SELECT i.workflow_id, i.definition_hash, count(*) AS n FROM {schema}.orchwf_live_instances i
+           WHERE i.status IN ('pending', 'running') GROUP BY 1, 2) l
+       ON l.workflow_id = v.workflow_id AND l.definition_hash = v.version_hash
+ORDER BY v.workflow_id, v.first_registered_at
