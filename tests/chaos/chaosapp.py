@@ -23,7 +23,7 @@ from typing import Any
 
 import psycopg
 
-from orchwf import NonRetryableError, RetryPolicyBuilder, StepBuilder, WorkflowBuilder
+from orchwf import NonRetryableError, RetryPolicyBuilder, StepBuilder, WorkflowBuilder, wait_for_signal
 
 SIDE_DSN = os.environ.get("ORCHWF_CHAOS_SIDE_DSN", "")
 
@@ -191,4 +191,13 @@ edge_compensation = (
 # One step with the default policy: the smallest crash budget.
 plain = WorkflowBuilder("plain", "One ordinary step").add_step(StepBuilder("only", "Only", work).build()).build()
 
-ALL = [dag5, stalling, poison, hog, edge_priority, edge_compensation, plain]
+# Signals (test_chaos_signals.py): an ordinary step, a wait for "go", an ordinary step.
+signalled = (
+    WorkflowBuilder("signalled", "Waits for a signal between two steps")
+    .add_step(StepBuilder("before", "Before", work).with_retry_policy(sturdy).build())
+    .add_step(wait_for_signal("wait", "go").with_dependencies("before").with_retry_policy(sturdy).build())
+    .add_step(StepBuilder("after", "After", work).with_dependencies("wait").with_retry_policy(sturdy).build())
+    .build()
+)
+
+ALL = [dag5, stalling, poison, hog, edge_priority, edge_compensation, plain, signalled]

@@ -43,6 +43,7 @@ class Profile:
     fleet_workflows: int      # scenario 10
     hypothesis_examples: int  # scenario 8
     timeout: float            # per test
+    signal_workflows: int = 1000  # scenario 11
 
 
 PROFILES = {
@@ -55,7 +56,8 @@ PROFILES = {
     "long": Profile("long", storm_workflows=2000, storm_workers=4, supervisor_workflows=600,
                     restart_workflows=800, connloss_workflows=1000, connloss_seconds=30.0,
                     deploy_seconds=45.0, deploy_rate=25.0, readonly_seconds=15.0,
-                    poison_workflows=300, fleet_workflows=800, hypothesis_examples=400, timeout=1200),
+                    poison_workflows=300, fleet_workflows=800, hypothesis_examples=400, timeout=1200,
+                    signal_workflows=5000),
 }
 
 
