@@ -20,6 +20,7 @@ from .dag import dependents, validate_definition
 from .db.connect import connect
 from .db.errors import translate_errors
 from .db.queries import Queries
+from .db.rows import QueueControl
 from .errors import ValidationError, WorkflowNotFoundError
 from .jsonvalue import check_json_object
 from .stores.base import is_uuid
@@ -61,12 +62,37 @@ def _check_options(
         if abs(priority) > MAX_PRIORITY:
             raise ValidationError(f"priority {priority} is out of range (±{MAX_PRIORITY})")
     if queue is not None:
-        if (not isinstance(queue, str) or not 1 <= len(queue) <= MAX_KEY_LENGTH or "\x00" in queue
-                or not _encodable(queue)):
-            raise ValidationError(f"queue must be a string of 1 to {MAX_KEY_LENGTH} characters, got {queue!r}")
+        check_queue_name(queue)
     if run_after is not None:
         if not isinstance(run_after, datetime) or run_after.tzinfo is None:
             raise ValidationError("run_after must be a timezone-aware datetime")
+
+
+def check_queue_name(queue: object) -> str:
+    """A queue name as enqueue accepts it (orchwf_check_queue_name in SQL says the same)."""
+    if (not isinstance(queue, str) or not 1 <= len(queue) <= MAX_KEY_LENGTH or "\x00" in queue
+            or not _encodable(queue)):
+        raise ValidationError(f"queue must be a string of 1 to {MAX_KEY_LENGTH} characters, got {queue!r}")
+    return queue
+
+
+def pause_queue(conn: psycopg.Connection[Any], queue: str, *, schema: str = "public") -> bool:
+    """Pause ``queue`` for every worker on every host, in the caller's transaction.
+
+    From the commit on, no claim takes a step of it; running steps finish, and enqueues
+    still work (their steps wait). Returns False when it was paused already.
+    """
+    check_queue_name(queue)
+    with translate_errors():
+        return Queries.of(schema).pause_queue(conn, queue)
+
+
+def resume_queue(conn: psycopg.Connection[Any], queue: str, *, schema: str = "public") -> bool:
+    """Resume a paused ``queue``; its waiting steps start at once (a notification wakes
+    the workers at the commit). Returns False when it was not paused."""
+    check_queue_name(queue)
+    with translate_errors():
+        return Queries.of(schema).resume_queue(conn, queue)
 
 
 def _encodable(text: str) -> bool:
@@ -223,6 +249,24 @@ class Client:
             raise WorkflowNotFoundError(str(instance_id))
         with self._connect() as conn, translate_errors():
             return self.q.resume_workflow(conn, instance_id)
+
+    def pause_queue(self, name: str) -> bool:
+        """Pause a queue globally: no worker starts its steps until ``resume_queue``.
+
+        Running steps finish; enqueues still work. False when it was paused already.
+        """
+        with self._connect() as conn:
+            return pause_queue(conn, name, schema=self.schema)
+
+    def resume_queue(self, name: str) -> bool:
+        """Resume a paused queue; its waiting steps start at once. False when it was not paused."""
+        with self._connect() as conn:
+            return resume_queue(conn, name, schema=self.schema)
+
+    def list_queue_controls(self) -> list[QueueControl]:
+        """The queues an operator has set something on (paused or resumed), by name."""
+        with self._connect() as conn, translate_errors():
+            return self.q.queue_controls(conn)
 
     def wait(self, instance_id: str, timeout: float | None = None) -> WorkflowInstance:
         """Block until the instance is terminal (LISTEN orchwf_done, polling as fallback)."""

@@ -16,6 +16,7 @@
 --     orchwf_ready_steps        the claim queue: only steps that can run now
 --     orchwf_running_steps      the claimed steps, for lease rescue
 --     orchwf_workers            live processes
+--     orchwf_queues             queue controls: paused queues
 --   history: written once when an instance finishes, never updated; partitioned by the
 --   instance's created_at, so retention drops whole partitions
 --     orchwf_instance_history   finished instances
@@ -192,6 +193,26 @@ CREATE TABLE orchwf_workers (
 CREATE INDEX orchwf_workers_supervisor_idx ON orchwf_workers (supervisor_id);
 
 CREATE SEQUENCE orchwf_lease_token_seq AS bigint CACHE 100;
+
+-- ---------------------------------------------------------------------------------
+-- Queue controls: one row per queue an operator has set something on (pause). A queue
+-- without a row runs as it always did; the claim reads this table by key
+-- (sql/api/claim.sql, sql/api/queues.sql).
+-- ---------------------------------------------------------------------------------
+
+CREATE TABLE orchwf_queues (
+    name       text PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 255),
+    paused     boolean NOT NULL DEFAULT false,   -- the claim takes nothing from a paused queue
+    paused_at  timestamptz,                      -- when it was paused; NULL while it runs
+    updated_at timestamptz NOT NULL DEFAULT now()
+) WITH (
+    -- A few rows, read by every claim: room for HOT updates, dead rows vacuumed early.
+    fillfactor = 50,
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_vacuum_cost_delay = 0
+);
 
 -- ---------------------------------------------------------------------------------
 -- History: partitioned by the instance's created_at (RANGE), one partition per

@@ -49,6 +49,7 @@ def _register() -> None:
         demo_command,
         migrate_commands,
         ops_commands,
+        queue_commands,
         worker_commands,
     )
 
@@ -57,6 +58,7 @@ def _register() -> None:
     cli.add_command(worker_commands.worker)
     cli.add_command(demo_command.demo)
     cli.add_command(dashboard_command.dashboard)
+    cli.add_command(queue_commands.queue)
     for command in ops_commands.COMMANDS:
         cli.add_command(command)
 

@@ -136,6 +136,16 @@ class QueueStats:
     queue: str
     ready: int
     oldest_ready_age: float
+    paused: bool = False
+
+
+@dataclass
+class QueueControl:
+    """A queue an operator has set something on (orchwf_queues)."""
+
+    name: str
+    paused: bool
+    paused_at: datetime | None
 
 
 @dataclass

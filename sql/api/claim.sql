@@ -48,7 +48,9 @@ BEGIN
         -- Suspects (steps that were running in a process that died) are left to the
         -- quarantine worker, which takes them from their own partial index, one by one.
         SELECT x.step_inst_id
-        FROM unnest(p_queues) AS q(name)
+        -- A paused queue claims nothing, for the workers of every release (sql/api/queues.sql).
+        FROM (SELECT u.name FROM unnest(p_queues) AS u(name)
+              WHERE NOT EXISTS (SELECT 1 FROM orchwf_queues c WHERE c.name = u.name AND c.paused)) AS q(name)
         CROSS JOIN LATERAL (
             SELECT * FROM (
                 SELECT r.step_inst_id, r.priority, r.ready_at, r.workflow_inst_id

@@ -24,3 +24,15 @@ SELECT {schema}.orchwf_retry_step(%(id)s, %(step_id)s) AS status
 -- name: listen
 -- Channels are constants of db/queries.py (LISTEN takes no parameters).
 LISTEN {channel}
+
+-- name: pause_queue
+SELECT {schema}.orchwf_pause_queue(%(queue)s) AS changed
+
+-- name: resume_queue
+SELECT {schema}.orchwf_resume_queue(%(queue)s) AS changed
+
+-- name: queue_controls
+-- Queues an operator has set something on (orchwf_queues: a few rows).
+SELECT c.name, c.paused, c.paused_at
+FROM {schema}.orchwf_queues c
+ORDER BY c.name

@@ -121,9 +121,11 @@ SELECT extract(epoch FROM min(s.run_after) - now())::float8 AS next_due
 FROM {schema}.orchwf_live_steps s WHERE s.run_after IS NOT NULL
 
 -- name: suspects_waiting
--- Suspects (steps a dead process was running) wait in these queues for these workflows.
+-- Suspects (steps a dead process was running) wait in these queues for these workflows
+-- (a paused queue's suspects wait for its resume: no quarantine worker for them).
 SELECT EXISTS (SELECT 1 FROM {schema}.orchwf_ready_steps r
-               WHERE r.suspect AND r.queue = ANY (%(queues)s) AND r.workflow_id = ANY (%(workflows)s)) AS waiting
+               WHERE r.suspect AND r.queue = ANY (%(queues)s) AND r.workflow_id = ANY (%(workflows)s)
+                 AND NOT EXISTS (SELECT 1 FROM {schema}.orchwf_queues c WHERE c.name = r.queue AND c.paused)) AS waiting
 
 -- name: mark_processes_alive
 UPDATE {schema}.orchwf_workers SET heartbeat_at = now() WHERE supervisor_id = %(supervisor_id)s

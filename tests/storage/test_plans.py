@@ -147,6 +147,29 @@ def test_claim_finish_and_archive_read_no_history(conn: psycopg.Connection[Any])
     assert archived.fetchone() == (10,)
 
 
+def test_the_claim_reads_queue_controls_by_key(conn: psycopg.Connection[Any]) -> None:
+    """The pause filter of the claim (orchwf_queues) is a primary-key probe per queue, even
+    with many queues set: no scan of the controls table, none of history; and a paused
+    queue's claim comes back empty."""
+    conn.execute("INSERT INTO orchwf_queues (name, paused) SELECT 'q' || i, i % 2 = 0 FROM generate_series(1, 500) i")
+    try:
+        enqueue(conn, 3)
+        with captured_plans(conn) as plans:
+            claimed = _claim(conn, "w-controls", 3)
+        assert len(claimed) == 3
+        controls = [s for s in plans.scans() if s.relation == "orchwf_queues" or s.index.startswith("orchwf_queues")]
+        assert controls and all(s.node in ("Index Scan", "Index Only Scan") and s.index == "orchwf_queues_pkey"
+                                for s in controls), [(s.node, s.relation, s.index) for s in controls]
+        assert_reads_no_history(plans, "claim with queue controls", "orchwf_ready_steps")
+
+        enqueue(conn, 2)
+        conn.execute("SELECT orchwf_pause_queue('default')")
+        assert _claim(conn, "w-controls", 5) == []
+    finally:
+        conn.execute("DELETE FROM orchwf_queues")
+    assert len(_claim(conn, "w-controls", 5)) == 2
+
+
 def test_heartbeat_reads_no_history(conn: psycopg.Connection[Any]) -> None:
     enqueue(conn, 3)
     steps = _claim(conn, "w-heartbeat", 3)

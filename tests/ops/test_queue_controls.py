@@ -1,0 +1,238 @@
+"""Pausing and resuming a queue (issue 15, part 4): the SQL API, the Client, the CLI, the
+stats and metrics, and real daemons on two "hosts" that stop starting a paused queue's
+steps while the steps they run finish."""
+
+from __future__ import annotations
+
+import json
+import select
+import time
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+from opskit import query, run_one, wait_for
+
+from orchwf import Client, ValidationError
+from orchwf.cli.main import cli
+from orchwf.daemon.metrics import DatabaseCollector
+
+
+@pytest.fixture
+def orchwf(ops_db: str, monkeypatch):
+    monkeypatch.delenv("ORCHWF_SCHEMA", raising=False)
+    runner = CliRunner(env={"ORCHWF_DSN": ops_db})
+
+    def invoke(*args: str):
+        return runner.invoke(cli, list(args), catch_exceptions=False)
+
+    return invoke
+
+
+def controls(dsn: str) -> list[tuple[str, bool]]:
+    return [tuple(r) for r in query(dsn, "SELECT name, paused FROM orchwf_queues ORDER BY name")]  # type: ignore[misc]
+
+
+# -- the SQL API ---------------------------------------------------------------------------------
+
+
+def test_a_paused_queue_claims_nothing_and_enqueue_still_works(ops_db: str) -> None:
+    with Client(ops_db) as client:
+        client.enqueue("ops_chain", {})
+        other = client.enqueue("ops_chain", {}, queue="other")
+        assert client.pause_queue("default") is True
+        assert client.pause_queue("default") is False  # paused already: nothing changes
+        waiting = client.enqueue("ops_chain", {})  # an enqueue into a paused queue works
+    assert run_one(ops_db, "completed") is None  # a worker of 'default' gets nothing
+    assert run_one(ops_db, "completed", queues=("default", "other")) == (other, "a")  # other queues run
+    assert query(ops_db, "SELECT count(*) FROM orchwf_ready_steps WHERE queue = 'default'") == [(2,)]
+    [(paused_at,)] = query(ops_db, "SELECT paused_at FROM orchwf_queues WHERE name = 'default'")
+    assert paused_at is not None
+
+    with Client(ops_db) as client:
+        assert client.resume_queue("default") is True
+        assert client.resume_queue("default") is False  # not paused: nothing changes
+    claimed = {run_one(ops_db, "completed"), run_one(ops_db, "completed")}
+    assert {c[1] for c in claimed if c} == {"a"} and waiting in {c[0] for c in claimed if c}
+    assert query(ops_db, "SELECT paused, paused_at FROM orchwf_queues") == [(False, None)]
+
+
+def test_resume_notifies_the_workers_and_pause_does_not(ops_db: str) -> None:
+    """Resume wakes workers as an enqueue does (the supervisors' LISTEN), at its commit."""
+    with psycopg.connect(ops_db, autocommit=True) as listener:
+        listener.execute("LISTEN orchwf_ready")
+        with Client(ops_db) as client:
+            client.pause_queue("bulk")
+            assert list(listener.notifies(timeout=0.5)) == []
+            client.resume_queue("bulk")
+        select.select([listener.fileno()], [], [], 5)
+        notes = []
+        for note in listener.notifies(timeout=1):
+            notes.append((note.channel, note.payload))
+            break
+    assert notes == [("orchwf_ready", "bulk")]
+
+
+@pytest.mark.parametrize("name", ["", "x" * 256])
+def test_a_bad_queue_name_is_refused_everywhere_with_nothing_stored(ops_db: str, orchwf, name: str) -> None:
+    with Client(ops_db) as client:
+        for call in (client.pause_queue, client.resume_queue):
+            with pytest.raises(ValidationError, match="queue must be a string of 1 to 255 characters"):
+                call(name)
+    for sql_function in ("orchwf_pause_queue", "orchwf_resume_queue"):
+        with pytest.raises(psycopg.Error, match="queue name must be 1 to 255 characters") as caught:
+            query(ops_db, f"SELECT {sql_function}(%s)", (name,))
+        assert caught.value.sqlstate == "OW400"
+    with pytest.raises(psycopg.Error, match="queue name must be 1 to 255 characters"):
+        query(ops_db, "SELECT orchwf_pause_queue(NULL)")
+    for command in ("pause", "resume"):
+        result = orchwf("queue", command, name)
+        assert result.exit_code == 2 and "queue must be a string of 1 to 255 characters" in result.stderr
+    assert controls(ops_db) == []
+
+
+def test_the_sql_error_is_translated_for_a_caller_without_python_checks(ops_db: str) -> None:
+    """The Python check and the SQL check agree: SQL's error reaches Python as ValidationError."""
+    from orchwf.db.errors import translate_errors
+    from orchwf.db.queries import Queries
+
+    with psycopg.connect(ops_db) as conn, pytest.raises(ValidationError, match="1 to 255"):
+        with translate_errors():
+            Queries.of("public").pause_queue(conn, "")
+    assert controls(ops_db) == []
+
+
+def test_suspects_of_a_paused_queue_start_no_quarantine_worker(ops_db: str) -> None:
+    """A paused queue's suspects wait for the resume: the maintenance round does not ask
+    for a quarantine worker that could claim nothing."""
+    with Client(ops_db) as client:
+        client.enqueue("ops_chain", {})
+        client.pause_queue("default")
+    query(ops_db, "UPDATE orchwf_ready_steps SET suspect = true")
+    maintain = "SELECT suspects FROM orchwf_maintain('sup', false, '{default}', '{ops_chain}')"
+    waiting = ("SELECT EXISTS (SELECT 1 FROM orchwf_ready_steps r WHERE r.suspect AND r.queue = ANY ('{default}') "
+               "AND NOT EXISTS (SELECT 1 FROM orchwf_queues c WHERE c.name = r.queue AND c.paused))")
+    from orchwf.db.queries import Queries
+
+    with psycopg.connect(ops_db) as conn:
+        assert Queries.of("public").suspects_waiting(conn, ["default"], ["ops_chain"]) is False
+    assert query(ops_db, maintain) == [(False,)] and query(ops_db, waiting) == [(False,)]
+    with psycopg.connect(ops_db, autocommit=True) as conn:
+        assert conn.execute("SELECT step_inst_id FROM orchwf_claim_steps('q:1:1', '{default}', '{ops_chain}', 1, 30,"
+                            " true)").fetchall() == []
+    with Client(ops_db) as client:
+        client.resume_queue("default")
+    assert query(ops_db, maintain) == [(True,)]
+
+
+# -- the CLI, stats and metrics ------------------------------------------------------------------
+
+
+def test_cli_pause_resume_and_stats_show_the_state(ops_db: str, orchwf) -> None:
+    with Client(ops_db) as client:
+        client.enqueue_many("ops_chain", [{}] * 2, queue="bulk")
+    result = orchwf("queue", "pause", "bulk")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "queue bulk: paused"
+    assert orchwf("queue", "pause", "bulk").stdout.strip() == "queue bulk: paused (it was paused already)"
+    assert json.loads(orchwf("queue", "pause", "idle", "--json").stdout) == {
+        "queue": "idle", "paused": True, "changed": True}
+    doc = json.loads(orchwf("stats", "--json").stdout)
+    queues = {q["queue"]: (q["ready"], q["paused"]) for q in doc["queues"]}
+    assert queues == {"bulk": (2, True), "idle": (0, True)}  # a paused queue with nothing ready is listed
+    text = orchwf("stats").stdout.splitlines()
+    assert text[0].split() == ["QUEUE", "READY", "OLDEST", "READY", "STATE"]
+    assert [line.split()[0::len(line.split()) - 1] for line in text[1:3]] == [["bulk", "paused"], ["idle", "paused"]]
+
+    result = orchwf("queue", "resume", "bulk")
+    assert result.exit_code == 0 and result.stdout.strip() == "queue bulk: running"
+    assert orchwf("queue", "resume", "bulk").stdout.strip() == "queue bulk: running (it was not paused)"
+    doc = json.loads(orchwf("stats", "--json").stdout)
+    assert {q["queue"]: q["paused"] for q in doc["queues"]} == {"bulk": False, "idle": True}
+    assert controls(ops_db) == [("bulk", False), ("idle", True)]
+
+
+def test_the_metrics_show_paused_queues(ops_db: str) -> None:
+    with Client(ops_db) as client:
+        client.pause_queue("bulk")
+        client.pause_queue("other")
+        client.resume_queue("other")
+    with psycopg.connect(ops_db, autocommit=True) as conn:
+        collector = DatabaseCollector("public", lambda: conn, queues=["default", "bulk"], ttl=0)
+        families = {m.name: m for m in collector.collect()}
+    paused = {s.labels["queue"]: s.value for s in families["orchwf_queue_paused"].samples}
+    assert paused == {"bulk": 1.0, "other": 0.0, "default": 0.0}
+
+
+# -- real daemons ----------------------------------------------------------------------------------
+
+
+def _started_since(dsn: str, since: object) -> int:
+    return query(dsn, "SELECT count(*) FROM orchwf_step_instances WHERE started_at > %s", (since,))[0][0]
+
+
+def test_two_daemons_stop_starting_a_paused_queue_and_running_steps_finish(ops_db: str, daemon) -> None:
+    """Two supervisors (two "hosts"), 2 slots each, busy with slow steps. Pause: the steps
+    they run finish, nothing else starts (not their dependents, not new instances) on
+    either; the default poll is 30 s, so only the resume's notification can make the
+    waiting work start within seconds of the resume."""
+    hosts = [daemon("--workers", "1", "--concurrency", "2", "--hostname", f"host{i}") for i in (1, 2)]
+    for d in hosts:
+        d.wait_ready()
+    with Client(ops_db) as client:
+        first = client.enqueue_many("ops_slow", [{"sleep": 1.5}] * 4)
+        wait_for(lambda: query(ops_db, "SELECT count(*) FROM orchwf_running_steps")[0][0] == 4, 20,
+                 "4 running steps")
+        owners = query(ops_db, "SELECT DISTINCT split_part(lease_owner, ':', 1) FROM orchwf_running_steps")
+        assert {o[0] for o in owners} == {"host1", "host2"}, owners  # both hosts run some
+        assert client.pause_queue("default")
+        [(paused_at,)] = query(ops_db, "SELECT now()")  # after the pause's commit
+        later = client.enqueue_many("ops_slow", [{"sleep": 0}] * 3)  # enqueued while paused
+
+    # The running steps finish normally; their dependents wait, as do the new instances.
+    wait_for(lambda: query(ops_db, "SELECT count(*) FROM orchwf_step_instances WHERE step_id = 'nap'"
+                                   " AND status = 'completed'")[0][0] == 4, 20, "the running steps to finish")
+    time.sleep(2.0)
+    for d in hosts:
+        d.check_alive()
+    assert _started_since(ops_db, paused_at) == 0
+    assert query(ops_db, "SELECT count(*) FROM orchwf_running_steps") == [(0,)]
+    assert query(ops_db, "SELECT count(*) FROM orchwf_ready_steps WHERE queue = 'default'") == [(4 + 3,)]
+
+    with Client(ops_db) as client:
+        resumed = time.monotonic()
+        client.resume_queue("default")
+        for iid in first + later:
+            assert client.wait(iid, timeout=20).status == "completed"
+    took = time.monotonic() - resumed
+    assert took < 10, f"the paused work took {took:.1f}s to finish after the resume (a poll, not the notification?)"
+
+
+# -- the migration ---------------------------------------------------------------------------------
+
+
+def test_rollback_of_008_takes_the_filter_out_and_refuses_an_unknown_body(ops_db: str) -> None:
+    """After 008 down, the claim and the round of the previous release's API run without
+    orchwf_queues; a claim body that lacks 008's lines stops the rollback, changing nothing."""
+    from orchwf.db.migrations import migrate, rollback
+    from orchwf.db.sqlfiles import MigrationError
+
+    query(ops_db, "SELECT orchwf_pause_queue('default')")
+    claim_src = "SELECT prosrc FROM pg_proc WHERE proname = 'orchwf_claim_steps'"
+    [(original,)] = query(ops_db, claim_src)
+    query(ops_db, "UPDATE pg_proc SET prosrc = replace(prosrc, 'c.paused))', 'c.paused) OR false)')"
+                  " WHERE proname = 'orchwf_claim_steps'")
+    with pytest.raises(MigrationError, match="does not hold the lines 008 added"):
+        rollback(ops_db)
+    assert controls(ops_db) == [("default", True)]  # nothing was changed
+    query(ops_db, "UPDATE pg_proc SET prosrc = %s WHERE proname = 'orchwf_claim_steps'", (original,))
+
+    assert rollback(ops_db) == ["008"]
+    assert query(ops_db, "SELECT to_regclass('orchwf_queues')") == [(None,)]
+    assert query(ops_db, "SELECT count(*) FROM pg_proc WHERE prosrc LIKE '%orchwf_queues%'") == [(0,)]
+    with Client(ops_db) as client:
+        iid = client.enqueue("ops_chain", {})
+    assert run_one(ops_db, "completed") == (iid, "a")  # the claim runs without the table
+    assert query(ops_db, "SELECT suspects FROM orchwf_maintain('sup', true, '{default}', '{ops_chain}')") == [(False,)]
+    assert migrate(ops_db) == ["008"]
+    assert controls(ops_db) == []
