@@ -7,6 +7,7 @@ language enqueue exactly the same way.
 from __future__ import annotations
 
 import json
+import math
 import select
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -93,6 +94,38 @@ def resume_queue(conn: psycopg.Connection[Any], queue: str, *, schema: str = "pu
     check_queue_name(queue)
     with translate_errors():
         return Queries.of(schema).resume_queue(conn, queue)
+
+
+MAX_RATE = 1_000_000  # starts per second (and burst): the bounds orchwf_set_queue_rate_limit checks
+
+
+def check_rate_limit(per_second: object, burst: object = None) -> tuple[float, int | None]:
+    """A rate (starts per second, > 0) and an optional burst (>= 1), as the SQL API takes them."""
+    if isinstance(per_second, bool) or not isinstance(per_second, (int, float)):
+        raise ValidationError(f"rate must be a number of starts per second, got {per_second!r}")
+    if not math.isfinite(per_second) or not 0 < per_second <= MAX_RATE:
+        raise ValidationError(f"rate must be more than 0 and at most {MAX_RATE} per second, got {per_second!r}")
+    if burst is not None and (isinstance(burst, bool) or not isinstance(burst, int) or not 1 <= burst <= MAX_RATE):
+        raise ValidationError(f"burst must be an int from 1 to {MAX_RATE}, got {burst!r}")
+    return float(per_second), burst
+
+
+def set_queue_rate_limit(conn: psycopg.Connection[Any], queue: str, per_second: float | None, *,
+                         burst: int | None = None, schema: str = "public") -> None:
+    """Limit how many steps of ``queue`` start per second, on all hosts together (None: no limit).
+
+    A token bucket: at most ``burst`` starts at once (default: one second's worth, at
+    least 1), refilled at ``per_second``; so never more than burst + per_second x T
+    starts in any T seconds. Stored in the database, in the caller's transaction.
+    """
+    check_queue_name(queue)
+    if per_second is None:
+        if burst is not None:
+            raise ValidationError("a burst needs a rate")
+    else:
+        per_second, burst = check_rate_limit(per_second, burst)
+    with translate_errors():
+        Queries.of(schema).set_queue_rate_limit(conn, queue, per_second, burst)
 
 
 def _encodable(text: str) -> bool:
@@ -263,8 +296,21 @@ class Client:
         with self._connect() as conn:
             return resume_queue(conn, name, schema=self.schema)
 
+    def set_queue_rate_limit(self, name: str, per_second: float, *, burst: int | None = None) -> None:
+        """Start at most ``per_second`` steps of the queue per second, across all hosts
+        (a token bucket of ``burst`` starts, default one second's worth)."""
+        if per_second is None:
+            raise ValidationError("rate must be a number of starts per second; remove_queue_rate_limit removes it")
+        with self._connect() as conn:
+            set_queue_rate_limit(conn, name, per_second, burst=burst, schema=self.schema)
+
+    def remove_queue_rate_limit(self, name: str) -> None:
+        """No rate limit for the queue any more (a no-op when it had none)."""
+        with self._connect() as conn:
+            set_queue_rate_limit(conn, name, None, schema=self.schema)
+
     def list_queue_controls(self) -> list[QueueControl]:
-        """The queues an operator has set something on (paused or resumed), by name."""
+        """The queues an operator has set something on (paused, resumed, rate limited), by name."""
         with self._connect() as conn, translate_errors():
             return self.q.queue_controls(conn)
 

@@ -16,7 +16,7 @@
 --     orchwf_ready_steps        the claim queue: only steps that can run now
 --     orchwf_running_steps      the claimed steps, for lease rescue
 --     orchwf_workers            live processes
---     orchwf_queues             queue controls: paused queues
+--     orchwf_queues             queue controls: paused queues, rate limits
 --   history: written once when an instance finishes, never updated; partitioned by the
 --   instance's created_at, so retention drops whole partitions
 --     orchwf_instance_history   finished instances
@@ -195,18 +195,27 @@ CREATE INDEX orchwf_workers_supervisor_idx ON orchwf_workers (supervisor_id);
 CREATE SEQUENCE orchwf_lease_token_seq AS bigint CACHE 100;
 
 -- ---------------------------------------------------------------------------------
--- Queue controls: one row per queue an operator has set something on (pause). A queue
+-- Queue controls: one row per queue an operator has set something on (pause, rate
+-- limit). A queue
 -- without a row runs as it always did; the claim reads this table by key
 -- (sql/api/claim.sql, sql/api/queues.sql).
 -- ---------------------------------------------------------------------------------
 
 CREATE TABLE orchwf_queues (
-    name       text PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 255),
-    paused     boolean NOT NULL DEFAULT false,   -- the claim takes nothing from a paused queue
-    paused_at  timestamptz,                      -- when it was paused; NULL while it runs
-    updated_at timestamptz NOT NULL DEFAULT now()
+    name            text PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 255),
+    paused          boolean NOT NULL DEFAULT false,   -- the claim takes nothing from a paused queue
+    paused_at       timestamptz,                      -- when it was paused; NULL while it runs
+    -- A rate limit: a token bucket of `burst` starts, refilled at rate_per_second, taken
+    -- by the claims of this queue under this row's lock (orchwf_take_starts). NULL: none.
+    rate_per_second double precision CHECK (rate_per_second > 0 AND rate_per_second <= 1000000),
+    burst           integer CHECK (burst BETWEEN 1 AND 1000000),
+    tokens          double precision NOT NULL DEFAULT 0,     -- starts allowed as of tokens_at
+    tokens_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT orchwf_queues_rate_limit_check CHECK ((rate_per_second IS NULL) = (burst IS NULL))
 ) WITH (
-    -- A few rows, read by every claim: room for HOT updates, dead rows vacuumed early.
+    -- A few rows, read by every claim; the row of a rate-limited queue is updated by each
+    -- of its claims: room for HOT updates on the page, dead rows vacuumed early.
     fillfactor = 50,
     autovacuum_vacuum_scale_factor = 0.01,
     autovacuum_vacuum_threshold = 1000,

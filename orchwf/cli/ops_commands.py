@@ -434,7 +434,8 @@ def stats_cmd(dsn: str | None, schema: str, window: float, as_json: bool) -> Non
     finished = {k: stats.finished.get(k, 0) for k in ("completed", "failed", "cancelled")}
     doc: dict[str, Any] = {
         "queues": [{"queue": q.queue, "ready": q.ready, "ready_capped": q.ready >= STATS_DEPTH_CAP,
-                    "oldest_ready_age_seconds": q.oldest_ready_age, "paused": q.paused} for q in stats.queues],
+                    "oldest_ready_age_seconds": q.oldest_ready_age, "paused": q.paused,
+                    "rate_per_second": q.rate_per_second, "burst": q.burst} for q in stats.queues],
         "steps": {"running": running_steps, "scheduled": scheduled},
         "instances": {"pending": pending, "running": running},
         "window_seconds": window,
@@ -447,9 +448,11 @@ def stats_cmd(dsn: str | None, schema: str, window: float, as_json: bool) -> Non
         emit_json(doc)
         return
     if doc["queues"]:
-        table(["QUEUE", "READY", "OLDEST READY", "STATE"],
+        from .queue_commands import rate_text
+
+        table(["QUEUE", "READY", "OLDEST READY", "STATE", "RATE LIMIT"],
               [[q["queue"], ("≥" if q["ready_capped"] else "") + str(q["ready"]), age(q["oldest_ready_age_seconds"]),
-                "paused" if q["paused"] else "running"]
+                "paused" if q["paused"] else "running", rate_text(q["rate_per_second"], q["burst"])]
                for q in doc["queues"]])
     else:
         click.echo("no steps ready in any queue")

@@ -176,6 +176,14 @@ def per_minute(rate: float) -> str:
 # -- pages --------------------------------------------------------------------------------
 
 
+def rate_limit(per_second: float | None, burst: int | None) -> str:
+    """A queue's rate limit for people: "10/s, burst 10", "0.5/s (30/min), burst 1", or "–"."""
+    if per_second is None:
+        return "–"
+    rate = f"{per_second:g}/s" if per_second >= 1 else f"{per_second:g}/s ({per_second * 60:g}/min)"
+    return f"{rate}, burst {burst}"
+
+
 def _queue_action(q: Row, view: View) -> str:
     """Pause or resume one queue (the queue's name is a form field: any characters)."""
     if q["paused"]:
@@ -198,9 +206,10 @@ def overview_page(data: Row, view: View, *, notice: str = "", error: str = "") -
     rates = " · ".join(f"{esc(s)} {esc(per_minute(window.get(s, 0) / minutes))}"
                        for s in ("completed", "failed", "cancelled"))
     queues = _table(
-        ["Queue", "State", "Ready steps", "Oldest ready for", ""],
+        ["Queue", "State", "Ready steps", "Oldest ready for", "Rate limit", ""],
         [[esc(q["queue"]), badge("paused") if q["paused"] else badge("running"), esc(f'{q["ready"]:,}'),
-          esc(age(q["oldest_age"])), _queue_action(q, view)] for q in data["queues"]],
+          esc(age(q["oldest_age"])), esc(rate_limit(q["rate_per_second"], q["burst"])), _queue_action(q, view)]
+         for q in data["queues"]],
         "queues",
     ) if data["queues"] else '<p class="empty">No steps waiting in any queue.</p>'
     flash = (f'<p class="flash ok">{esc(notice)}</p>' if notice else "") + (

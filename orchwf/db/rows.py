@@ -137,6 +137,8 @@ class QueueStats:
     ready: int
     oldest_ready_age: float
     paused: bool = False
+    rate_per_second: float | None = None  # None: no rate limit
+    burst: int | None = None
 
 
 @dataclass
@@ -146,6 +148,8 @@ class QueueControl:
     name: str
     paused: bool
     paused_at: datetime | None
+    rate_per_second: float | None  # None: no rate limit
+    burst: int | None
 
 
 @dataclass

@@ -14,12 +14,20 @@ BEGIN
     FOR v_edit IN
         SELECT * FROM (VALUES
             ('orchwf_claim_steps(text, text[], text[], integer, double precision, boolean)',
-             $a$        -- A paused queue claims nothing, for the workers of every release (sql/api/queues.sql).
-        FROM (SELECT u.name FROM unnest(p_queues) AS u(name)
-              WHERE NOT EXISTS (SELECT 1 FROM orchwf_queues c WHERE c.name = u.name AND c.paused)) AS q(name)
+             $a$        -- Queue controls, for the workers of every release (sql/api/queues.sql): a paused
+        -- queue claims nothing; a rate-limited one at most n, taken from its token bucket.
+        FROM (SELECT u.name, CASE WHEN c.rate_per_second IS NULL THEN p_limit
+                                  ELSE orchwf_take_starts(u.name, p_workflows, p_limit, p_suspects) END
+              FROM unnest(p_queues) AS u(name) LEFT JOIN orchwf_queues c ON c.name = u.name
+              WHERE c.paused IS NOT TRUE) AS q(name, n)
 $a$,
              $a$        FROM unnest(p_queues) AS q(name)
 $a$),
+            ('orchwf_claim_steps(text, text[], text[], integer, double precision, boolean)',
+             $a$                LIMIT q.n
+                FOR UPDATE SKIP LOCKED)$a$,
+             $a$                LIMIT p_limit
+                FOR UPDATE SKIP LOCKED)$a$),
             ('orchwf_maintain(text, boolean, text[], text[])',
              $a$WHERE r.suspect AND r.queue = ANY (p_queues) AND r.workflow_id = ANY (p_workflows)
                           AND NOT EXISTS (SELECT 1 FROM orchwf_queues c WHERE c.name = r.queue AND c.paused));$a$,
@@ -37,6 +45,8 @@ $a$),
 END;
 $$;
 
+DROP FUNCTION IF EXISTS orchwf_set_queue_rate_limit(text, double precision, integer);
+DROP FUNCTION IF EXISTS orchwf_take_starts(text, text[], integer, boolean);
 DROP FUNCTION IF EXISTS orchwf_resume_queue(text);
 DROP FUNCTION IF EXISTS orchwf_pause_queue(text);
 DROP FUNCTION IF EXISTS orchwf_check_queue_name(text);

@@ -129,3 +129,11 @@ SELECT EXISTS (SELECT 1 FROM {schema}.orchwf_ready_steps r
 
 -- name: mark_processes_alive
 UPDATE {schema}.orchwf_workers SET heartbeat_at = now() WHERE supervisor_id = %(supervisor_id)s
+
+-- name: rate_limited_poll
+-- How often a worker of these queues polls while one of them is rate limited: half the
+-- time its bucket takes to fill (so it never overflows between two claims), at least
+-- %(floor)s seconds; NULL when none is (then the worker waits for wake-ups as usual).
+SELECT min(greatest(c.burst / c.rate_per_second / 2, %(floor)s))::float8 AS seconds
+FROM {schema}.orchwf_queues c
+WHERE c.name = ANY (%(queues)s) AND c.rate_per_second IS NOT NULL AND NOT c.paused

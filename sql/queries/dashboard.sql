@@ -21,7 +21,8 @@ SELECT
   (SELECT coalesce(jsonb_agg(jsonb_build_object(
         'queue', coalesce(q.queue, c.name), 'ready', coalesce(q.ready, 0),
         'oldest_age', extract(epoch FROM now() - q.oldest_ready_at)::float8,
-        'paused', coalesce(c.paused, false)) ORDER BY coalesce(q.queue, c.name)), '[]')
+        'paused', coalesce(c.paused, false), 'rate_per_second', c.rate_per_second,
+        'burst', c.burst) ORDER BY coalesce(q.queue, c.name)), '[]')
    FROM {schema}.orchwf_queue_stats(%(cap)s) q
    FULL JOIN {schema}.orchwf_queues c ON c.name = q.queue) AS queues,
   (SELECT count(*) FROM {schema}.orchwf_running_steps r

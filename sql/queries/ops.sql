@@ -18,7 +18,7 @@ SELECT
   -- Queues with ready steps, and the queues an operator has set something on (paused).
   (SELECT coalesce(jsonb_agg(jsonb_build_array(coalesce(q.queue, c.name), coalesce(q.ready, 0),
                                                extract(epoch FROM now() - q.oldest_ready_at)::float8,
-                                               coalesce(c.paused, false))
+                                               coalesce(c.paused, false), c.rate_per_second, c.burst)
                              ORDER BY coalesce(q.queue, c.name)), '[]')
    FROM {schema}.orchwf_queue_stats(%(cap)s) q
    FULL JOIN {schema}.orchwf_queues c ON c.name = q.queue) AS queues,

@@ -72,8 +72,10 @@ class FakeQueries:
 
     def overview(self) -> dict[str, Any]:
         return {"active": {"running": 2}, "last_hour": {"completed": 5}, "last_window": {"completed": 5},
-                "window_seconds": 300, "queues": [{"queue": EVIL, "ready": 3, "oldest_age": 4.5, "paused": False},
-                                                 {"queue": "bulk", "ready": 0, "oldest_age": None, "paused": True}],
+                "window_seconds": 300, "queues": [{"queue": EVIL, "ready": 3, "oldest_age": 4.5, "paused": False,
+                                                  "rate_per_second": None, "burst": None},
+                                                 {"queue": "bulk", "ready": 0, "oldest_age": None, "paused": True,
+                                                  "rate_per_second": 0.5, "burst": 2}],
                 "running_steps": 2, "scheduled_steps": 0, "live_workers": 1}
 
     def list_instances(self, filters: dict[str, str], limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
@@ -501,6 +503,7 @@ def test_overview_shows_queue_states_and_their_buttons_escaped() -> None:
     audit(page)
     assert '<span class="badge status-paused">paused</span>' in page
     assert '<span class="badge status-running">running</span>' in page
+    assert "<td>0.5/s (30/min), burst 2</td>" in page and "<td>–</td>" in page
     # the queue's name travels as an escaped form field, never in the path
     assert 'action="/queues/pause"' in page and 'name="queue" value="&lt;script&gt;' in page
     assert 'action="/queues/resume"' in page and 'name="queue" value="bulk"' in page

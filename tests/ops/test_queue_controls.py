@@ -11,7 +11,7 @@ import time
 import psycopg
 import pytest
 from click.testing import CliRunner
-from opskit import query, run_one, wait_for
+from opskit import query, run_one, total, wait_for
 
 from orchwf import Client, ValidationError
 from orchwf.cli.main import cli
@@ -141,8 +141,9 @@ def test_cli_pause_resume_and_stats_show_the_state(ops_db: str, orchwf) -> None:
     queues = {q["queue"]: (q["ready"], q["paused"]) for q in doc["queues"]}
     assert queues == {"bulk": (2, True), "idle": (0, True)}  # a paused queue with nothing ready is listed
     text = orchwf("stats").stdout.splitlines()
-    assert text[0].split() == ["QUEUE", "READY", "OLDEST", "READY", "STATE"]
-    assert [line.split()[0::len(line.split()) - 1] for line in text[1:3]] == [["bulk", "paused"], ["idle", "paused"]]
+    assert text[0].split() == ["QUEUE", "READY", "OLDEST", "READY", "STATE", "RATE", "LIMIT"]
+    assert [line.split()[0:1] + line.split()[-2:] for line in text[1:3]] == [["bulk", "paused", "-"],
+                                                                              ["idle", "paused", "-"]]
 
     result = orchwf("queue", "resume", "bulk")
     assert result.exit_code == 0 and result.stdout.strip() == "queue bulk: running"
@@ -220,7 +221,7 @@ def test_rollback_of_008_takes_the_filter_out_and_refuses_an_unknown_body(ops_db
     query(ops_db, "SELECT orchwf_pause_queue('default')")
     claim_src = "SELECT prosrc FROM pg_proc WHERE proname = 'orchwf_claim_steps'"
     [(original,)] = query(ops_db, claim_src)
-    query(ops_db, "UPDATE pg_proc SET prosrc = replace(prosrc, 'c.paused))', 'c.paused) OR false)')"
+    query(ops_db, "UPDATE pg_proc SET prosrc = replace(prosrc, 'c.paused IS NOT TRUE)', 'c.paused IS NOT TRUE AND true)')"
                   " WHERE proname = 'orchwf_claim_steps'")
     with pytest.raises(MigrationError, match="does not hold the lines 008 added"):
         rollback(ops_db)
@@ -230,9 +231,163 @@ def test_rollback_of_008_takes_the_filter_out_and_refuses_an_unknown_body(ops_db
     assert rollback(ops_db) == ["008"]
     assert query(ops_db, "SELECT to_regclass('orchwf_queues')") == [(None,)]
     assert query(ops_db, "SELECT count(*) FROM pg_proc WHERE prosrc LIKE '%orchwf_queues%'") == [(0,)]
+    # the claim's queue list and limits are release 3's again
+    [(body,)] = query(ops_db, claim_src)
+    assert "        FROM unnest(p_queues) AS q(name)\n        CROSS JOIN LATERAL" in body
+    assert body.count("LIMIT p_limit") == 3 and "LIMIT q.n" not in body
     with Client(ops_db) as client:
         iid = client.enqueue("ops_chain", {})
     assert run_one(ops_db, "completed") == (iid, "a")  # the claim runs without the table
     assert query(ops_db, "SELECT suspects FROM orchwf_maintain('sup', true, '{default}', '{ops_chain}')") == [(False,)]
     assert migrate(ops_db) == ["008"]
     assert controls(ops_db) == []
+
+
+# -- rate limits ---------------------------------------------------------------------------------
+
+
+def claim(dsn: str, limit: int, queues: tuple[str, ...] = ("default",)) -> int:
+    """Steps one claim gets (they stay running)."""
+    return len(query(dsn, "SELECT step_inst_id FROM orchwf_claim_steps('t:1:1', %s, '{ops_chain}', %s, 30, false)",
+                     (list(queues), limit)))
+
+
+def test_a_rate_limited_claim_takes_its_starts_from_the_bucket(ops_db: str) -> None:
+    with Client(ops_db) as client:
+        client.enqueue_many("ops_chain", [{}] * 30)
+        client.enqueue_many("ops_chain", [{}] * 5, queue="free")
+        client.set_queue_rate_limit("default", 10, burst=3)
+        [control] = [c for c in client.list_queue_controls() if c.name == "default"]
+    assert (control.rate_per_second, control.burst, control.paused) == (10.0, 3, False)
+    assert claim(ops_db, 20) == 3  # a full bucket: the burst
+    assert claim(ops_db, 20) == 0  # empty
+    refilled = "UPDATE orchwf_queues SET tokens = 0, tokens_at = now() - %s * interval '1 second'"
+    query(ops_db, refilled, (0.22,))  # 2.2 tokens (and a few more ms' worth)
+    assert claim(ops_db, 20) == 2
+    assert claim(ops_db, 20, ("free",)) == 5  # a queue without a limit: as before
+    query(ops_db, refilled, (1.05,))  # 10.5 tokens, capped at the burst
+    assert claim(ops_db, 20) == 3
+
+    with Client(ops_db) as client:
+        client.remove_queue_rate_limit("default")
+        client.remove_queue_rate_limit("never-limited")  # a no-op
+    assert claim(ops_db, 20) == 20
+    assert query(ops_db, "SELECT name, rate_per_second, burst FROM orchwf_queues") == [("default", None, None)]
+
+
+def test_polling_a_short_or_empty_queue_does_not_spend_the_bucket(ops_db: str) -> None:
+    """Only the steps a claim can start are charged: a worker polling an empty queue must
+    not leave the next burst without tokens."""
+    with Client(ops_db) as client:
+        client.set_queue_rate_limit("default", 1, burst=4)
+    for _ in range(5):
+        assert claim(ops_db, 10) == 0
+    with Client(ops_db) as client:
+        client.enqueue_many("ops_chain", [{}] * 2)
+    assert claim(ops_db, 10) == 2
+    with Client(ops_db) as client:
+        client.enqueue_many("ops_chain", [{}] * 5)
+    assert claim(ops_db, 10) == 2  # the 2 tokens left
+    [(tokens,)] = query(ops_db, "SELECT tokens FROM orchwf_queues")
+    assert 0 <= tokens < 0.5
+
+
+def test_the_default_burst_is_one_seconds_worth_and_a_change_keeps_the_tokens(ops_db: str) -> None:
+    with Client(ops_db) as client:
+        client.set_queue_rate_limit("a", 7.5)
+        client.set_queue_rate_limit("b", 0.1)
+        client.set_queue_rate_limit("a", 7.5, burst=2)  # fewer tokens than before: cut to the new burst
+    assert query(ops_db, "SELECT name, rate_per_second, burst, tokens FROM orchwf_queues ORDER BY name") == [
+        ("a", 7.5, 2, 2.0), ("b", 0.1, 1, 1.0)]
+
+
+@pytest.mark.parametrize("per_second, burst, message", [
+    (0, None, "rate must be more than 0"),
+    (-5, None, "rate must be more than 0"),
+    (float("nan"), None, "rate must be more than 0"),
+    (float("inf"), None, "rate must be more than 0"),
+    (True, None, "rate must be a number"),
+    ("10", None, "rate must be a number"),
+    (10, 0, "burst must be an int from 1"),
+    (10, 2.5, "burst must be an int from 1"),
+])
+def test_a_bad_rate_limit_is_refused_with_nothing_stored(ops_db: str, per_second: object, burst: object,
+                                                         message: str) -> None:
+    with Client(ops_db) as client, pytest.raises(ValidationError, match=message):
+        client.set_queue_rate_limit("default", per_second, burst=burst)  # type: ignore[arg-type]
+    assert controls(ops_db) == []
+
+
+def test_the_sql_api_refuses_a_bad_rate_limit(ops_db: str) -> None:
+    for args, message in ((("default", 0.0, None), "rate must be more than 0"),
+                          (("default", -1.0, None), "rate must be more than 0"),
+                          (("default", float("nan"), None), "rate must be more than 0"),
+                          (("default", 5.0, 0), "burst must be 1 to 1000000"),
+                          (("default", None, 3), "a burst needs a rate"),
+                          (("", 5.0, None), "queue name must be 1 to 255 characters")):
+        with pytest.raises(psycopg.Error, match=message) as caught:
+            query(ops_db, "SELECT orchwf_set_queue_rate_limit(%s, %s, %s)", args)
+        assert caught.value.sqlstate == "OW400"
+    assert controls(ops_db) == []
+
+
+def test_cli_rate_limit_and_stats(ops_db: str, orchwf) -> None:
+    result = orchwf("queue", "rate-limit", "bulk", "--per-second", "20", "--burst", "5")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "queue bulk: at most 20/s, burst 5"
+    assert orchwf("queue", "rate-limit", "slow", "--per-minute", "30").stdout.strip() == (
+        "queue slow: at most 0.5/s (30/min), burst 1")
+    doc = json.loads(orchwf("stats", "--json").stdout)
+    assert {q["queue"]: (q["rate_per_second"], q["burst"]) for q in doc["queues"]} == {
+        "bulk": (20.0, 5), "slow": (0.5, 1)}
+    assert "0.5/s (30/min), burst 1" in orchwf("stats").stdout
+    assert json.loads(orchwf("queue", "rate-limit", "bulk", "--off", "--json").stdout) == {
+        "queue": "bulk", "rate_per_second": None, "burst": None}
+
+    for args, message in ((["--per-second", "0"], "rate must be more than 0"),
+                          (["--per-second", "-3"], "rate must be more than 0"),
+                          (["--per-minute", "0"], "rate must be more than 0"),
+                          (["--per-second", "5", "--burst", "0"], "burst must be an int from 1"),
+                          ([], "give one of --per-second, --per-minute or --off"),
+                          (["--per-second", "5", "--per-minute", "5"], "give one of"),
+                          (["--off", "--burst", "3"], "--burst goes with a rate")):
+        result = orchwf("queue", "rate-limit", "other", *args)
+        assert result.exit_code == 2 and message in result.stderr, (args, result.stderr)
+    assert controls(ops_db) == [("bulk", False), ("slow", False)]
+
+
+def _max_in_window(times: list[float], width: float) -> int:
+    """The most starts in any closed window of ``width`` seconds (windows start at a start)."""
+    best, j = 0, 0
+    for i, start in enumerate(times):
+        j = max(j, i)
+        while j + 1 < len(times) and times[j + 1] <= start + width:
+            j += 1
+        best = max(best, j - i + 1)
+    return best
+
+
+def test_two_daemons_never_start_more_than_the_rate_limit_allows(ops_db: str, daemon) -> None:
+    """10 starts/s, burst 3, on two supervisors with 8 slots each and 120 steps ready:
+    in every window of T seconds at most 3 + 10 T steps start (started_at, from the
+    database's clock), and the limit is used: at least 90% of it over the run."""
+    rate, burst = 10, 3
+    with Client(ops_db) as client:
+        client.set_queue_rate_limit("default", rate, burst=burst)
+        ids = client.enqueue_many("ops_chain", [{}] * 40)  # a, then b and c: 120 starts
+    hosts = [daemon("--workers", "1", "--concurrency", "8", "--hostname", f"host{i}") for i in (1, 2)]
+    with Client(ops_db) as client:
+        for iid in ids:
+            assert client.wait(iid, timeout=60).status == "completed"
+    for d in hosts:
+        d.check_alive()
+    rows = query(ops_db, "SELECT extract(epoch FROM started_at)::float8 FROM orchwf_step_instances"
+                         " WHERE workflow_inst_id = ANY(%s::uuid[]) ORDER BY 1", (ids,))
+    times = [r[0] for r in rows]
+    assert len(times) == 120
+    for width in (0.1, 0.5, 1.0, 2.0, 5.0):
+        assert _max_in_window(times, width) <= int(burst + rate * width + 1e-9), width
+    span = times[-1] - times[0]
+    assert (len(times) - burst) / span >= 0.9 * rate, f"{len(times)} starts in {span:.2f}s"
+    claimed = [total(d.scrape(), "orchwf_steps_claimed_total") for d in hosts]
+    assert sum(claimed) == 120 and min(claimed) > 0, claimed  # both hosts started steps

@@ -170,6 +170,25 @@ def test_the_claim_reads_queue_controls_by_key(conn: psycopg.Connection[Any]) ->
     assert len(_claim(conn, "w-controls", 5)) == 2
 
 
+def test_a_rate_limited_claim_reads_its_bucket_and_the_queue_by_key(conn: psycopg.Connection[Any]) -> None:
+    """orchwf_take_starts: its bucket row by primary key, the ready steps it counts by the
+    claim index; nothing of history."""
+    conn.execute("SELECT orchwf_set_queue_rate_limit('default', 1000, 5)")
+    try:
+        enqueue(conn, 8)
+        with captured_plans(conn) as plans:
+            claimed = _claim(conn, "w-limited", 8)
+        assert len(claimed) == 5
+        assert any("orchwf_take_starts" in q for q in plans.queries()), plans.queries()
+        seq = [(s.relation, s.query[:80]) for s in plans.scans()
+               if s.node == "Seq Scan" and s.relation in ("orchwf_queues", "orchwf_ready_steps")]
+        assert not seq, seq
+        assert_reads_no_history(plans, "rate-limited claim", "orchwf_ready_steps")
+    finally:
+        conn.execute("DELETE FROM orchwf_queues")
+    assert len(_claim(conn, "w-limited", 8)) == 3
+
+
 def test_heartbeat_reads_no_history(conn: psycopg.Connection[Any]) -> None:
     enqueue(conn, 3)
     steps = _claim(conn, "w-heartbeat", 3)
