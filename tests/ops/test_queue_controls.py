@@ -391,3 +391,28 @@ def test_two_daemons_never_start_more_than_the_rate_limit_allows(ops_db: str, da
     assert (len(times) - burst) / span >= 0.9 * rate, f"{len(times)} starts in {span:.2f}s"
     claimed = [total(d.scrape(), "orchwf_steps_claimed_total") for d in hosts]
     assert sum(claimed) == 120 and min(claimed) > 0, claimed  # both hosts started steps
+
+
+@pytest.mark.slow
+def test_a_limit_of_100_per_second_is_held_over_30_seconds_across_two_supervisors(ops_db: str, daemon) -> None:
+    """The issue's figure: 100 starts/s (burst 100) on two supervisors of two workers with
+    20 slots each, 3,300 steps ready: every window within burst + rate x T, and any 30 s
+    after the first burst between 90 and 100 starts a second (+0 / -10%)."""
+    rate, burst = 100, 100
+    with Client(ops_db) as client:
+        client.set_queue_rate_limit("default", rate, burst=burst)
+        ids = client.enqueue_many("ops_chain", [{}] * 1100)
+    hosts = [daemon("--workers", "2", "--concurrency", "20", "--hostname", f"host{i}") for i in (1, 2)]
+    with Client(ops_db) as client:
+        for iid in ids:
+            assert client.wait(iid, timeout=120).status == "completed"
+    for d in hosts:
+        d.check_alive()
+    times = [r[0] for r in query(ops_db, "SELECT extract(epoch FROM started_at)::float8 FROM orchwf_step_instances"
+                                         " ORDER BY 1")]
+    assert len(times) == 3300
+    for width in (0.1, 1.0, 5.0, 30.0):
+        assert _max_in_window(times, width) <= int(burst + rate * width + 1e-9), width
+    after_burst = times[0] + burst / rate
+    steady = [t for t in times if after_burst <= t < after_burst + 30]
+    assert 0.9 * rate * 30 <= len(steady) <= rate * 30, f"{len(steady) / 30:.1f} starts/s"
