@@ -25,3 +25,23 @@ CREATE TABLE orchwf_queues (
     autovacuum_analyze_scale_factor = 0.02,
     autovacuum_vacuum_cost_delay = 0
 );
+
+-- The claim reads this table, and a rate-limited claim updates its row: a role that could
+-- claim before (UPDATE on orchwf_ready_steps, for the claim's row locks) gets what it
+-- needs here, so the runtime role of a least-privilege setup (docs/reliability.md) goes
+-- on claiming once 008 is in, without a grant by hand first.
+DO $$
+DECLARE
+    v_grantee text;
+BEGIN
+    FOR v_grantee IN
+        SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END
+        FROM pg_class c
+        CROSS JOIN LATERAL aclexplode(c.relacl) a
+        LEFT JOIN pg_roles r ON r.oid = a.grantee
+        WHERE c.oid = 'orchwf_ready_steps'::regclass AND a.privilege_type = 'UPDATE' AND a.grantee <> c.relowner
+    LOOP
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE ON orchwf_queues TO %s', v_grantee);
+    END LOOP;
+END;
+$$;
