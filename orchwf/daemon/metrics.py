@@ -274,6 +274,10 @@ class DatabaseCollector:
         paused = GaugeMetricFamily(
             "orchwf_queue_paused", "1 while the queue is paused (orchwf queue pause): its steps wait, none starts",
             labels=["queue"])
+        rate_limit = GaugeMetricFamily(
+            "orchwf_queue_rate_limit_per_second",
+            "The queue's rate limit (orchwf queue rate-limit), steps started per second on all hosts; "
+            "absent without one", labels=["queue"])
         workers = GaugeMetricFamily(
             "orchwf_live_workers", "Registered orchwf processes with a fresh heartbeat, database-wide",
             labels=["role"])
@@ -292,6 +296,8 @@ class DatabaseCollector:
             elif kind == "paused":
                 paused.add_metric([name], a or 0.0)
                 seen_paused.add(name)
+                if b is not None:
+                    rate_limit.add_metric([name], b)
             elif kind == "table":
                 dead.add_metric([name], a or 0.0)
                 live.add_metric([name], b or 0.0)
@@ -312,7 +318,7 @@ class DatabaseCollector:
         for (status, workflow), count in sorted(self.finished.items()):
             if status in finished:
                 finished[status].add_metric([workflow], count)
-        yield from (depth, oldest, paused, dead, live, enqueued, workers, *finished.values())
+        yield from (depth, oldest, paused, rate_limit, dead, live, enqueued, workers, *finished.values())
 
 
 # -- exposition -----------------------------------------------------------------------------

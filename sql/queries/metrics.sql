@@ -2,7 +2,8 @@
 
 -- name: database_metrics
 -- Queue depth and oldest ready step per queue (a loose index scan of the claim index in
--- orchwf_queue_stats); the queues an operator set something on (paused: a few rows);
+-- orchwf_queue_stats); the queues an operator set something on (paused, rate limit: a
+-- few rows);
 -- dead and live tuples and inserts from the statistics views; live
 -- worker rows (a small table); and the instances that finished since the last scrape
 -- (a BRIN range of history), up to a horizon %(lag)s seconds back, which the next
@@ -11,7 +12,7 @@ SELECT 'queue' AS kind, q.queue AS name, q.ready::float8 AS a,
        extract(epoch FROM now() - q.oldest_ready_at)::float8 AS b, NULL::timestamptz AS t
 FROM {schema}.orchwf_queue_stats(%(cap)s) q
 UNION ALL
-SELECT 'paused', c.name, c.paused::integer::float8, NULL, NULL
+SELECT 'paused', c.name, c.paused::integer::float8, c.rate_per_second, NULL
 FROM {schema}.orchwf_queues c
 UNION ALL
 SELECT 'table', s.relname::text, s.n_dead_tup::float8, s.n_live_tup::float8, NULL

@@ -154,16 +154,19 @@ def test_cli_pause_resume_and_stats_show_the_state(ops_db: str, orchwf) -> None:
     assert controls(ops_db) == [("bulk", False), ("idle", True)]
 
 
-def test_the_metrics_show_paused_queues(ops_db: str) -> None:
+def test_the_metrics_show_paused_queues_and_rate_limits(ops_db: str) -> None:
     with Client(ops_db) as client:
         client.pause_queue("bulk")
         client.pause_queue("other")
         client.resume_queue("other")
+        client.set_queue_rate_limit("limited", 2.5)
     with psycopg.connect(ops_db, autocommit=True) as conn:
         collector = DatabaseCollector("public", lambda: conn, queues=["default", "bulk"], ttl=0)
         families = {m.name: m for m in collector.collect()}
     paused = {s.labels["queue"]: s.value for s in families["orchwf_queue_paused"].samples}
-    assert paused == {"bulk": 1.0, "other": 0.0, "default": 0.0}
+    assert paused == {"bulk": 1.0, "other": 0.0, "limited": 0.0, "default": 0.0}
+    limits = {s.labels["queue"]: s.value for s in families["orchwf_queue_rate_limit_per_second"].samples}
+    assert limits == {"limited": 2.5}
 
 
 # -- real daemons ----------------------------------------------------------------------------------
