@@ -7,6 +7,7 @@ language enqueue exactly the same way.
 from __future__ import annotations
 
 import json
+import math
 import select
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,7 +22,7 @@ from .dag import dependents, validate_definition
 from .db.connect import connect
 from .db.errors import translate_errors
 from .db.queries import Queries
-from .db.rows import ScheduleRow
+from .db.rows import QueueControl, ScheduleRow
 from .errors import ScheduleNotFoundError, ValidationError, WorkflowNotFoundError
 from .jsonvalue import check_json_object
 from .schedules import check_definition_schedules, check_name, check_schedule
@@ -130,12 +131,69 @@ def _check_options(
         if abs(priority) > MAX_PRIORITY:
             raise ValidationError(f"priority {priority} is out of range (±{MAX_PRIORITY})")
     if queue is not None:
-        if (not isinstance(queue, str) or not 1 <= len(queue) <= MAX_KEY_LENGTH or "\x00" in queue
-                or not _encodable(queue)):
-            raise ValidationError(f"queue must be a string of 1 to {MAX_KEY_LENGTH} characters, got {queue!r}")
+        check_queue_name(queue)
     if run_after is not None:
         if not isinstance(run_after, datetime) or run_after.tzinfo is None:
             raise ValidationError("run_after must be a timezone-aware datetime")
+
+
+def check_queue_name(queue: object) -> str:
+    """A queue name as enqueue accepts it (orchwf_check_queue_name in SQL says the same)."""
+    if (not isinstance(queue, str) or not 1 <= len(queue) <= MAX_KEY_LENGTH or "\x00" in queue
+            or not _encodable(queue)):
+        raise ValidationError(f"queue must be a string of 1 to {MAX_KEY_LENGTH} characters, got {queue!r}")
+    return queue
+
+
+def pause_queue(conn: psycopg.Connection[Any], queue: str, *, schema: str = "public") -> bool:
+    """Pause ``queue`` for every worker on every host, in the caller's transaction.
+
+    From the commit on, no claim takes a step of it; running steps finish, and enqueues
+    still work (their steps wait). Returns False when it was paused already.
+    """
+    check_queue_name(queue)
+    with translate_errors():
+        return Queries.of(schema).pause_queue(conn, queue)
+
+
+def resume_queue(conn: psycopg.Connection[Any], queue: str, *, schema: str = "public") -> bool:
+    """Resume a paused ``queue``; its waiting steps start at once (a notification wakes
+    the workers at the commit). Returns False when it was not paused."""
+    check_queue_name(queue)
+    with translate_errors():
+        return Queries.of(schema).resume_queue(conn, queue)
+
+
+MAX_RATE = 1_000_000  # starts per second (and burst): the bounds orchwf_set_queue_rate_limit checks
+
+
+def check_rate_limit(per_second: object, burst: object = None) -> tuple[float, int | None]:
+    """A rate (starts per second, > 0) and an optional burst (>= 1), as the SQL API takes them."""
+    if isinstance(per_second, bool) or not isinstance(per_second, (int, float)):
+        raise ValidationError(f"rate must be a number of starts per second, got {per_second!r}")
+    if not math.isfinite(per_second) or not 0 < per_second <= MAX_RATE:
+        raise ValidationError(f"rate must be more than 0 and at most {MAX_RATE} per second, got {per_second!r}")
+    if burst is not None and (isinstance(burst, bool) or not isinstance(burst, int) or not 1 <= burst <= MAX_RATE):
+        raise ValidationError(f"burst must be an int from 1 to {MAX_RATE}, got {burst!r}")
+    return float(per_second), burst
+
+
+def set_queue_rate_limit(conn: psycopg.Connection[Any], queue: str, per_second: float | None, *,
+                         burst: int | None = None, schema: str = "public") -> None:
+    """Limit how many steps of ``queue`` start per second, on all hosts together (None: no limit).
+
+    A token bucket: at most ``burst`` starts at once (default: one second's worth, at
+    least 1), refilled at ``per_second``; so never more than burst + per_second x T
+    starts in any T seconds. Stored in the database, in the caller's transaction.
+    """
+    check_queue_name(queue)
+    if per_second is None:
+        if burst is not None:
+            raise ValidationError("a burst needs a rate")
+    else:
+        per_second, burst = check_rate_limit(per_second, burst)
+    with translate_errors():
+        Queries.of(schema).set_queue_rate_limit(conn, queue, per_second, burst)
 
 
 def _encodable(text: str) -> bool:
@@ -334,6 +392,36 @@ class Client:
         """Fire ``name`` again, from its next tick after now."""
         with self._connect() as conn:
             set_schedule_paused(conn, name, False, schema=self.schema)
+    def pause_queue(self, name: str) -> bool:
+        """Pause a queue globally: no worker starts its steps until ``resume_queue``.
+
+        Running steps finish; enqueues still work. False when it was paused already.
+        """
+        with self._connect() as conn:
+            return pause_queue(conn, name, schema=self.schema)
+
+    def resume_queue(self, name: str) -> bool:
+        """Resume a paused queue; its waiting steps start at once. False when it was not paused."""
+        with self._connect() as conn:
+            return resume_queue(conn, name, schema=self.schema)
+
+    def set_queue_rate_limit(self, name: str, per_second: float, *, burst: int | None = None) -> None:
+        """Start at most ``per_second`` steps of the queue per second, across all hosts
+        (a token bucket of ``burst`` starts, default one second's worth)."""
+        if per_second is None:
+            raise ValidationError("rate must be a number of starts per second; remove_queue_rate_limit removes it")
+        with self._connect() as conn:
+            set_queue_rate_limit(conn, name, per_second, burst=burst, schema=self.schema)
+
+    def remove_queue_rate_limit(self, name: str) -> None:
+        """No rate limit for the queue any more (a no-op when it had none)."""
+        with self._connect() as conn:
+            set_queue_rate_limit(conn, name, None, schema=self.schema)
+
+    def list_queue_controls(self) -> list[QueueControl]:
+        """The queues an operator has set something on (paused, resumed, rate limited), by name."""
+        with self._connect() as conn, translate_errors():
+            return self.q.queue_controls(conn)
 
     def wait(self, instance_id: str, timeout: float | None = None) -> WorkflowInstance:
         """Block until the instance is terminal (LISTEN orchwf_done, polling as fallback)."""

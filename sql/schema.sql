@@ -23,6 +23,7 @@
 --     orchwf_wait_samples       queue waits of each claim, until rolled up
 --     orchwf_stats_minutes      finishes, failures and queue wait p50/p99 per minute
 --     orchwf_queue_minutes      each queue's backlog per minute
+--     orchwf_queues             queue controls: paused queues, rate limits
 --   history: written once when an instance finishes, never updated; partitioned by the
 --   instance's created_at, so retention drops whole partitions
 --     orchwf_instance_history   finished instances
@@ -304,6 +305,35 @@ CREATE TABLE orchwf_queue_minutes (
     queue  text NOT NULL,
     ready  bigint NOT NULL,
     PRIMARY KEY (minute, queue)
+);
+
+-- ---------------------------------------------------------------------------------
+-- Queue controls: one row per queue an operator has set something on (pause, rate
+-- limit). A queue
+-- without a row runs as it always did; the claim reads this table by key
+-- (sql/api/claim.sql, sql/api/queues.sql).
+-- ---------------------------------------------------------------------------------
+
+CREATE TABLE orchwf_queues (
+    name            text PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 255),
+    paused          boolean NOT NULL DEFAULT false,   -- the claim takes nothing from a paused queue
+    paused_at       timestamptz,                      -- when it was paused; NULL while it runs
+    -- A rate limit: a token bucket of `burst` starts, refilled at rate_per_second, taken
+    -- by the claims of this queue under this row's lock (orchwf_take_starts). NULL: none.
+    rate_per_second double precision CHECK (rate_per_second > 0 AND rate_per_second <= 1000000),
+    burst           integer CHECK (burst BETWEEN 1 AND 1000000),
+    tokens          double precision NOT NULL DEFAULT 0,     -- starts allowed as of tokens_at
+    tokens_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT orchwf_queues_rate_limit_check CHECK ((rate_per_second IS NULL) = (burst IS NULL))
+) WITH (
+    -- A few rows, read by every claim; the row of a rate-limited queue is updated by each
+    -- of its claims: room for HOT updates on the page, dead rows vacuumed early.
+    fillfactor = 50,
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_vacuum_cost_delay = 0
 );
 
 -- ---------------------------------------------------------------------------------

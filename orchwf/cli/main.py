@@ -50,6 +50,7 @@ def _register() -> None:
         migrate_commands,
         ops_commands,
         schedule_commands,
+        queue_commands,
         worker_commands,
     )
 
@@ -59,6 +60,7 @@ def _register() -> None:
     cli.add_command(demo_command.demo)
     cli.add_command(dashboard_command.dashboard)
     cli.add_command(schedule_commands.schedules)
+    cli.add_command(queue_commands.queue)
     for command in ops_commands.COMMANDS:
         cli.add_command(command)
 

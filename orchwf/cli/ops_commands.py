@@ -463,7 +463,7 @@ def signal_cmd(dsn: str | None, schema: str, instance_id: str, name: str, payloa
               help="Period for the finished counts and rates (e.g. 5m, 1h).")
 @json_option
 def stats_cmd(dsn: str | None, schema: str, window: float, as_json: bool) -> None:
-    """Queue depth, oldest ready step, active instances, finish rates and live workers."""
+    """Queue depth and state (paused), oldest ready step, active instances, finish rates and live workers."""
     if window <= 0:
         raise click.BadParameter("must be more than 0", param_hint="--window")
     with connection(dsn) as conn:
@@ -473,7 +473,8 @@ def stats_cmd(dsn: str | None, schema: str, window: float, as_json: bool) -> Non
     finished = {k: stats.finished.get(k, 0) for k in ("completed", "failed", "cancelled")}
     doc: dict[str, Any] = {
         "queues": [{"queue": q.queue, "ready": q.ready, "ready_capped": q.ready >= STATS_DEPTH_CAP,
-                    "oldest_ready_age_seconds": q.oldest_ready_age} for q in stats.queues],
+                    "oldest_ready_age_seconds": q.oldest_ready_age, "paused": q.paused,
+                    "rate_per_second": q.rate_per_second, "burst": q.burst} for q in stats.queues],
         "steps": {"running": running_steps, "scheduled": scheduled},
         "instances": {"pending": pending, "running": running},
         "window_seconds": window,
@@ -487,8 +488,11 @@ def stats_cmd(dsn: str | None, schema: str, window: float, as_json: bool) -> Non
         emit_json(doc)
         return
     if doc["queues"]:
-        table(["QUEUE", "READY", "OLDEST READY"],
-              [[q["queue"], ("≥" if q["ready_capped"] else "") + str(q["ready"]), age(q["oldest_ready_age_seconds"])]
+        from .queue_commands import rate_text
+
+        table(["QUEUE", "READY", "OLDEST READY", "STATE", "RATE LIMIT"],
+              [[q["queue"], ("≥" if q["ready_capped"] else "") + str(q["ready"]), age(q["oldest_ready_age_seconds"]),
+                "paused" if q["paused"] else "running", rate_text(q["rate_per_second"], q["burst"])]
                for q in doc["queues"]])
     else:
         click.echo("no steps ready in any queue")

@@ -273,6 +273,13 @@ class DatabaseCollector:
             "orchwf_workflows_enqueued",
             "Workflow instances inserted, database-wide, since the statistics were reset "
             "(pg_stat_user_tables.n_tup_ins; includes inserts that rolled back)")
+        paused = GaugeMetricFamily(
+            "orchwf_queue_paused", "1 while the queue is paused (orchwf queue pause): its steps wait, none starts",
+            labels=["queue"])
+        rate_limit = GaugeMetricFamily(
+            "orchwf_queue_rate_limit_per_second",
+            "The queue's rate limit (orchwf queue rate-limit), steps started per second on all hosts; "
+            "absent without one", labels=["queue"])
         workers = GaugeMetricFamily(
             "orchwf_live_workers", "Registered orchwf processes with a fresh heartbeat, database-wide",
             labels=["role"])
@@ -289,11 +296,17 @@ class DatabaseCollector:
             "Age of the oldest instance waiting for a worker with its definition version", labels=["workflow"])
         seen_roles = set()
         seen_queues = set()
+        seen_paused = set()
         for kind, name, a, b, _t in rows:
             if kind == "queue":
                 depth.add_metric([name], a or 0.0)
                 oldest.add_metric([name], max(0.0, b or 0.0))
                 seen_queues.add(name)
+            elif kind == "paused":
+                paused.add_metric([name], a or 0.0)
+                seen_paused.add(name)
+                if b is not None:
+                    rate_limit.add_metric([name], b)
             elif kind == "table":
                 dead.add_metric([name], a or 0.0)
                 live.add_metric([name], b or 0.0)
@@ -309,13 +322,16 @@ class DatabaseCollector:
             if queue not in seen_queues:
                 depth.add_metric([queue], 0.0)
                 oldest.add_metric([queue], 0.0)
+            if queue not in seen_paused:
+                paused.add_metric([queue], 0.0)
         for role in ("supervisor", "worker"):
             if role not in seen_roles:
                 workers.add_metric([role], 0.0)
         for (status, workflow), count in sorted(self.finished.items()):
             if status in finished:
                 finished[status].add_metric([workflow], count)
-        yield from (depth, oldest, dead, live, enqueued, workers, unserved, unserved_age, *finished.values())
+        yield from (depth, oldest, paused, rate_limit, dead, live, enqueued, workers, unserved, unserved_age,
+                    *finished.values())
 
 
 # -- exposition -----------------------------------------------------------------------------

@@ -150,6 +150,15 @@ class WorkerProtocol:
                 return None
             raise
 
+    def rate_limited_poll(self, conn: psycopg.Connection[Any], floor: float) -> float | None:
+        """How often to poll while one of this worker's queues is rate limited (None: none
+        is, or the database failed)."""
+        try:
+            return self.q.rate_limited_poll(conn, list(self.config.queues), floor)
+        except psycopg.Error as exc:
+            self.failed(exc)
+            return None
+
     def heartbeat(self, conn: psycopg.Connection[Any], ids: list[str], tokens: list[int]) -> list[uuid.UUID] | None:
         """Renew leases; the steps whose lease was lost, or None if the database failed."""
         try:

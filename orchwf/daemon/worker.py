@@ -36,6 +36,8 @@ from .runner import StepRunner
 log = logging.getLogger("orchwf.worker")
 
 EXIT_RECYCLE = 3  # a step ignored its timeout: replace this process to get rid of the thread
+RATE_LIMITS_EVERY = 5.0  # seconds between two reads of the rate limits of the worker's queues
+RATE_POLL_FLOOR = 0.02  # a rate-limited queue is polled at most this often
 QUARANTINE_IDLE = 5.0  # seconds a quarantine worker waits for another suspect before it exits
 FLUSH_LINGER = 0.002  # seconds a finished result may wait to share a commit with others
 FLUSH_MAX = 200       # results per commit at most
@@ -74,6 +76,8 @@ class Worker:
         self.drain_deadline = 0.0
         self.more_work = True
         self.next_poll = 0.0
+        self.rate_poll: float | None = None  # poll this often: one of the queues is rate limited
+        self.next_rate_check = 0.0
         self.next_heartbeat = 0.0
         self.next_beat = 0.0
         self.title = ""
@@ -161,6 +165,7 @@ class Worker:
                 if self.quarantine and self._idle_too_long(now):
                     return 0
             self._heartbeat(now)
+            self._check_rate_limits(now)
             self._beat(now)
             self._update_title()
             self._wait()
@@ -250,7 +255,7 @@ class Worker:
         self.db.answered()
         metrics.observe_claim(now - t0, len(rows))
         self.more_work = len(rows) == free
-        self.next_poll = now + self.config.idle_poll
+        self.next_poll = now + min(self.config.idle_poll, self.rate_poll or self.config.idle_poll)
         for row in rows:
             claim = Claim(row)
             self.inflight[claim.key] = claim
@@ -367,6 +372,24 @@ class Worker:
                 break
             self.db.retry_now()
             self._finish()
+
+    def _check_rate_limits(self, now: float) -> None:
+        """Learn whether a queue of this worker is rate limited (every few seconds).
+
+        A claim held back by a rate limit returns fewer steps than it asked for, which is
+        also what an empty queue looks like, and no notification comes when tokens are
+        back: so while a limit applies, the worker polls often enough that the bucket never
+        fills up unused between its claims, instead of waiting for its idle poll."""
+        if now < self.next_rate_check or self.quarantine:
+            return
+        self.next_rate_check = now + RATE_LIMITS_EVERY
+        conn = self._connection()
+        if conn is None:
+            return
+        poll = self.db.rate_limited_poll(conn, RATE_POLL_FLOOR)
+        if poll != self.rate_poll:
+            self.rate_poll = poll
+            self.next_poll = min(self.next_poll, now + (poll or self.config.idle_poll))
 
     def _heartbeat(self, now: float) -> None:
         if now < self.next_heartbeat:

@@ -30,6 +30,8 @@ NOTICES = {               # ?done=... after an action: fixed texts, never reflec
     "cancel": "Cancellation requested.",
     "resume": "Instance resumed: its failed, cancelled and pending steps run again.",
     "retry": "Step queued for another run.",
+    "paused": "Queue paused on every host: running steps finish, no new step starts.",
+    "resumed": "Queue resumed: its waiting steps start.",
 }
 
 
@@ -98,7 +100,7 @@ def badge(status: str) -> str:
     return f'<span class="badge status-{esc(status if status in _ALL_STATUSES else "unknown")}">{esc(status)}</span>'
 
 
-_ALL_STATUSES = frozenset(STATUSES) | {"skipped"}
+_ALL_STATUSES = frozenset(STATUSES) | {"skipped", "paused"}  # paused: a queue
 
 
 def pretty_json(doc: Any, head: str | None = None, size: int | None = None) -> str:
@@ -177,7 +179,23 @@ def per_minute(rate: float) -> str:
 # -- pages --------------------------------------------------------------------------------
 
 
-def overview_page(data: Row, view: View) -> str:
+def rate_limit(per_second: float | None, burst: int | None) -> str:
+    """A queue's rate limit for people: "10/s, burst 10", "0.5/s (30/min), burst 1", or "–"."""
+    if per_second is None:
+        return "–"
+    rate = f"{per_second:g}/s" if per_second >= 1 else f"{per_second:g}/s ({per_second * 60:g}/min)"
+    return f"{rate}, burst {burst}"
+
+
+def _queue_action(q: Row, view: View) -> str:
+    """Pause or resume one queue (the queue's name is a form field: any characters)."""
+    if q["paused"]:
+        return _form("/queues/resume", "Resume", view, fields={"queue": q["queue"]})
+    return _form("/queues/pause", "Pause", view, fields={"queue": q["queue"]}, cls="danger",
+                 confirm=f"Pause queue {q['queue']} on every host? Running steps finish; no new step starts.")
+
+
+def overview_page(data: Row, view: View, *, notice: str = "", error: str = "") -> str:
     """``data``: queries.Queries.overview()."""
     active, hour, window = data["active"], data["last_hour"], data["last_window"]
     minutes = float(data.get("window_span") or data["window_seconds"]) / 60  # whole minutes rolled up, and this one so far
@@ -191,13 +209,17 @@ def overview_page(data: Row, view: View) -> str:
     rates = " · ".join(f"{esc(s)} {esc(per_minute(window.get(s, 0) / minutes))}"
                        for s in ("completed", "failed", "cancelled"))
     queues = _table(
-        ["Queue", "Ready steps", "Oldest ready for"],
-        [[esc(q["queue"]), esc(f'{q["ready"]:,}'), esc(age(q["oldest_age"]))] for q in data["queues"]],
+        ["Queue", "State", "Ready steps", "Oldest ready for", "Rate limit", ""],
+        [[esc(q["queue"]), badge("paused") if q["paused"] else badge("running"), esc(f'{q["ready"]:,}'),
+          esc(age(q["oldest_age"])), esc(rate_limit(q["rate_per_second"], q["burst"])), _queue_action(q, view)]
+         for q in data["queues"]],
         "queues",
     ) if data["queues"] else '<p class="empty">No steps waiting in any queue.</p>'
+    flash = (f'<p class="flash ok">{esc(notice)}</p>' if notice else "") + (
+        f'<p class="flash error">{esc(error)}</p>' if error else "")
     running, scheduled = int(data["running_steps"]), int(data["scheduled_steps"])
     body = (
-        f'<div id="overview" data-live="{LIVE_SECONDS}"><h1>Overview</h1>'
+        f'{flash}<div id="overview" data-live="{LIVE_SECONDS}"><h1>Overview</h1>'
         f'<section class="cards">{"".join(cards)}</section>'
         f'<section><h2>Throughput</h2><p>Instances finished over the last {esc(age(data["window_seconds"]))}: '
         f"{rates}.</p><p>Steps running {running:,} · waiting for a retry or start time "

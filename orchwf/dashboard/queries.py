@@ -113,3 +113,17 @@ class Queries:
     def retry_step(self, instance_id: str, step_id: str) -> str:
         with self.pool.connection() as conn, translate_errors():
             return self.q.retry_step(conn, instance_id, step_id)
+
+    def pause_queue(self, queue: str) -> bool:
+        from ..client import check_queue_name
+
+        check_queue_name(queue)
+        with self.pool.connection() as conn, translate_errors():
+            return self.q.pause_queue(conn, queue)
+
+    def resume_queue(self, queue: str) -> bool:
+        from ..client import check_queue_name
+
+        check_queue_name(queue)
+        with self.pool.connection() as conn, translate_errors():
+            return self.q.resume_queue(conn, queue)

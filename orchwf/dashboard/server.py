@@ -51,6 +51,7 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self';
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 _INSTANCE = re.compile(rf"/instances/({_UUID})")
 _ACTION = re.compile(rf"/instances/({_UUID})/(cancel|resume|retry)")
+_QUEUE_ACTION = re.compile(r"/queues/(pause|resume)")
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9/_.-]*")
 
 
@@ -166,7 +167,8 @@ class Dashboard:
     def _get(self, req: Request) -> Response:
         path = req.path
         if path == "/":
-            return Response.html(HTTPStatus.OK, pages.overview_page(self.queries.overview(), self.view))
+            notice = pages.NOTICES.get(req.query.get("done", ""), "")
+            return Response.html(HTTPStatus.OK, pages.overview_page(self.queries.overview(), self.view, notice=notice))
         if path == "/instances":
             return self._list(req)
         if path == "/workers":
@@ -227,6 +229,9 @@ class Dashboard:
             return self._forbidden("The form could not be read.")
         if not _same(form.get("csrf", ""), self.csrf_token):
             return self._forbidden("The form's security token is missing or stale: reload the page and try again.")
+        queue_action = _QUEUE_ACTION.fullmatch(req.path)
+        if queue_action:
+            return self._queue_action(queue_action.group(1), form.get("queue", ""))
         match = _ACTION.fullmatch(req.path)
         if not match:
             return self._not_found("There is no action at this address.")
@@ -248,6 +253,21 @@ class Dashboard:
             return self._instance(instance_id, error=f"Could not {action}: {exc}", status=HTTPStatus.CONFLICT)
         log.info("%s %s%s", action, instance_id, f" step {form.get('step')!r}" if action == "retry" else "")
         return Response.redirect(f"/instances/{instance_id}?done={action}")
+
+
+    def _queue_action(self, action: str, queue: str) -> Response:
+        """Pause or resume a queue (for every worker on every host), then the overview."""
+        try:
+            if action == "pause":
+                self.queries.pause_queue(queue)
+            else:
+                self.queries.resume_queue(queue)
+        except OrchwfError as exc:
+            log.info("%s queue %r refused: %s", action, queue, exc)
+            return Response.html(HTTPStatus.BAD_REQUEST, pages.overview_page(
+                self.queries.overview(), self.view, error=f"Could not {action} the queue: {exc}"))
+        log.info("%s queue %r", action, queue)
+        return Response.redirect("/?done=" + ("paused" if action == "pause" else "resumed"))
 
 
 def _cross_site(req: Request) -> str:

@@ -32,6 +32,7 @@ from .rows import (
     MaintainRow,
     ProcessRegistration,
     ProcessRow,
+    QueueControl,
     QueueStats,
     RescuedStep,
     RunningClaim,
@@ -339,6 +340,22 @@ class Queries:
     def resume_workflow(self, conn: Conn, instance_id: str) -> str:
         return str(self._value(conn, "resume_workflow", {"id": instance_id}))
 
+    def pause_queue(self, conn: Conn, queue: str) -> bool:
+        return bool(self._value(conn, "pause_queue", {"queue": queue}))
+
+    def resume_queue(self, conn: Conn, queue: str) -> bool:
+        return bool(self._value(conn, "resume_queue", {"queue": queue}))
+
+    def set_queue_rate_limit(self, conn: Conn, queue: str, per_second: float | None, burst: int | None) -> None:
+        self._run(conn, "set_queue_rate_limit", {"queue": queue, "per_second": per_second, "burst": burst})
+
+    def rate_limited_poll(self, conn: Conn, queues: list[str], floor: float) -> float | None:
+        value = self._value(conn, "rate_limited_poll", {"queues": queues, "floor": floor})
+        return None if value is None else float(value)
+
+    def queue_controls(self, conn: Conn) -> list[QueueControl]:
+        return self._rows(conn, "queue_controls", QueueControl)
+
     def retry_step(self, conn: Conn, instance_id: str, step_id: str) -> str:
         return str(self._value(conn, "retry_step", {"id": instance_id, "step_id": step_id}))
 
@@ -349,7 +366,8 @@ class Queries:
         row = self._one(conn, "stats", {"cap": depth_cap, "window": window_seconds, "live": live_seconds})
         assert row is not None
         return Stats(
-            queues=[QueueStats(q, int(n), max(0.0, age or 0.0)) for q, n, age in row["queues"]],
+            queues=[QueueStats(q, int(n), max(0.0, age or 0.0), bool(paused), rate, burst)
+                    for q, n, age, paused, rate, burst in row["queues"]],
             running_steps=int(row["running_steps"]), scheduled_steps=int(row["scheduled_steps"]),
             pending=int(row["pending"]), running=int(row["running"]),
             finished={k: int(v) for k, v in row["finished"].items()},

@@ -137,6 +137,20 @@ class QueueStats:
     queue: str
     ready: int
     oldest_ready_age: float
+    paused: bool = False
+    rate_per_second: float | None = None  # None: no rate limit
+    burst: int | None = None
+
+
+@dataclass
+class QueueControl:
+    """A queue an operator has set something on (orchwf_queues)."""
+
+    name: str
+    paused: bool
+    paused_at: datetime | None
+    rate_per_second: float | None  # None: no rate limit
+    burst: int | None
 
 
 @dataclass

@@ -49,7 +49,12 @@ BEGIN
         -- Suspects (steps that were running in a process that died) are left to the
         -- quarantine worker, which takes them from their own partial index, one by one.
         SELECT x.step_inst_id
-        FROM unnest(p_queues) AS q(name)
+        -- Queue controls, for the workers of every release (sql/api/queues.sql): a paused
+        -- queue claims nothing; a rate-limited one at most n, taken from its token bucket.
+        FROM (SELECT u.name, CASE WHEN c.rate_per_second IS NULL THEN p_limit
+                                  ELSE orchwf_take_starts(u.name, p_workflows, p_limit, p_suspects) END
+              FROM unnest(p_queues) AS u(name) LEFT JOIN orchwf_queues c ON c.name = u.name
+              WHERE c.paused IS NOT TRUE) AS q(name, n)
         CROSS JOIN LATERAL (
             SELECT * FROM (
                 SELECT r.step_inst_id, r.priority, r.ready_at, r.workflow_inst_id
@@ -58,7 +63,7 @@ BEGIN
                   AND r.ready_at <= now() AND NOT r.suspect
                   AND (p_versions IS NULL OR r.definition_hash IS NULL OR r.definition_hash = ANY (p_versions))
                 ORDER BY r.priority DESC, r.ready_at, r.workflow_inst_id, r.step_inst_id
-                LIMIT p_limit
+                LIMIT q.n
                 FOR UPDATE SKIP LOCKED) ordinary
             UNION ALL
             SELECT * FROM (
@@ -68,7 +73,7 @@ BEGIN
                   AND r.ready_at <= now()
                   AND (p_versions IS NULL OR r.definition_hash IS NULL OR r.definition_hash = ANY (p_versions))
                 ORDER BY r.priority DESC, r.ready_at, r.workflow_inst_id, r.step_inst_id
-                LIMIT p_limit
+                LIMIT q.n
                 FOR UPDATE SKIP LOCKED) suspects) x
         ORDER BY x.priority DESC, x.ready_at, x.workflow_inst_id, x.step_inst_id
         LIMIT p_limit),

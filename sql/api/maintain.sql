@@ -68,7 +68,8 @@ BEGIN
     SELECT extract(epoch FROM min(s.run_after) - now()) INTO next_due
     FROM orchwf_live_steps s WHERE s.run_after IS NOT NULL;
     suspects := EXISTS (SELECT 1 FROM orchwf_ready_steps r
-                        WHERE r.suspect AND r.queue = ANY (p_queues) AND r.workflow_id = ANY (p_workflows));
+                        WHERE r.suspect AND r.queue = ANY (p_queues) AND r.workflow_id = ANY (p_workflows)
+                          AND NOT EXISTS (SELECT 1 FROM orchwf_queues c WHERE c.name = r.queue AND c.paused));
     IF (SELECT p.horizon < now() + p.premake * p."interval" / 2 FROM orchwf_partitioning p) THEN
         PERFORM orchwf_extend_partitions();
     END IF;

@@ -33,3 +33,17 @@ LISTEN {channel}
 -- name: send_signal
 -- orchwf_signal (sql/api/signals.sql) in the caller's transaction.
 SELECT {schema}.orchwf_signal(%(instance_id)s, %(name)s, %(payload)s) AS id
+-- name: pause_queue
+SELECT {schema}.orchwf_pause_queue(%(queue)s) AS changed
+
+-- name: resume_queue
+SELECT {schema}.orchwf_resume_queue(%(queue)s) AS changed
+
+-- name: set_queue_rate_limit
+SELECT {schema}.orchwf_set_queue_rate_limit(%(queue)s, %(per_second)s::float8, %(burst)s::integer)
+
+-- name: queue_controls
+-- Queues an operator has set something on (orchwf_queues: a few rows).
+SELECT c.name, c.paused, c.paused_at, c.rate_per_second, c.burst
+FROM {schema}.orchwf_queues c
+ORDER BY c.name

@@ -129,9 +129,11 @@ SELECT extract(epoch FROM min(s.run_after) - now())::float8 AS next_due
 FROM {schema}.orchwf_live_steps s WHERE s.run_after IS NOT NULL
 
 -- name: suspects_waiting
--- Suspects (steps a dead process was running) wait in these queues for these workflows.
+-- Suspects (steps a dead process was running) wait in these queues for these workflows
+-- (a paused queue's suspects wait for its resume: no quarantine worker for them).
 SELECT EXISTS (SELECT 1 FROM {schema}.orchwf_ready_steps r
-               WHERE r.suspect AND r.queue = ANY (%(queues)s) AND r.workflow_id = ANY (%(workflows)s)) AS waiting
+               WHERE r.suspect AND r.queue = ANY (%(queues)s) AND r.workflow_id = ANY (%(workflows)s)
+                 AND NOT EXISTS (SELECT 1 FROM {schema}.orchwf_queues c WHERE c.name = r.queue AND c.paused)) AS waiting
 
 -- name: mark_processes_alive
 UPDATE {schema}.orchwf_workers SET heartbeat_at = now() WHERE supervisor_id = %(supervisor_id)s
@@ -145,3 +147,10 @@ WHERE g.id = (SELECT x.id FROM {schema}.orchwf_signals x
               ORDER BY x.id LIMIT 1
               FOR UPDATE SKIP LOCKED)
 RETURNING g.payload
+-- name: rate_limited_poll
+-- How often a worker of these queues polls while one of them is rate limited: half the
+-- time its bucket takes to fill (so it never overflows between two claims), at least
+-- %(floor)s seconds; NULL when none is (then the worker waits for wake-ups as usual).
+SELECT min(greatest(c.burst / c.rate_per_second / 2, %(floor)s))::float8 AS seconds
+FROM {schema}.orchwf_queues c
+WHERE c.name = ANY (%(queues)s) AND c.rate_per_second IS NOT NULL AND NOT c.paused

@@ -21,10 +21,14 @@ SELECT
   -- the span the last window's minutes cover: from the start of its first minute to now
   extract(epoch FROM now() - date_trunc('minute', now() - %(window)s * interval '1 second', 'UTC'))::float8
     AS window_span,
+  -- Queues with ready steps, and the queues an operator has set something on (paused).
   (SELECT coalesce(jsonb_agg(jsonb_build_object(
-        'queue', q.queue, 'ready', q.ready,
-        'oldest_age', extract(epoch FROM now() - q.oldest_ready_at)::float8) ORDER BY q.queue), '[]')
-   FROM {schema}.orchwf_queue_stats(%(cap)s) q) AS queues,
+        'queue', coalesce(q.queue, c.name), 'ready', coalesce(q.ready, 0),
+        'oldest_age', extract(epoch FROM now() - q.oldest_ready_at)::float8,
+        'paused', coalesce(c.paused, false), 'rate_per_second', c.rate_per_second,
+        'burst', c.burst) ORDER BY coalesce(q.queue, c.name)), '[]')
+   FROM {schema}.orchwf_queue_stats(%(cap)s) q
+   FULL JOIN {schema}.orchwf_queues c ON c.name = q.queue) AS queues,
   (SELECT count(*) FROM {schema}.orchwf_running_steps r
    JOIN {schema}.orchwf_live_steps s
      ON s.id = r.step_inst_id AND s.lease_token = r.lease_token AND s.status = 'running') AS running_steps,

@@ -2,13 +2,18 @@
 
 -- name: database_metrics
 -- Queue depth and oldest ready step per queue (a loose index scan of the claim index in
--- orchwf_queue_stats); dead and live tuples and inserts from the statistics views; live
+-- orchwf_queue_stats); the queues an operator set something on (paused, rate limit: a
+-- few rows);
+-- dead and live tuples and inserts from the statistics views; live
 -- worker rows (a small table); and the instances that finished since the last scrape
 -- (a BRIN range of history), up to a horizon %(lag)s seconds back, which the next
 -- scrape starts from.
 SELECT 'queue' AS kind, q.queue AS name, q.ready::float8 AS a,
        extract(epoch FROM now() - q.oldest_ready_at)::float8 AS b, NULL::timestamptz AS t
 FROM {schema}.orchwf_queue_stats(%(cap)s) q
+UNION ALL
+SELECT 'paused', c.name, c.paused::integer::float8, c.rate_per_second, NULL
+FROM {schema}.orchwf_queues c
 UNION ALL
 SELECT 'table', s.relname::text, s.n_dead_tup::float8, s.n_live_tup::float8, NULL
 FROM pg_catalog.pg_stat_user_tables s

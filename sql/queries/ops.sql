@@ -15,9 +15,13 @@ WHERE workflow_inst_id = %(id)s AND instance_created_at = {schema}.orchwf_instan
 
 -- name: stats
 SELECT
-  (SELECT coalesce(jsonb_agg(jsonb_build_array(q.queue, q.ready,
-                                               extract(epoch FROM now() - q.oldest_ready_at)::float8)), '[]')
-   FROM {schema}.orchwf_queue_stats(%(cap)s) q) AS queues,
+  -- Queues with ready steps, and the queues an operator has set something on (paused).
+  (SELECT coalesce(jsonb_agg(jsonb_build_array(coalesce(q.queue, c.name), coalesce(q.ready, 0),
+                                               extract(epoch FROM now() - q.oldest_ready_at)::float8,
+                                               coalesce(c.paused, false), c.rate_per_second, c.burst)
+                             ORDER BY coalesce(q.queue, c.name)), '[]')
+   FROM {schema}.orchwf_queue_stats(%(cap)s) q
+   FULL JOIN {schema}.orchwf_queues c ON c.name = q.queue) AS queues,
   (SELECT count(*) FROM {schema}.orchwf_running_steps r
    JOIN {schema}.orchwf_live_steps s
      ON s.id = r.step_inst_id AND s.lease_token = r.lease_token AND s.status = 'running') AS running_steps,

@@ -381,3 +381,30 @@ def test_token_login_and_read_only_in_the_browser(world: World, tab: Tab) -> Non
         assert not tab.dialogs
     finally:
         stop(proc)
+
+
+def test_pause_and_resume_a_queue_from_the_overview(world: World, tab: Tab) -> None:
+    """The queues table shows a paused queue; Resume and Pause (which asks first) change
+    it for every worker, through the SQL API."""
+    with Client(world.dsn) as client:
+        client.pause_queue("browser-q")  # a queue with nothing ready is listed once it is set
+    page = tab.page
+    page.goto(world.url + "/")
+    row = page.locator("table.queues tr", has_text="browser-q")
+    expect(row.locator(".badge")).to_have_text("paused")
+    row.get_by_role("button", name="Resume").click()
+    expect(page).to_have_url(re.compile(r"/\?done=resumed$"))
+    expect(page.locator(".flash.ok")).to_have_text("Queue resumed: its waiting steps start.")
+    expect(row.locator(".badge")).to_have_text("running")
+    assert _scalar(world.dsn, "SELECT paused FROM orchwf_queues WHERE name = 'browser-q'") is False
+    assert tab.dialogs == []
+
+    row.get_by_role("button", name="Pause").click()
+    expect(page).to_have_url(re.compile(r"/\?done=paused$"))
+    expect(page.locator(".flash.ok")).to_have_text(
+        "Queue paused on every host: running steps finish, no new step starts.")
+    expect(row.locator(".badge")).to_have_text("paused")
+    shot(page, "overview-paused-queue")
+    assert _scalar(world.dsn, "SELECT paused FROM orchwf_queues WHERE name = 'browser-q'") is True
+    assert tab.dialogs == ["Pause queue browser-q on every host? Running steps finish; no new step starts."]
+    assert not tab.errors, tab.errors

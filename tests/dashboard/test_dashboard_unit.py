@@ -73,7 +73,10 @@ class FakeQueries:
     def overview(self) -> dict[str, Any]:
         minute = NOW.replace(second=0, microsecond=0) - timedelta(minutes=1)
         return {"now": NOW, "active": {"running": 2}, "last_hour": {"completed": 5}, "last_window": {"completed": 5},
-                "window_seconds": 300, "queues": [{"queue": EVIL, "ready": 3, "oldest_age": 4.5}],
+                "window_seconds": 300, "queues": [{"queue": EVIL, "ready": 3, "oldest_age": 4.5, "paused": False,
+                                                  "rate_per_second": None, "burst": None},
+                                                 {"queue": "bulk", "ready": 0, "oldest_age": None, "paused": True,
+                                                  "rate_per_second": 0.5, "burst": 2}],
                 "running_steps": 2, "scheduled_steps": 0, "live_workers": 1,
                 "trend": [{"minute": minute, "completed": 5, "failed": 0, "cancelled": 0, "started": 5,
                            "wait_p50_ms": 1.5, "wait_p99_ms": 4.0, "closed": True}],
@@ -111,6 +114,15 @@ class FakeQueries:
 
     def retry_step(self, instance_id: str, step_id: str) -> str:
         return self._act("retry", instance_id, step_id)
+
+    def pause_queue(self, queue: str) -> bool:
+        from orchwf.client import check_queue_name
+
+        check_queue_name(queue)  # as the real one: a bad name is refused before SQL
+        return bool(self._act("pause", queue))
+
+    def resume_queue(self, queue: str) -> bool:
+        return bool(self._act("resume-queue", queue))
 
 
 def app(**kwargs: Any) -> tuple[Dashboard, FakeQueries]:
@@ -507,3 +519,72 @@ def test_the_overview_lists_schedules_with_their_next_and_last_run(live: tuple[s
     assert "<code>*/5 * * * *</code> Europe/Berlin" in rows[1] and re.search(r"\(in \d+m\d\ds\)|\(in [\d.]+s\)", rows[1])
     assert "nightly" in rows[2] and "paused" in rows[2]
     assert "<script>" not in page.split('class="schedules"')[1]
+
+
+# -- queues: pause and resume ------------------------------------------------------------------
+
+
+def test_overview_shows_queue_states_and_their_buttons_escaped() -> None:
+    dash, _ = app()
+    page = get(dash, "/").body.decode()
+    audit(page)
+    assert '<span class="badge status-paused">paused</span>' in page
+    assert '<span class="badge status-running">running</span>' in page
+    assert "<td>0.5/s (30/min), burst 2</td>" in page and "<td>–</td>" in page
+    # the queue's name travels as an escaped form field, never in the path
+    assert 'action="/queues/pause"' in page and 'name="queue" value="&lt;script&gt;' in page
+    assert 'action="/queues/resume"' in page and 'name="queue" value="bulk"' in page
+    read_only = get(app(read_only=True)[0], "/").body.decode()
+    assert "<form" not in read_only.split("<main>")[1] and "status-paused" in read_only
+
+
+def test_queue_actions_need_the_csrf_token_and_refuse_in_read_only_mode() -> None:
+    dash, fake = app()
+    assert post(dash, "/queues/pause", {"queue": "bulk"}).status == 403
+    assert post(dash, "/queues/pause", {"queue": "bulk", "csrf": "wrong"}).status == 403
+    assert post(dash, "/queues/pause", {"queue": "bulk", "csrf": CSRF}, origin="https://evil.example").status == 403
+    assert fake.calls == []
+    resp = post(dash, "/queues/pause", {"queue": EVIL, "csrf": CSRF})
+    assert resp.status == 303 and ("Location", "/?done=paused") in resp.headers
+    resp = post(dash, "/queues/resume", {"queue": "bulk", "csrf": CSRF})
+    assert resp.status == 303 and ("Location", "/?done=resumed") in resp.headers
+    assert fake.calls == [("pause", EVIL), ("resume-queue", "bulk")]
+    assert b"Queue paused on every host" in get(dash, "/", {"done": "paused"}).body
+    assert post(dash, "/queues/stop", {"queue": "bulk", "csrf": CSRF}).status == 404
+
+    ro, ro_fake = app(read_only=True)
+    for action in ("pause", "resume"):
+        assert post(ro, f"/queues/{action}", {"queue": "bulk", "csrf": CSRF}).status == 403
+    assert ro_fake.calls == []
+
+
+def test_a_bad_queue_name_from_the_form_is_refused_with_the_reason() -> None:
+    dash, fake = app()
+    for form in ({"csrf": CSRF}, {"csrf": CSRF, "queue": "x" * 256}):
+        resp = post(dash, "/queues/pause", form)
+        assert resp.status == 400 and b"Could not pause the queue: queue must be a string of 1 to 255" in resp.body
+        audit(resp.body.decode())
+    assert fake.calls == []
+
+
+def test_real_server_pauses_and_resumes_a_queue(live: tuple[str, str]) -> None:
+    base, dsn = live
+    with Client(dsn) as client:
+        client.register_workflow(chain)
+        client.enqueue("dash_unit_chain", {}, queue="bulk")
+    status, _, overview = fetch(base + "/")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', overview).group(1)  # type: ignore[union-attr]
+    ctype = "application/x-www-form-urlencoded"
+    status, headers, _ = fetch(base + "/queues/pause", "POST", urlencode({"csrf": csrf, "queue": "bulk"}),
+                               content_type=ctype, origin=base)
+    assert status == 303 and headers["Location"] == "/?done=paused"
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT name, paused FROM orchwf_queues").fetchall() == [("bulk", True)]
+    status, _, overview = fetch(base + "/?done=paused")
+    row = re.search(r"<tr><td>bulk</td>.*?</tr>", overview)
+    assert row and "status-paused" in row.group(0) and 'action="/queues/resume"' in row.group(0)
+    status, headers, _ = fetch(base + "/queues/resume", "POST", urlencode({"csrf": csrf, "queue": "bulk"}),
+                               content_type=ctype, origin=base)
+    assert status == 303 and headers["Location"] == "/?done=resumed"
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT name, paused FROM orchwf_queues").fetchall() == [("bulk", False)]

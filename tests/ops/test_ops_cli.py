@@ -231,7 +231,7 @@ def test_stats(orchwf, ops_db: str) -> None:
     assert doc["finished"] == {"completed": 0, "failed": 1, "cancelled": 0}
     assert doc["window_seconds"] == 3600 and doc["per_minute"]["failed"] == pytest.approx(1 / 60, abs=1e-3)
     text = ok(orchwf("stats"))
-    assert text.splitlines()[0].split() == ["QUEUE", "READY", "OLDEST", "READY"]
+    assert text.splitlines()[0].split() == ["QUEUE", "READY", "OLDEST", "READY", "STATE", "RATE", "LIMIT"]
     assert any(line.split()[:2] == ["bulk", "2"] and line.split()[2].startswith("2m") for line in text.splitlines())
     assert "failed 1" in text
     assert "Invalid value for '--window'" in failed(orchwf("stats", "--window", "soon"), code=2)

@@ -52,7 +52,7 @@ def exposed_names() -> set[str]:
             return self
 
         def fetchall(self) -> list[tuple[str, str, float | None, float | None, object]]:
-            return [("queue", "q", 1.0, 2.0, None), ("table", "t", 1.0, 2.0, None),
+            return [("queue", "q", 1.0, 2.0, None), ("paused", "q", 1.0, 5.0, None), ("table", "t", 1.0, 2.0, None),
                     ("inserted", "x", 1.0, None, None), ("workers", "worker", 1.0, None, None),
                     ("finished:completed", "w", 1.0, None, None), ("horizon", "", None, None, None)]
 

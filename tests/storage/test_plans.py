@@ -147,6 +147,48 @@ def test_claim_finish_and_archive_read_no_history(conn: psycopg.Connection[Any])
     assert archived.fetchone() == (10,)
 
 
+def test_the_claim_reads_queue_controls_by_key(conn: psycopg.Connection[Any]) -> None:
+    """The pause filter of the claim (orchwf_queues) is a primary-key probe per queue, even
+    with many queues set: no scan of the controls table, none of history; and a paused
+    queue's claim comes back empty."""
+    conn.execute("INSERT INTO orchwf_queues (name, paused) SELECT 'q' || i, i % 2 = 0 FROM generate_series(1, 500) i")
+    try:
+        enqueue(conn, 3)
+        with captured_plans(conn) as plans:
+            claimed = _claim(conn, "w-controls", 3)
+        assert len(claimed) == 3
+        controls = [s for s in plans.scans() if s.relation == "orchwf_queues" or s.index.startswith("orchwf_queues")]
+        assert controls and all(s.node in ("Index Scan", "Index Only Scan") and s.index == "orchwf_queues_pkey"
+                                for s in controls), [(s.node, s.relation, s.index) for s in controls]
+        assert_reads_no_history(plans, "claim with queue controls", "orchwf_ready_steps")
+
+        enqueue(conn, 2)
+        conn.execute("SELECT orchwf_pause_queue('default')")
+        assert _claim(conn, "w-controls", 5) == []
+    finally:
+        conn.execute("DELETE FROM orchwf_queues")
+    assert len(_claim(conn, "w-controls", 5)) == 2
+
+
+def test_a_rate_limited_claim_reads_its_bucket_and_the_queue_by_key(conn: psycopg.Connection[Any]) -> None:
+    """orchwf_take_starts: its bucket row by primary key, the ready steps it counts by the
+    claim index; nothing of history."""
+    conn.execute("SELECT orchwf_set_queue_rate_limit('default', 1000, 5)")
+    try:
+        enqueue(conn, 8)
+        with captured_plans(conn) as plans:
+            claimed = _claim(conn, "w-limited", 8)
+        assert len(claimed) == 5
+        assert any("orchwf_take_starts" in q for q in plans.queries()), plans.queries()
+        seq = [(s.relation, s.query[:80]) for s in plans.scans()
+               if s.node == "Seq Scan" and s.relation in ("orchwf_queues", "orchwf_ready_steps")]
+        assert not seq, seq
+        assert_reads_no_history(plans, "rate-limited claim", "orchwf_ready_steps")
+    finally:
+        conn.execute("DELETE FROM orchwf_queues")
+    assert len(_claim(conn, "w-limited", 8)) == 3
+
+
 def test_heartbeat_reads_no_history(conn: psycopg.Connection[Any]) -> None:
     enqueue(conn, 3)
     steps = _claim(conn, "w-heartbeat", 3)

@@ -301,3 +301,26 @@ def test_a_least_privilege_runtime_role_keeps_working_after_the_upgrade(make_emp
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+def test_old_release_workers_obey_a_paused_queue_after_the_upgrade(old_release: tuple[str, Path],
+                                                                    tmp_path: Path) -> None:
+    """The old release's workers call orchwf_claim_steps by name: once 008's API is in,
+    its queue controls hold for them too (docs/schema.md, "Queue controls")."""
+    dsn, root = old_release
+    migrate(dsn)
+    old = Daemon(dsn, "old", root, tmp_path / "old.log")
+    try:
+        wait_done(dsn, enqueue(dsn, "upgrade_chain", 2))  # the old release is up and claiming
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SELECT orchwf_pause_queue('default')")
+        held = enqueue(dsn, "upgrade_chain", 5)
+        time.sleep(3.0)  # the old workers poll and are woken by the enqueues' notifications
+        assert set(statuses(dsn, held).values()) == {"pending"}, old.output()[-3000:]
+        with psycopg.connect(dsn) as conn:
+            ran = conn.execute("SELECT count(*) FROM upgrade_exec WHERE instance_id = ANY(%s::uuid[])",
+                               (held,)).fetchone()[0]
+        assert ran == 0
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SELECT orchwf_resume_queue('default')")
+        assert set(wait_done(dsn, held, timeout=60).values()) == {"completed"}, old.output()[-3000:]
+    finally:
+        old.stop()
