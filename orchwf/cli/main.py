@@ -49,8 +49,8 @@ def _register() -> None:
         demo_command,
         migrate_commands,
         ops_commands,
-        schedule_commands,
         queue_commands,
+        schedule_commands,
         worker_commands,
     )
 
