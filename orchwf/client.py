@@ -100,6 +100,8 @@ def set_schedule_paused(conn: psycopg.Connection[Any], name: str, paused: bool, 
         row = q.get_schedule(conn, name)
         if row is None:
             raise ScheduleNotFoundError(name)
+        if row.paused == paused:
+            return  # already so: a resume of an active schedule must not move its next run
         next_run = None if paused else CronSchedule.parse(row.cron, row.timezone).next_after(q.db_now(conn))
         q.set_schedule_paused(conn, name, paused, next_run)
 

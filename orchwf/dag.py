@@ -45,6 +45,9 @@ def validate_step(step: StepDefinition) -> None:
         validate_policy(step.retry_policy, step.id)
     if step.signal is not None and step.delay:
         raise ValidationError(f"step {step.id}: a step that waits for a signal cannot also have a delay")
+    if (step.signal is not None or step.child_workflow is not None) and step.timeout:
+        raise ValidationError(f"step {step.id}: a step that waits (a signal, a child workflow) has no per-attempt "
+                              "timeout; give wait_for_signal a timeout, or the child's steps theirs")
     if step.child_input_from is not None and step.child_input_from not in step.dependencies:
         raise ValidationError(f"step {step.id}: input_from {step.child_input_from!r} must be one of its dependencies")
 

@@ -62,6 +62,7 @@ class Event(str, Enum):
     STEP_RESCUED = "step.rescued"
     STEP_RELEASED = "step.released"
     STEP_CHILD_STARTED = "step.child_started"
+    STEP_WAITING = "step.waiting"
     STEP_COMPENSATED = "step.compensated"
     STEP_COMPENSATION_FAILED = "step.compensation_failed"
 
@@ -85,6 +86,8 @@ EVENT_MEANINGS: dict[Event, str] = {
     Event.STEP_RELEASED: "daemon only: its worker gave it back unfinished (shutdown); the attempt does not count",
     Event.STEP_CHILD_STARTED: "daemon only: a child_workflow_step started its child and waits for it "
                               "(data: child_instance_id)",
+    Event.STEP_WAITING: "daemon only: a wait_for_signal step found its signal taken by another waiting step "
+                        "and waits again (data: none)",
     Event.STEP_COMPENSATED: "the step's compensator ran",
     Event.STEP_COMPENSATION_FAILED: "the step's compensator raised (data: error); the others still run",
 }

@@ -20,7 +20,7 @@ from .jsonvalue import check_json_object
 from .types import Schedule, WorkflowDefinition
 
 MISFIRE_POLICIES = ("once", "all", "skip")
-MAX_NAME = 255
+MAX_NAME = 200  # the tick's idempotency key, "cron:<name>:<tick>", must fit in 255
 #: A tick fired less than this late is on time; an older one was missed (the misfire policy).
 ON_TIME = timedelta(seconds=60)
 #: "all" fires at most this many missed ticks per run; the rest on the next run.
@@ -58,7 +58,7 @@ def check_definition_schedules(definition: WorkflowDefinition) -> tuple[Schedule
 
 def tick_key(name: str, tick: datetime) -> str:
     """The idempotency key of one tick's instance: the same on every host."""
-    return f"cron:{name}:{tick.astimezone(timezone.utc).strftime('%Y-%m-%dT%H:%MZ')}"[:MAX_NAME]
+    return f"cron:{name}:{tick.astimezone(timezone.utc).strftime('%Y-%m-%dT%H:%MZ')}"
 
 
 def ticks_to_fire(cron: CronSchedule, misfire: str, next_run_at: datetime, now: datetime

@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
@@ -44,11 +45,25 @@ log = logging.getLogger("orchwf.worker")
 
 
 class _Park(Exception):
-    """A child workflow was enqueued: the step waits for its report (Outcome.WAIT)."""
+    """The step waits for the signal ``wait_signal`` (Outcome.WAIT): the report of the
+    child workflow ``child_id`` it just enqueued, or a signal another step took first."""
 
-    def __init__(self, child_id: str) -> None:
-        super().__init__(child_id)
+    def __init__(self, wait_signal: str, child_id: str | None = None) -> None:
+        super().__init__(wait_signal)
+        self.wait_signal = wait_signal
         self.child_id = child_id
+
+    def output(self) -> dict[str, Any]:
+        return {"wait_signal": self.wait_signal} | ({"child_instance_id": self.child_id} if self.child_id else {})
+
+
+class _Reported(Exception):
+    """A child workflow failed or was cancelled: the step's attempt fails, in the
+    transaction that takes the report."""
+
+    def __init__(self, error: ChildWorkflowFailedError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class _Stale(Exception):
@@ -278,25 +293,32 @@ class StepRunner:
             output: dict[str, Any] = {}
             duration = 0
             outcome = Outcome.COMPLETED
+            error: str | None = None
+            delay = 0.0
             try:
                 with conn.transaction():
-                    if sdef.timeout and not inspect.iscoroutinefunction(sdef.executor):
-                        try:
-                            output = run_attempt(sdef.executor, ctx, data, sdef.timeout)
-                        except StepTimeoutError:
-                            conn.cancel()  # stop the statement the abandoned thread may be running
-                            raise
-                    else:
-                        try:
+                    try:
+                        if sdef.timeout and not inspect.iscoroutinefunction(sdef.executor):
+                            try:
+                                output = run_attempt(sdef.executor, ctx, data, sdef.timeout)
+                            except StepTimeoutError:
+                                conn.cancel()  # stop the statement the abandoned thread may be running
+                                raise
+                        else:
                             output = normalize_output(call_executor(sdef.executor, ctx, data, sdef.timeout),
                                                       sdef.id)
-                        except _Park as park:  # a child workflow started: the step waits for it
-                            outcome, output = Outcome.WAIT, {"child_instance_id": park.child_id}
+                    except _Park as park:  # the step waits (a child started, a signal taken)
+                        outcome, output = Outcome.WAIT, park.output()
+                    except _Reported as failed:
+                        # A child's failure, taken in this transaction: the failure is
+                        # committed with it, so the next attempt starts a new child.
+                        decision = decide_failure(sdef.policy, sdef.required, failed.error, claim.row.retry_count)
+                        outcome, error, delay, output = decision.outcome, str(failed.error), decision.delay, {}
                     duration = int((time.monotonic() - t0) * 1000)
                     try:
                         acks = self.q.finish_steps(conn, [StepResult(
-                            claim.step_uuid, claim.row.lease_token, outcome.value, output, None,
-                            duration, 0.0, data)])
+                            claim.step_uuid, claim.row.lease_token, outcome.value, output, error,
+                            duration, delay, data)])
                     except psycopg.Error as exc:
                         raise _Blip(redact(str(exc)).strip()) from None
                     if not acks.get(claim.step_uuid):
@@ -308,7 +330,8 @@ class StepRunner:
                 raise _Blip(redact(str(exc)).strip()) from None  # the commit itself failed
             finally:
                 ctx.conn = None
-        return Result(claim, outcome, output=output, duration_ms=duration, committed=True)
+        return Result(claim, outcome, output=output, error=error, duration_ms=duration, delay=delay,
+                      committed=True)
 
     def _receive(self, claim: Claim, sdef: StepDefinition) -> Callable[[StepContext, dict[str, Any]], Any]:
         """A wait_for_signal step's executor: take the oldest waiting signal in the
@@ -321,40 +344,41 @@ class StepRunner:
             assert ctx.conn is not None
             payload = self.q.consume_signal(ctx.conn, claim.instance_id, claim.step_uuid, name)
             if payload is None:
-                raise SignalTimeoutError(f"no signal {name!r} within {sdef.signal_timeout:g}s"
-                                         if sdef.signal_timeout else f"no signal {name!r} waiting")
+                if not sdef.signal_timeout:
+                    raise _Park(name)  # another step of the instance took it: wait for the next
+                raise SignalTimeoutError(f"no signal {name!r} within {sdef.signal_timeout:g}s")
             return payload
 
         return receive
 
     def _child(self, claim: Claim, sdef: StepDefinition) -> Callable[[StepContext, dict[str, Any]], Any]:
-        """A child_workflow_step's executor. First run: enqueue the child (its idempotency
-        key is this step and its failure count) and park the step (_Park: the finish
-        records 'wait' in the same transaction). The child, once finished, reports with a
-        signal that makes the step ready (orchwf_report_to_parents); second run: take the
-        report, and complete with the child's output or fail with its error (the retry
-        policy then starts a new child)."""
+        """A child_workflow_step's executor. Without a report waiting: enqueue the child
+        and park the step (_Park: the finish records 'wait' in the same transaction, so
+        there is a child exactly when the step waits for it). The child, once finished,
+        reports with a signal of a name unique to it, which makes the step ready
+        (orchwf_report_to_parents); then: take the report, and complete with the child's
+        output or fail with its error, in that same transaction (_Reported), so a retry
+        starts a new child and a crash before the commit takes the report again."""
         workflow = sdef.child_workflow
         assert workflow is not None
-        name = f"orchwf:child:{claim.step_uuid}:{claim.row.retry_count}"
 
         def run_child(ctx: StepContext, data: dict[str, Any]) -> dict[str, Any]:
             assert ctx.conn is not None
-            report = self.q.consume_signal(ctx.conn, claim.instance_id, claim.step_uuid, name)
+            report = self.q.consume_signal(ctx.conn, claim.instance_id, claim.step_uuid, None)
             if report is None:
+                name = f"orchwf:child:{claim.step_uuid}:{uuid.uuid4().hex}"
                 source = data if sdef.child_input_from is None else dict(data.get(sdef.child_input_from) or {})
                 metadata = {"orchwf_parent": claim.instance_id, "orchwf_parent_step": sdef.id,
                             "orchwf_parent_signal": name}
                 if claim.row.trace_id:
                     metadata["trace_id"] = claim.row.trace_id
-                [child] = enqueue_many(ctx.conn, workflow, [source], metadata=metadata,
-                                       idempotency_keys=[f"child:{claim.step_uuid}:{claim.row.retry_count}"],
-                                       schema=self.config.schema)
-                raise _Park(child)
+                [child] = enqueue_many(ctx.conn, workflow, [source], metadata=metadata, schema=self.config.schema)
+                raise _Park(name, child)
             if report.get("status") == "completed":
                 return dict(report.get("output") or {})
-            raise ChildWorkflowFailedError(f"child workflow {report.get('child_instance_id')} "
-                                           f"{report.get('status')}: {report.get('error') or 'no error given'}")
+            raise _Reported(ChildWorkflowFailedError(
+                f"child workflow {report.get('child_instance_id')} {report.get('status')}: "
+                f"{report.get('error') or 'no error given'}"))
 
         return run_child
 

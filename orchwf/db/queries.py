@@ -308,8 +308,10 @@ class Queries:
         return int(self._value(conn, "send_signal", {"instance_id": instance_id, "name": name,
                                                      "payload": Jsonb(payload)}))
 
-    def consume_signal(self, conn: Conn, instance_id: str, step_inst_id: Any, name: str) -> dict[str, Any] | None:
-        """The oldest waiting signal's payload, now consumed by the step (None: none)."""
+    def consume_signal(self, conn: Conn, instance_id: str, step_inst_id: Any, name: str | None
+                       ) -> dict[str, Any] | None:
+        """The oldest waiting signal's payload, now consumed by the step (None: none).
+        ``name`` None: the signal the step waits for now (a child's report)."""
         row = self._one(conn, "consume_signal", {"instance_id": instance_id, "step_inst_id": step_inst_id,
                                                  "name": name})
         return None if row is None else row["payload"]

@@ -30,12 +30,24 @@ SET search_path FROM CURRENT
 AS $$
 DECLARE
     v_queue text;
+    v_child uuid;
 BEGIN
     -- Its child workflows first (child_workflow_step), before this instance's own rows:
     -- a child that finishes meanwhile reports to a step this transaction has not locked.
-    PERFORM orchwf_cancel_workflow(c.id) FROM orchwf_live_instances c
-    WHERE c.metadata ? 'orchwf_parent' AND c.metadata->>'orchwf_parent' = p_inst::text
-      AND c.status IN ('pending', 'running');
+    -- Locked in id order; one that finished meanwhile is gone from the runtime table (the
+    -- lock skips it), one that is compensating already is left to end on its own.
+    FOR v_child IN
+        SELECT c.id FROM orchwf_live_instances c
+        WHERE c.metadata ? 'orchwf_parent' AND c.metadata->>'orchwf_parent' = p_inst::text
+          AND c.status IN ('pending', 'running')
+        ORDER BY c.id
+        FOR NO KEY UPDATE
+    LOOP
+        IF NOT EXISTS (SELECT 1 FROM orchwf_live_steps s WHERE s.workflow_inst_id = v_child
+                       AND s.step_id = '$compensate' AND s.status IN ('pending', 'running', 'retrying')) THEN
+            PERFORM orchwf_end_instance(v_child, 'cancelled', NULL);
+        END IF;
+    END LOOP;
     DELETE FROM orchwf_ready_steps WHERE workflow_inst_id = p_inst;
     -- Running steps lose their lease here: whatever their workers return is discarded.
     DELETE FROM orchwf_running_steps WHERE workflow_inst_id = p_inst;
@@ -146,10 +158,11 @@ BEGIN
         UPDATE orchwf_live_steps s
         SET status = CASE r.outcome WHEN 'retry' THEN 'retrying' WHEN 'requeue' THEN 'retrying'
                                     WHEN 'release' THEN 'pending' WHEN 'wait' THEN 'pending' ELSE r.outcome END,
-            -- 'wait': a child workflow started (child_workflow_step); the step waits for its
+            -- 'wait': the step waits for a signal (a child workflow's report, or a signal it
+            -- found already taken) named by the worker; not an attempt.
             -- report (orchwf_archive_instances), which is not an attempt.
             attempts = s.attempts - (r.outcome = 'wait')::integer,
-            wait_signal = CASE WHEN r.outcome = 'wait' THEN 'orchwf:child:' || s.id || ':' || s.retry_count
+            wait_signal = CASE WHEN r.outcome = 'wait' THEN coalesce(r.output->>'wait_signal', s.wait_signal)
                                ELSE s.wait_signal END,
             output = CASE WHEN r.outcome = 'completed' THEN coalesce(r.output, '{}') ELSE s.output END,
             input = coalesce(r.input, s.input),
@@ -185,14 +198,15 @@ BEGIN
         CROSS JOIN LATERAL (
             SELECT CASE d.outcome WHEN 'completed' THEN 'step.completed' WHEN 'retry' THEN 'step.attempt_failed'
                                   WHEN 'requeue' THEN 'step.rescued' WHEN 'release' THEN 'step.released'
-                                  WHEN 'wait' THEN 'step.child_started' ELSE 'step.failed' END,
+                                  WHEN 'wait' THEN CASE WHEN d.reported ? 'child_instance_id' THEN 'step.child_started'
+                                                        ELSE 'step.waiting' END
+                                  ELSE 'step.failed' END,
                    CASE d.outcome WHEN 'completed' THEN jsonb_build_object('duration_ms', d.duration)
                                   WHEN 'retry' THEN jsonb_build_object('error', d.error, 'attempt', d.attempts,
                                                                        'retry_in_seconds', d.delay)
                                   WHEN 'requeue' THEN jsonb_build_object('cause', d.error)
                                   WHEN 'release' THEN '{}'::jsonb
-                                  WHEN 'wait' THEN jsonb_build_object('child_instance_id',
-                                                                      d.reported->>'child_instance_id')
+                                  WHEN 'wait' THEN d.reported - 'wait_signal'
                                   ELSE jsonb_build_object('error', d.error, 'retries', d.retry_count) END
             UNION ALL
             SELECT 'step.skipped', jsonb_build_object('error', d.error) WHERE d.outcome = 'skipped'

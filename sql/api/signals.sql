@@ -53,12 +53,15 @@ BEGIN
     END IF;
     INSERT INTO orchwf_signals (workflow_inst_id, name, payload) VALUES (p_inst, p_name, p_payload)
     RETURNING id INTO v_id;
-    -- A step waiting for it now (dependencies done, not queued) becomes ready.
+    -- A step waiting for it now (dependencies done, not queued) becomes ready: one, the
+    -- first in the definition's order, as one signal is received by one step.
     WITH woken AS (
         UPDATE orchwf_live_steps s SET run_after = NULL, updated_at = now()
-        WHERE s.workflow_inst_id = p_inst AND s.wait_signal = p_name AND s.status = 'pending'
-          AND s.pending_deps = 0
-          AND NOT EXISTS (SELECT 1 FROM orchwf_ready_steps r WHERE r.step_inst_id = s.id)
+        WHERE s.id = (SELECT w.id FROM orchwf_live_steps w
+                      WHERE w.workflow_inst_id = p_inst AND w.wait_signal = p_name AND w.status = 'pending'
+                        AND w.pending_deps = 0
+                        AND NOT EXISTS (SELECT 1 FROM orchwf_ready_steps r WHERE r.step_inst_id = w.id)
+                      ORDER BY w.execution_order LIMIT 1)
         RETURNING s.id, s.priority)
     INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority, definition_hash)
     SELECT w.id, p_inst, v_workflow, v_queue, w.priority + v_priority, v_hash FROM woken w

@@ -56,6 +56,8 @@ BEGIN
     SELECT v_to - interval '1 minute', q.queue, q.ready FROM orchwf_queue_stats(p_depth_cap) q
     ON CONFLICT (minute, queue) DO UPDATE SET ready = greatest(m.ready, EXCLUDED.ready);
 
+    -- Minutes left open by an outage longer than the hour are closed as they are.
+    UPDATE orchwf_stats_minutes s SET closed = true WHERE NOT s.closed AND s.minute < v_to - interval '1 hour';
     -- From the first open minute (else the one after the last closed), at most an hour
     -- back. Ten minutes a call: catching up after an outage never holds the maintenance
     -- round long. The first run (an empty table: a new or upgraded database) does the
@@ -68,6 +70,17 @@ BEGIN
     v_end := CASE WHEN EXISTS (SELECT 1 FROM orchwf_stats_minutes) THEN least(v_to, v_from + interval '10 minutes')
                   ELSE v_to END;
 
+    -- The samples of the minutes closed now are taken (deleted) by the statement that
+    -- counts them: a claim that commits meanwhile is counted or left for the next run,
+    -- never deleted uncounted. (Those before v_from, an outage's, go uncounted.)
+    WITH taken AS (
+        DELETE FROM orchwf_wait_samples s WHERE s.claimed_at < least(v_closed, v_end)
+        RETURNING s.claimed_at, s.waits_ms),
+    samples AS (
+        SELECT t.claimed_at, t.waits_ms FROM taken t
+        UNION ALL
+        SELECT s.claimed_at, s.waits_ms FROM orchwf_wait_samples s
+        WHERE s.claimed_at >= least(v_closed, v_end) AND s.claimed_at < v_end)
     INSERT INTO orchwf_stats_minutes AS t (minute, completed, failed, cancelled, started, wait_p50_ms,
                                            wait_p99_ms, closed, rolled_at)
     SELECT m.minute, coalesce(f.completed, 0), coalesce(f.failed, 0), coalesce(f.cancelled, 0),
@@ -85,7 +98,7 @@ BEGIN
         SELECT date_trunc('minute', s.claimed_at, 'UTC') AS minute, count(*) AS started,
                percentile_cont(0.5) WITHIN GROUP (ORDER BY x.ms)::real AS p50,
                percentile_cont(0.99) WITHIN GROUP (ORDER BY x.ms)::real AS p99
-        FROM orchwf_wait_samples s CROSS JOIN LATERAL unnest(s.waits_ms) AS x(ms)
+        FROM samples s CROSS JOIN LATERAL unnest(s.waits_ms) AS x(ms)
         WHERE s.claimed_at >= v_from AND s.claimed_at < v_end
         GROUP BY 1) w ON w.minute = m.minute
     ON CONFLICT (minute) DO UPDATE
@@ -95,8 +108,6 @@ BEGIN
         WHERE NOT t.closed;
     GET DIAGNOSTICS v_n = ROW_COUNT;
 
-    -- The samples of closed minutes are counted (or, before an outage's last hour, never will be).
-    DELETE FROM orchwf_wait_samples s WHERE s.claimed_at < least(v_closed, v_end);
     DELETE FROM orchwf_stats_minutes s WHERE s.minute < v_now - p_keep;
     DELETE FROM orchwf_queue_minutes q WHERE q.minute < v_now - p_keep;
     RETURN v_n;

@@ -139,13 +139,18 @@ SELECT EXISTS (SELECT 1 FROM {schema}.orchwf_ready_steps r
 UPDATE {schema}.orchwf_workers SET heartbeat_at = now() WHERE supervisor_id = %(supervisor_id)s
 
 -- name: consume_signal
--- A wait_for_signal step takes the oldest signal of its name, in the transaction that
--- completes it: if the finish is fenced out, the signal stays for the next attempt.
+-- A waiting step takes the oldest signal of its name (NULL name: the one the step waits
+-- for now, orchwf_live_steps.wait_signal: a child's report), in the transaction that
+-- completes it: if the finish is fenced out, the signal stays for the next attempt. No
+-- SKIP LOCKED: a stale run of the step that still holds the row must not make the
+-- rescued run miss it (it waits, then takes it, or the next one).
 UPDATE {schema}.orchwf_signals g SET consumed_by = %(step_inst_id)s, consumed_at = now()
 WHERE g.id = (SELECT x.id FROM {schema}.orchwf_signals x
-              WHERE x.workflow_inst_id = %(instance_id)s AND x.name = %(name)s AND x.consumed_by IS NULL
+              WHERE x.workflow_inst_id = %(instance_id)s AND x.consumed_by IS NULL
+                AND x.name = coalesce(%(name)s::text, (SELECT s.wait_signal FROM {schema}.orchwf_live_steps s
+                                                       WHERE s.id = %(step_inst_id)s))
               ORDER BY x.id LIMIT 1
-              FOR UPDATE SKIP LOCKED)
+              FOR UPDATE)
 RETURNING g.payload
 -- name: rate_limited_poll
 -- How often a worker of these queues polls while one of them is rate limited: half the

@@ -38,9 +38,10 @@ def _waiting(dsn: str) -> int:
 def _send(dsn: str, ids: list[str], first: bool, sent: list[int]) -> None:
     """Every instance its signal, 100 to a transaction; a batch the database restart
     interrupts is sent again (it committed whole or not at all)."""
+    deadline = time.monotonic() + 180
     for start in range(0, len(ids), 100):
         batch = ids[start:start + 100]
-        while True:
+        while time.monotonic() < deadline:
             try:
                 with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
                     conn.execute(SIGNAL_SQL, (first, batch, list(range(start, start + len(batch))))).fetchall()
@@ -65,12 +66,13 @@ def test_each_wait_takes_its_first_signal_once_through_kills_and_a_restart(embed
         daemon = world.start("--workers", "2", "--concurrency", "8", "--lease-seconds", "3")
         wait_for(lambda: _waiting(dsn) >= n * 0.9, timeout=120, what="most instances to wait for their signal")
         sent = [0]
-        producer = threading.Thread(target=lambda: (_send(dsn, ids, True, sent), _send(dsn, ids, False, sent)))
+        producer = threading.Thread(target=lambda: (_send(dsn, ids, True, sent), _send(dsn, ids, False, sent)),
+                                    daemon=True)
         producer.start()
         kills = 0
         for _ in range(3):  # workers killed while the waits are received
             time.sleep(rng.uniform(0.3, 1.0))
-            for pid in daemon.worker_pids():
+            for pid in daemon.workers():
                 os.kill(pid, signal.SIGKILL)
                 kills += 1
         wait_for(lambda: sent[0] >= n // 2, timeout=120, what="half the signals")

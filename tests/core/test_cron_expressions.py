@@ -208,7 +208,7 @@ def test_a_definition_carries_its_schedules_outside_its_version() -> None:
     ({"cron": "@daily", "timezone": "Nowhere/City"}, "unknown time zone"),
     ({"cron": "@daily", "misfire": "sometimes"}, "misfire must be one of"),
     ({"cron": "@daily", "input": [1, 2]}, "schedule input"),
-    ({"cron": "@daily", "name": "x" * 256}, "schedule name"),
+    ({"cron": "@daily", "name": "x" * 201}, "schedule name"),
 ])
 def test_a_bad_schedule_is_refused_at_definition(kwargs: dict, message: str) -> None:
     cron = kwargs.pop("cron")
@@ -226,3 +226,12 @@ def test_two_schedules_with_one_name_are_refused() -> None:
 def test_check_schedule_normalises_spacing_for_the_default_name() -> None:
     checked = check_schedule(Schedule("0  6 * *   *"), "w")
     assert (checked.name, checked.cron) == ("w 0 6 * * *", "0 6 * * *")
+
+
+def test_the_longest_name_keeps_the_whole_tick_in_its_key() -> None:
+    """The key must tell every tick apart: a name that left no room for the tick would
+    make every tick after the first a duplicate."""
+    from orchwf.schedules import MAX_NAME
+
+    key = tick_key("n" * MAX_NAME, at(2026, 5, 1, 12, 0))
+    assert len(key) <= 255 and key.endswith(":2026-05-01T12:00Z")

@@ -120,3 +120,18 @@ def test_input_from_must_be_a_dependency() -> None:
         child_workflow_step("c", "child", input_from="prep").build()
     with pytest.raises(ValidationError, match="child workflow ID"):
         child_workflow_step("c", "")
+
+
+def test_a_resumed_parent_starts_a_new_child(client: Client, app_db: str, start_daemon, tmp_path: Path) -> None:
+    """Cancelled with its child, then resumed: the step starts a second child (the first
+    one's report went with the cancel) and the parent completes."""
+    start_daemon("--workers", "1", "--concurrency", "4")
+    gate = tmp_path / "gate"
+    parent = client.enqueue("parent", {"n": 2, "gate": str(gate)})
+    wait_for(lambda: any(r[1] == "work" for r in executions(app_db)), 30, "the child's step to run")
+    assert client.cancel_workflow(parent) == "cancelled"
+    gate.touch()
+    assert client.resume_workflow(parent) in ("pending", "running")
+    wait_for(lambda: _status(app_db, [parent]) == {parent: "completed"}, 30, "the resumed parent")
+    assert [s for _, _, s in _children(app_db, parent)] == ["cancelled", "completed"]
+    assert _step(app_db, parent, "run_child")[1] == {"doubled": 4}

@@ -153,3 +153,53 @@ def test_a_bad_wait_is_refused_at_definition() -> None:
         wait_for_signal("w", "go", timeout=-1)
     with pytest.raises(ValidationError, match="cannot also have a delay"):
         wait_for_signal("w", "go").with_delay(5).build()
+
+
+def test_two_steps_waiting_for_one_name_take_one_signal_each(client: Client, app_db: str, start_daemon) -> None:
+    """One signal, two waiting steps: one takes it, the other waits on (it does not fail);
+    a second signal completes it."""
+    start_daemon("--workers", "1", "--concurrency", "4")
+    instance = client.enqueue("two_waiters", {})
+    client.signal(instance, "go", {"n": 1})
+    wait_for(lambda: sorted(_step(app_db, instance, s)[0] for s in ("first", "second")) == ["completed", "pending"],
+             30, "one of the two to take the signal")
+    time.sleep(1.0)
+    assert _status(app_db, [instance]) == {instance: "running"}
+    client.signal(instance, "go", {"n": 2})
+    wait_for(lambda: _status(app_db, [instance]) == {instance: "completed"}, 30, "the second signal")
+    outputs = sorted(_step(app_db, instance, s)[1]["n"] for s in ("first", "second"))
+    assert outputs == [1, 2]
+
+
+def _commits(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        return int(conn.execute("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+                                ).fetchone()[0])
+
+
+def test_ten_thousand_waiting_instances_hold_nothing_and_cost_an_idle_host_nothing(
+        client: Client, app_db: str, start_daemon) -> None:
+    start_daemon("--workers", "2", "--concurrency", "8")
+    time.sleep(2.0)  # started and registered
+
+    def idle_rate(seconds: float = 6.0) -> float:
+        before = _commits(app_db)
+        time.sleep(seconds)
+        return (_commits(app_db) - before - 2) / seconds  # minus this measurement's own two
+
+    quiet = idle_rate()
+    for _ in range(10):
+        client.enqueue_many("waits_first", [{} for _ in range(1000)])
+    time.sleep(2.0)
+    waiting = idle_rate()
+    with psycopg.connect(app_db) as conn:
+        parked = conn.execute("SELECT count(*) FROM orchwf_live_steps WHERE step_id = 'wait' AND status = 'pending'"
+                              " AND pending_deps = 0").fetchone()[0]
+        ready = conn.execute("SELECT count(*) FROM orchwf_ready_steps").fetchone()[0]
+        running = conn.execute("SELECT count(*) FROM orchwf_running_steps").fetchone()[0]
+        in_tx = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                             " AND state LIKE 'idle in transaction%%'").fetchone()[0]
+    assert (parked, ready, running, in_tx) == (10_000, 0, 0, 0)
+    # the daemon's own rate (heartbeats, maintenance rounds, polls): the same with 10,000 waiting
+    assert waiting <= quiet * 1.5 + 1.0, (quiet, waiting)
