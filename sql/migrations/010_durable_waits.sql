@@ -4,7 +4,9 @@
 -- made ready by the signal (orchwf_signal), or by its timeout through run_after. Neither
 -- holds a slot, a lease or a connection while it waits.
 -- Columns of the runtime table only (history keeps neither), with constant defaults: no
--- rewrite, a brief lock. Workers of release 3 run on: the functions they call are sql/api's.
+-- rewrite, but the CHECK and the index read the runtime tables once under their lock
+-- (the work in flight, never history). Workers of release 3 run on: the functions they
+-- call are sql/api's.
 ALTER TABLE orchwf_live_steps
     ADD COLUMN delay_seconds double precision NOT NULL DEFAULT 0 CHECK (delay_seconds >= 0),
     ADD COLUMN wait_signal   text,
