@@ -395,6 +395,7 @@ def instance_page(inst: Row, view: View, *, notice: str = "", error: str = "") -
     failed = {s["step_id"] for s in inst["steps"] if s["status"] == "failed"}
     retryable = status in ("failed", "cancelled") and daemon
     step_rows = []
+    children = _children_by_step(inst["events"])
     for s in inst["steps"]:
         retry = ""
         if (retryable and s["status"] in ("failed", "skipped", "cancelled") and s["step_id"] != "$compensate"
@@ -404,10 +405,10 @@ def instance_page(inst: Row, view: View, *, notice: str = "", error: str = "") -
             f'<a href="#{anchors[s["id"]]}">{esc(s["step_id"])}</a>', badge(s["status"]),
             esc(f'{s["attempts"]}/{s["max_attempts"]}'), esc(s["retry_count"]), esc(s["crashes"] or ""),
             esc(ms(s["duration_ms"])), when(s["started_at"]), when(s["completed_at"]),
-            f'<span class="error">{esc(compact(s["error"] or "", 160))}</span>', retry,
+            _waits_for(s, children), f'<span class="error">{esc(compact(s["error"] or "", 160))}</span>', retry,
         ])
     steps = _table(["Step", "Status", "Attempts", "Retries", "Crashes", "Duration", "Started", "Finished",
-                    "Error", ""], step_rows, "steps")
+                    "Waits for", "Error", ""], step_rows, "steps")
     events_by_step: dict[str, list[Row]] = {}
     for e in inst["events"]:
         events_by_step.setdefault(e["step_inst_id"] or "", []).append(e)
@@ -428,6 +429,34 @@ def instance_page(inst: Row, view: View, *, notice: str = "", error: str = "") -
         f"<section><h2>Events</h2>{more}{timeline}</section></div>"
     )
     return layout(f"Instance {iid}", body, view, active="/instances")
+
+
+def _children_by_step(events: Sequence[Row]) -> dict[str, str]:
+    """Each step's latest child workflow (step.child_started events, newest first)."""
+    out: dict[str, str] = {}
+    for e in events:
+        data = e.get("data")
+        if e["event_type"] == "step.child_started" and isinstance(data, dict) and is_uuid(
+                data.get("child_instance_id")) and e["step_inst_id"] not in out:
+            out[e["step_inst_id"]] = str(data["child_instance_id"])
+    return out
+
+
+def _waits_for(s: Row, children: Mapping[str, str]) -> str:
+    """What a pending step waits for: a signal, its child workflow, or its delay."""
+    if s["status"] not in ("pending", "retrying"):
+        return ""
+    signal = s.get("wait_signal")
+    if signal and str(signal).startswith("orchwf:child:"):
+        child = children.get(s["id"])
+        return (f'<span class="waits">child workflow <a href="{instance_url(child)}">{esc(child)}</a></span>'
+                if child else '<span class="waits">its child workflow</span>')
+    if signal:
+        until = f' (until {when(s["run_after"])})' if s["run_after"] else ""
+        return f'<span class="waits">signal <code>{esc(signal)}</code>{until}</span>'
+    if s.get("delay_seconds") and s["run_after"]:
+        return f'<span class="waits">its delay, until {when(s["run_after"])}</span>'
+    return ""
 
 
 def _parent_link(metadata: Any) -> str:

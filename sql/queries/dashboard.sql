@@ -113,17 +113,19 @@ SELECT s.id::text AS id, s.step_id, s.status, s.attempts, s.max_attempts, s.retr
        pg_column_size(s.input) AS input_size,
        CASE WHEN pg_column_size(s.output) <= %(max_json)s THEN s.output END AS output,
        CASE WHEN pg_column_size(s.output) > %(max_json)s THEN left(jsonb_pretty(s.output), %(max_json)s) END AS output_head,
-       pg_column_size(s.output) AS output_size
+       pg_column_size(s.output) AS output_size, s.wait_signal, s.delay_seconds
 FROM (SELECT id, step_id, workflow_inst_id, status, input, output, started_at, completed_at, error, retry_count,
              last_retry_at, duration_ms, execution_order, priority, attempts, crashes, max_attempts,
              timeout_seconds, required, crash_counts_as_attempt, has_compensator, dependencies, dependents,
-             pending_deps, run_after, lease_owner, lease_token, lease_expires_at, deadline_at, created_at, updated_at
+             pending_deps, run_after, lease_owner, lease_token, lease_expires_at, deadline_at, created_at, updated_at,
+             wait_signal, delay_seconds
       FROM {schema}.orchwf_live_steps WHERE workflow_inst_id = %(id)s
       UNION ALL
       SELECT id, step_id, workflow_inst_id, status, input, output, started_at, completed_at, error, retry_count,
              last_retry_at, duration_ms, execution_order, priority, attempts, crashes, max_attempts,
              timeout_seconds, required, crash_counts_as_attempt, has_compensator, dependencies, dependents,
-             pending_deps, run_after, lease_owner, lease_token, lease_expires_at, deadline_at, created_at, updated_at
+             pending_deps, run_after, lease_owner, lease_token, lease_expires_at, deadline_at, created_at, updated_at,
+             NULL::text, 0::float8
       FROM {schema}.orchwf_step_history
       WHERE workflow_inst_id = %(id)s AND instance_created_at = {schema}.orchwf_instance_created_at(%(id)s)) s
 ORDER BY s.execution_order, s.step_id

@@ -51,6 +51,14 @@ def test_the_parent_step_completes_with_the_childs_output(client: Client, app_db
                               (parent,)).fetchone()[0]
     assert (held, queued) == (0, 0)
     assert _step(app_db, parent, "run_child")[0] == "pending"
+    from orchwf.dashboard import pages
+    from orchwf.dashboard.queries import Queries as DashboardQueries
+    from orchwf.dashboard.server import make_pool
+
+    with make_pool(app_db, max_size=1) as pool:  # the step shows what it waits for
+        waiting_page = pages.instance_page(DashboardQueries(pool, "public").instance(parent), pages.View(csrf_token="t"))
+    [(running_child, _, _)] = _children(app_db, parent)
+    assert f'child workflow <a href="/instances/{running_child}">{running_child}</a>' in waiting_page
     gate.touch()
     wait_for(lambda: _status(app_db, [parent]) == {parent: "completed"}, 30, "the parent")
     [(child, workflow, status)] = _children(app_db, parent)

@@ -52,6 +52,13 @@ def test_a_waiting_step_holds_nothing_and_completes_with_the_payload(client: Cli
                              " AND state LIKE 'idle in transaction%%'").fetchone()[0]
     assert (ready, running, in_tx) == (0, 0, 0)
     assert set(_status(app_db, ids).values()) == {"running"}
+    from orchwf.dashboard import pages
+    from orchwf.dashboard.queries import Queries as DashboardQueries
+    from orchwf.dashboard.server import make_pool
+
+    with make_pool(app_db, max_size=1) as pool:  # the step shows what it waits for
+        page = pages.instance_page(DashboardQueries(pool, "public").instance(ids[0]), pages.View(csrf_token="t"))
+    assert '<span class="waits">signal <code>approval</code></span>' in page
     for n, instance in enumerate(ids):
         client.signal(instance, "approval", {"approved_by": f"user{n}"})
     wait_for(lambda: set(_status(app_db, ids).values()) == {"completed"}, 30, "the approvals")
