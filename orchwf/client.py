@@ -50,12 +50,57 @@ def register_workflow(conn: psycopg.Connection[Any], definition: WorkflowDefinit
     schedules = check_definition_schedules(definition)
     q = Queries.of(schema)
     with translate_errors(), conn.transaction():
+        _check_children(conn, q, definition)
         q.register_workflow(conn, definition.id, definition.name, definition.version,
                             definition.version_hash, definition_document(definition))
         for schedule in schedules:
             save_schedule(conn, q, definition.id, schedule, "definition")
         # Unchanged schedules keep their next run; those the definition dropped go.
         q.forget_definition_schedules(conn, definition.id, [s.name for s in schedules])
+
+
+def _check_children(conn: psycopg.Connection[Any], q: Queries, definition: WorkflowDefinition) -> None:
+    """The workflows its child_workflow_steps start must be registered, and no chain of
+    children may lead back to it (a static cycle would start instances without end)."""
+    children = {s.child_workflow: s.id for s in definition.steps if s.child_workflow}
+    for child, step in children.items():
+        if child != definition.id and not q.workflow_registered(conn, child):
+            raise ValidationError(f"step {step} of {definition.id} starts workflow {child!r}, which is not "
+                                  "registered: register it first")
+    seen: set[str] = set()
+    frontier = [(child, [definition.id, child]) for child in children]
+    while frontier:
+        workflow, path = frontier.pop()
+        if workflow == definition.id:
+            raise ValidationError(f"child workflows form a cycle: {' -> '.join(path)}")
+        if workflow in seen:
+            continue
+        seen.add(workflow)
+        frontier += [(c, [*path, c]) for c in q.child_workflows_of(conn, workflow)]
+
+
+def registration_order(definitions: Iterable[WorkflowDefinition]) -> list[WorkflowDefinition]:
+    """``definitions`` with each child workflow before the workflows that start it (the
+    order the daemon registers them in); a cycle among them is a ValidationError."""
+    by_id = {d.id: d for d in definitions}
+    order: list[WorkflowDefinition] = []
+    state: dict[str, str] = {}
+
+    def visit(workflow_id: str, path: list[str]) -> None:
+        if state.get(workflow_id) == "done" or workflow_id not in by_id:
+            return
+        if state.get(workflow_id) == "visiting":
+            raise ValidationError(f"child workflows form a cycle: {' -> '.join([*path, workflow_id])}")
+        state[workflow_id] = "visiting"
+        for step in by_id[workflow_id].steps:
+            if step.child_workflow:
+                visit(step.child_workflow, [*path, workflow_id])
+        state[workflow_id] = "done"
+        order.append(by_id[workflow_id])
+
+    for workflow_id in by_id:
+        visit(workflow_id, [])
+    return order
 
 
 def save_schedule(conn: psycopg.Connection[Any], q: Queries, workflow_id: str, schedule: Schedule,

@@ -40,7 +40,11 @@ def load_definitions(spec: str) -> list[WorkflowDefinition]:
     by_id: dict[str, WorkflowDefinition] = {}
     for d in found:
         by_id[d.id] = d
-    return list(by_id.values())
+    # Children before the workflows that start them (the order they are registered in);
+    # a cycle of child workflows is refused before the daemon starts.
+    from ..client import registration_order
+
+    return registration_order(by_id.values())
 
 
 def tracing_hook(spec: str) -> Callable[[], object] | None:

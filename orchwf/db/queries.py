@@ -316,6 +316,10 @@ class Queries:
                                                  "name": name})
         return None if row is None else row["payload"]
 
+    def child_workflows_of(self, conn: Conn, workflow_id: str) -> list[str]:
+        """The workflows a registered definition's child_workflow_steps start."""
+        return [r["child"] for r in self._all(conn, "child_workflows_of", {"workflow_id": workflow_id})]
+
     def workflow_registered(self, conn: Conn, workflow_id: str) -> bool:
         return bool(self._value(conn, "workflow_registered", {"workflow_id": workflow_id}))
 

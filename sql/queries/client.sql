@@ -47,3 +47,10 @@ SELECT {schema}.orchwf_set_queue_rate_limit(%(queue)s, %(per_second)s::float8, %
 SELECT c.name, c.paused, c.paused_at, c.rate_per_second, c.burst
 FROM {schema}.orchwf_queues c
 ORDER BY c.name
+
+-- name: child_workflows_of
+-- The workflows a registered definition's child_workflow_steps start (client.py's cycle check).
+SELECT DISTINCT x.child #>> '{{}}' AS child
+FROM {schema}.orchwf_workflow_definitions d,
+     jsonb_path_query(d.definition, '$.steps[*].child_workflow') AS x(child)
+WHERE d.workflow_id = %(workflow_id)s AND jsonb_typeof(x.child) = 'string'

@@ -269,3 +269,8 @@ waits_first = (WorkflowBuilder("waits_first", "Waits for a signal, then records"
                .add_step(wait_for_signal("wait", "go").build())
                .add_step(StepBuilder("after", "After", record).with_dependencies("wait").build())
                .build())
+approval_timeout = (WorkflowBuilder("approval_timeout", "The README's approval, with a one-second timeout")
+                    .add_step(StepBuilder("reserve", "Reserve", record).with_compensator(compensate).build())
+                    .add_step(wait_for_signal("approval", "approved", timeout=1.0).with_dependencies("reserve").build())
+                    .add_step(StepBuilder("pay", "Pay", record).with_dependencies("approval").build())
+                    .build())

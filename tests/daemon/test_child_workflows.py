@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -143,3 +144,32 @@ def test_a_resumed_parent_starts_a_new_child(client: Client, app_db: str, start_
     wait_for(lambda: _status(app_db, [parent]) == {parent: "completed"}, 30, "the resumed parent")
     assert [s for _, _, s in _children(app_db, parent)] == ["cancelled", "completed"]
     assert _step(app_db, parent, "run_child")[1] == {"doubled": 4}
+
+
+def test_a_child_workflow_must_be_registered_and_cycles_are_refused(client: Client, app_db: str) -> None:
+    """At registration, with nothing stored: a child workflow that is not registered, and
+    a chain of children that leads back (in the database, or among an app's definitions)."""
+    from orchwf import StepBuilder, WorkflowBuilder
+    from orchwf.client import registration_order
+
+    def starts(workflow_id: str, child: str) -> Any:
+        return WorkflowBuilder(workflow_id, workflow_id).add_step(child_workflow_step("c", child).build()).build()
+
+    with pytest.raises(ValidationError, match="starts workflow 'nowhere', which is not registered"):
+        client.register_workflow(starts("orphan_parent", "nowhere"))
+    with pytest.raises(ValidationError, match="cycle: loop_a -> loop_a"):
+        client.register_workflow(starts("loop_a", "loop_a"))
+    leaf = WorkflowBuilder("loop_b", "b").add_step(StepBuilder("s", "S", lambda ctx, data: {}).build()).build()
+    client.register_workflow(leaf)
+    client.register_workflow(starts("loop_c", "loop_b"))
+    with pytest.raises(ValidationError, match="cycle: loop_b -> loop_c -> loop_b"):
+        client.register_workflow(starts("loop_b", "loop_c"))  # b, re-registered to start c, which starts b
+    with psycopg.connect(app_db) as conn:
+        registered = {r[0] for r in conn.execute("SELECT workflow_id FROM orchwf_workflow_definitions")}
+        leaf_doc = conn.execute("SELECT definition FROM orchwf_workflow_definitions WHERE workflow_id = 'loop_b'"
+                                ).fetchone()[0]
+    assert "orphan_parent" not in registered and "loop_a" not in registered
+    assert [s["id"] for s in leaf_doc["steps"]] == ["s"]  # unchanged
+    assert [d.id for d in registration_order([starts("p", "q"), starts("q", "r")])] == ["q", "p"]
+    with pytest.raises(ValidationError, match="cycle: p -> q -> p"):
+        registration_order([starts("p", "q"), starts("q", "p")])

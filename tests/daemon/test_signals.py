@@ -210,3 +210,16 @@ def test_ten_thousand_waiting_instances_hold_nothing_and_cost_an_idle_host_nothi
     assert (parked, ready, running, in_tx) == (10_000, 0, 0, 0)
     # the daemon's own rate (heartbeats, maintenance rounds, polls): the same with 10,000 waiting
     assert waiting <= quiet * 1.5 + 1.0, (quiet, waiting)
+
+
+def test_an_approval_that_times_out_is_compensated(client: Client, app_db: str, start_daemon) -> None:
+    """The README's approval workflow: no approval in time, the wait fails, and the
+    reservation's compensator runs; pay never does."""
+    start_daemon("--workers", "1")
+    instance = client.enqueue("approval_timeout", {})
+    wait_for(lambda: _status(app_db, [instance]) == {instance: "failed"}, 30, "the timeout")
+    wait_for(lambda: any(r[1] == "reserve" and r[4] == "compensated" for r in executions(app_db)
+                         if r[0] == instance), 30, "the compensation")
+    ran = [(r[1], r[4]) for r in executions(app_db) if r[0] == instance]
+    assert not any(step == "pay" for step, _ in ran) and ran[0] == ("reserve", "")
+    assert "no signal 'approved' within 1s" in _step(app_db, instance, "approval")[2]
