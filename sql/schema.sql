@@ -99,6 +99,9 @@ CREATE TABLE orchwf_live_instances (
 -- Listing (live instances first in created_at order) and retention's question "does any
 -- instance of this partition's range still run?".
 CREATE INDEX orchwf_li_created_idx ON orchwf_live_instances (created_at DESC, id DESC);
+-- Instances by the version of their definition: who waits for a version no worker has
+-- (orchwf stats, the metrics), a probe per registered version, never a scan.
+CREATE INDEX orchwf_li_version_idx ON orchwf_live_instances (definition_hash, created_at);
 -- The children of an instance (child_workflow_step), to cancel them with it.
 CREATE INDEX orchwf_li_parent_idx ON orchwf_live_instances ((metadata->>'orchwf_parent'))
     WHERE metadata ? 'orchwf_parent';

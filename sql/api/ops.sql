@@ -223,3 +223,35 @@ AS $$
     GROUP BY g.queue
     ORDER BY g.queue;
 $$;
+
+-- Live instances whose definition version no live worker has (versioned definitions):
+-- per workflow and version, how many (up to p_cap) and since when. A worker that lists no
+-- versions (a release before them) takes any version of its workflows. One probe of
+-- orchwf_li_version_idx per registered version that no worker has, never a scan of the
+-- live instances (orchwf stats, the dashboard, the metrics' scrape).
+CREATE OR REPLACE FUNCTION orchwf_unserved_versions(p_live_seconds double precision, p_cap integer DEFAULT 100000)
+RETURNS TABLE (workflow_id text, version_hash text, instances bigint, oldest_age double precision)
+LANGUAGE sql
+STABLE
+SET search_path FROM CURRENT
+SET enable_seqscan = off
+AS $$
+    WITH unserved AS MATERIALIZED (
+        SELECT v.workflow_id, v.version_hash FROM orchwf_workflow_versions v
+        WHERE NOT EXISTS (SELECT 1 FROM orchwf_workers w
+                          WHERE w.role IN ('worker', 'quarantine')
+                            AND w.heartbeat_at > now() - p_live_seconds * interval '1 second'
+                            AND v.workflow_id = ANY (w.workflows)
+                            AND (cardinality(w.versions) = 0 OR v.version_hash = ANY (w.versions))))
+    SELECT u.workflow_id, u.version_hash, x.n, extract(epoch FROM now() - x.oldest)::float8
+    FROM unserved u
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS n, min(i.created_at) AS oldest
+        FROM (SELECT i.created_at FROM orchwf_live_instances i
+              WHERE i.definition_hash = u.version_hash AND i.workflow_id = u.workflow_id
+                AND i.status IN ('pending', 'running') AND i.run_mode = 'daemon'
+              ORDER BY i.definition_hash, i.created_at
+              LIMIT p_cap) i) x
+    WHERE x.n > 0
+    ORDER BY x.oldest
+$$;

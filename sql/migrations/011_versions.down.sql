@@ -5,6 +5,8 @@ DROP FUNCTION IF EXISTS orchwf_claim_steps(text, text[], text[], integer, double
 DROP FUNCTION IF EXISTS orchwf_finish_and_claim(uuid[], bigint[], text[], jsonb[], text[], bigint[],
     double precision[], jsonb[], text, text[], text[], integer, double precision, boolean, text[]);
 DROP TABLE IF EXISTS orchwf_workflow_versions;
+DROP INDEX IF EXISTS orchwf_li_version_idx;
+DROP FUNCTION IF EXISTS orchwf_unserved_versions(double precision, integer);
 ALTER TABLE orchwf_workers DROP COLUMN IF EXISTS versions;
 ALTER TABLE orchwf_ready_steps DROP COLUMN IF EXISTS definition_hash;
 

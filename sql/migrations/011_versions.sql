@@ -4,6 +4,9 @@
 -- each instance runs only the code it started with. Constant defaults: no rewrite.
 ALTER TABLE orchwf_ready_steps ADD COLUMN definition_hash text;   -- NULL: any version
 ALTER TABLE orchwf_workers ADD COLUMN versions text[] NOT NULL DEFAULT '{}';
+-- Instances by the version of their definition: who waits for a version no worker has
+-- (orchwf stats, the metrics), a probe per registered version, never a scan.
+CREATE INDEX orchwf_li_version_idx ON orchwf_live_instances (definition_hash, created_at);
 
 -- Every version of every definition ever registered (the current one is in
 -- orchwf_workflow_definitions): `orchwf workflows` lists them with their instances.

@@ -35,16 +35,9 @@ WHERE %(since)s::timestamptz IS NOT NULL
   AND i.completed_at < now() - %(lag)s * interval '1 second'
 GROUP BY i.status, i.workflow_id
 UNION ALL
--- Live instances whose definition version no live worker has (ops.sql's unserved_versions).
-SELECT 'unserved', g.workflow_id, sum(g.n)::float8, extract(epoch FROM now() - min(g.oldest))::float8, NULL
-FROM (SELECT i.workflow_id, i.definition_hash, count(*) AS n, min(i.created_at) AS oldest
-      FROM {schema}.orchwf_live_instances i
-      WHERE i.definition_hash IS NOT NULL AND i.status IN ('pending', 'running') AND i.run_mode = 'daemon'
-      GROUP BY 1, 2) g
-WHERE NOT EXISTS (SELECT 1 FROM {schema}.orchwf_workers w
-                  WHERE w.role IN ('worker', 'quarantine') AND w.heartbeat_at > now() - %(live)s * interval '1 second'
-                    AND g.workflow_id = ANY (w.workflows)
-                    AND (cardinality(w.versions) = 0 OR g.definition_hash = ANY (w.versions)))
-GROUP BY g.workflow_id
+-- Live instances waiting for a version no live worker has (sql/api/ops.sql).
+SELECT 'unserved', u.workflow_id, sum(u.instances)::float8, max(u.oldest_age), NULL
+FROM {schema}.orchwf_unserved_versions(%(live)s) u
+GROUP BY u.workflow_id
 UNION ALL
 SELECT 'horizon', '', NULL, NULL, now() - %(lag)s * interval '1 second'

@@ -89,19 +89,8 @@ SELECT 1 FROM pg_database WHERE datname = %(name)s
 CREATE DATABASE {database}
 
 -- name: unserved_versions
--- Live instances whose definition version no live worker has (a worker that lists no
--- versions, of a release before them, takes any version of its workflows): they wait,
--- neither failed nor run with other code. orchwf stats, the dashboard, the metrics.
-SELECT g.workflow_id, g.version_hash, g.instances, extract(epoch FROM now() - g.oldest)::float8 AS oldest_age
-FROM (SELECT i.workflow_id, i.definition_hash AS version_hash, count(*) AS instances, min(i.created_at) AS oldest
-      FROM {schema}.orchwf_live_instances i
-      WHERE i.definition_hash IS NOT NULL AND i.status IN ('pending', 'running') AND i.run_mode = 'daemon'
-      GROUP BY 1, 2) g
-WHERE NOT EXISTS (SELECT 1 FROM {schema}.orchwf_workers w
-                  WHERE w.role IN ('worker', 'quarantine') AND w.heartbeat_at > now() - %(live)s * interval '1 second'
-                    AND g.workflow_id = ANY (w.workflows)
-                    AND (cardinality(w.versions) = 0 OR g.version_hash = ANY (w.versions)))
-ORDER BY g.oldest
+-- Live instances waiting for a version no live worker has (sql/api/ops.sql).
+SELECT workflow_id, version_hash, instances, oldest_age FROM {schema}.orchwf_unserved_versions(%(live)s)
 
 -- name: workflow_versions
 -- orchwf workflows: every registered version, whether it is the current one, its live

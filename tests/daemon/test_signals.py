@@ -163,11 +163,12 @@ def test_a_bad_wait_is_refused_at_definition() -> None:
 
 
 def test_two_steps_waiting_for_one_name_take_one_signal_each(client: Client, app_db: str, start_daemon) -> None:
-    """One signal, two waiting steps: one takes it, the other waits on (it does not fail);
+    """One signal (sent early), two steps released together that wait for its name: both
+    are ready, one takes it, the other finds it taken and waits again (it does not fail);
     a second signal completes it."""
-    start_daemon("--workers", "1", "--concurrency", "4")
     instance = client.enqueue("two_waiters", {})
     client.signal(instance, "go", {"n": 1})
+    start_daemon("--workers", "1", "--concurrency", "4")
     wait_for(lambda: sorted(_step(app_db, instance, s)[0] for s in ("first", "second")) == ["completed", "pending"],
              30, "one of the two to take the signal")
     time.sleep(1.0)
@@ -176,6 +177,10 @@ def test_two_steps_waiting_for_one_name_take_one_signal_each(client: Client, app
     wait_for(lambda: _status(app_db, [instance]) == {instance: "completed"}, 30, "the second signal")
     outputs = sorted(_step(app_db, instance, s)[1]["n"] for s in ("first", "second"))
     assert outputs == [1, 2]
+    with psycopg.connect(app_db) as conn:
+        kinds = [r[0] for r in conn.execute("SELECT event_type FROM orchwf_workflow_events WHERE workflow_inst_id = %s",
+                                            (instance,)).fetchall()]
+    assert "step.waiting" in kinds  # the one that found its signal taken waited again
 
 
 def _commits(dsn: str) -> int:

@@ -216,21 +216,21 @@ def test_two_daemons_stop_starting_a_paused_queue_and_running_steps_finish(ops_d
 # -- the migration ---------------------------------------------------------------------------------
 
 
-def test_rollback_of_008_takes_the_filter_out_and_refuses_an_unknown_body(ops_db: str) -> None:
+def test_rollback_of_012_takes_the_filter_out_and_refuses_an_unknown_body(ops_db: str) -> None:
     """After 012 down, the claim and the round of the previous release's API run without
     orchwf_queues; a claim body that lacks 012's lines stops the rollback, changing nothing."""
     from orchwf.db.migrations import migrate, rollback
     from orchwf.db.sqlfiles import MigrationError
 
     query(ops_db, "SELECT orchwf_pause_queue('default')")
-    claim_src = "SELECT prosrc FROM pg_proc WHERE proname = 'orchwf_claim_steps'"
+    claim_src = "SELECT prosrc FROM pg_proc WHERE proname = 'orchwf_claim_steps' AND pronargs = 7"  # the body
     [(original,)] = query(ops_db, claim_src)
     query(ops_db, "UPDATE pg_proc SET prosrc = replace(prosrc, 'c.paused IS NOT TRUE)', 'c.paused IS NOT TRUE AND true)')"
-                  " WHERE proname = 'orchwf_claim_steps'")
+                  " WHERE proname = 'orchwf_claim_steps' AND pronargs = 7")
     with pytest.raises(MigrationError, match="does not hold the lines 012 added"):
         rollback(ops_db)
     assert controls(ops_db) == [("default", True)]  # nothing was changed
-    query(ops_db, "UPDATE pg_proc SET prosrc = %s WHERE proname = 'orchwf_claim_steps'", (original,))
+    query(ops_db, "UPDATE pg_proc SET prosrc = %s WHERE proname = 'orchwf_claim_steps' AND pronargs = 7", (original,))
 
     assert rollback(ops_db) == ["012"]
     assert query(ops_db, "SELECT to_regclass('orchwf_queues')") == [(None,)]
@@ -426,7 +426,7 @@ def test_a_limit_of_100_per_second_is_held_over_30_seconds_across_two_supervisor
     assert len(steady) >= 0.9 * rate * 30, f"{len(steady) / 30:.1f} starts/s"
 
 
-def test_migration_008_gives_the_roles_that_could_claim_the_queue_controls(empty_db_dsn: str) -> None:
+def test_migration_012_gives_the_roles_that_could_claim_the_queue_controls(empty_db_dsn: str) -> None:
     """A least-privilege runtime role of release 3 goes on claiming after 012: the claim now
     reads orchwf_queues, and 012 grants it to whoever could lock ready steps."""
     from orchwf.db.migrations import migrate

@@ -1,0 +1,146 @@
+"""``python -m bench.waits [--dsn ADMIN_DSN] [--signals 10000]``: durable waits measured
+(docs/benchmarks.md, "Durable waits").
+
+On the benchmark's own cluster (or ``--dsn``), with ``orchwf worker`` (2 workers) running:
+
+* **signal latency**, idle host: 50 instances whose first step waits for a signal, one
+  signal at a time; from the signal's row (its ``created_at``, the sender's transaction)
+  to the waiting step's ``completed_at``, both on the database's clock;
+* **signal throughput**: ``--signals`` instances waiting, then one signal each, sent by
+  ``SELECT orchwf_signal(...)`` 1,000 to a statement: signals stored (and their steps
+  made ready) per second, then how long the workers take to complete them all;
+* **sleep lateness**: 50 instances with a step that sleeps 2 s after the first: how
+  late each sleeping step starts after its due time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+import psycopg
+
+from orchwf import Client
+
+from . import cluster as cl
+from .common import log
+from .run import cleanup, scratch
+from .systems.orchwf_sys import OrchwfSystem
+
+
+class _Waits(OrchwfSystem):
+    app = "bench.apps.orchwf_waits_app"
+
+
+def _wait(dsn: str, query: str, params: Any, until: int, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while int(conn.execute(query, params).fetchone()[0]) < until:
+            if time.monotonic() > deadline:
+                raise TimeoutError(query)
+            time.sleep(0.05)
+
+
+PARKED = ("SELECT count(*) FROM orchwf_live_steps WHERE workflow_inst_id = ANY(%s::uuid[]) AND step_id = 'wait'"
+          " AND status = 'pending' AND pending_deps = 0")
+DONE = "SELECT count(*) FROM orchwf_workflow_instances WHERE id = ANY(%s::uuid[]) AND status = 'completed'"
+
+
+def latency(dsn: str, client: Client, n: int = 50) -> dict[str, float]:
+    ids = client.enqueue_many("bench_waits_signal", [{} for _ in range(n)])
+    _wait(dsn, PARKED, (ids,), n)
+    time.sleep(1.0)  # idle
+    samples = []
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for instance in ids:
+            sent = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+            client.signal(instance, "go", {"at": sent.isoformat()})
+            _wait(dsn, DONE, ([instance],), 1, timeout=30)
+            done = conn.execute("SELECT completed_at FROM orchwf_step_instances WHERE workflow_inst_id = %s"
+                                " AND step_id = 'wait'", (instance,)).fetchone()[0]
+            samples.append((done - sent).total_seconds() * 1000)
+            time.sleep(0.05)
+    ordered = sorted(samples)
+    return {"n": n, "p50_ms": statistics.median(ordered), "p95_ms": ordered[int(0.95 * (n - 1))],
+            "max_ms": ordered[-1]}
+
+
+def throughput(dsn: str, client: Client, n: int) -> dict[str, float]:
+    ids: list[str] = []
+    for start in range(0, n, 1000):
+        ids += client.enqueue_many("bench_waits_signal", [{} for _ in range(min(1000, n - start))])
+    _wait(dsn, PARKED, (ids,), n)
+    t0 = time.perf_counter()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for start in range(0, n, 1000):
+            conn.execute("SELECT count(orchwf_signal(x.id, 'go', '{}'::jsonb)) FROM unnest(%s::uuid[]) AS x(id)",
+                         (ids[start:start + 1000],)).fetchone()
+    sent = time.perf_counter() - t0
+    _wait(dsn, DONE, (ids,), n, timeout=600)
+    done = time.perf_counter() - t0
+    return {"n": n, "signals_per_s": n / sent, "completed_per_s": n / done, "send_s": sent, "complete_s": done}
+
+
+def sleep_lateness(dsn: str, client: Client, n: int = 50) -> dict[str, float]:
+    ids = client.enqueue_many("bench_waits_sleep", [{} for _ in range(n)])
+    _wait(dsn, DONE, (ids,), n, timeout=120)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT extract(epoch FROM n.started_at - (a.completed_at + interval '2 seconds'))::float8"
+            " FROM orchwf_step_instances a JOIN orchwf_step_instances n ON n.workflow_inst_id = a.workflow_inst_id"
+            " WHERE a.workflow_inst_id = ANY(%s::uuid[]) AND a.step_id = 'first' AND n.step_id = 'nap'",
+            (ids,)).fetchall()
+    late = sorted(max(0.0, r[0]) * 1000 for r in rows)
+    return {"n": len(late), "p50_ms": statistics.median(late), "max_ms": late[-1]}
+
+
+def run(server_dsn: str, signals: int) -> dict[str, Any]:
+    system = _Waits()
+    system.setup(server_dsn, "orchwf_bench_waits")
+    work = scratch()
+    try:
+        logdir = work / "logs"
+        logdir.mkdir(parents=True, exist_ok=True)
+        proc = system.launch(logdir)
+        system.wait_ready(proc)
+        client = Client(system.dsn)
+        try:
+            log("waits: signal latency on an idle host")
+            lat = latency(system.dsn, client)
+            log("waits: sleep lateness")
+            nap = sleep_lateness(system.dsn, client)
+            log(f"waits: {signals:,} signals")
+            thr = throughput(system.dsn, client, signals)
+        finally:
+            client.close()
+            proc.stop()
+    finally:
+        system.close()
+        cleanup(work)
+    return {"latency": lat, "sleep": nap, "throughput": thr}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dsn", default=None, help="an admin database of an existing server [the own cluster]")
+    p.add_argument("--signals", type=int, default=10_000)
+    a = p.parse_args()
+    if a.dsn:
+        out = run(a.dsn, a.signals)
+    else:
+        with cl.running() as cluster:
+            out = run(cluster.dsn, a.signals)
+    lat, nap, thr = out["latency"], out["sleep"], out["throughput"]
+    print()
+    print(f"signal latency, idle host ({lat['n']} signals, one at a time, signal row to step completed): "
+          f"p50 {lat['p50_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms, max {lat['max_ms']:.1f} ms")
+    print(f"sleep lateness ({nap['n']} steps sleeping 2 s): p50 {nap['p50_ms']:.0f} ms, max {nap['max_ms']:.0f} ms")
+    print(f"{thr['n']:,} signals, 1,000 a statement: {thr['signals_per_s']:,.0f} signals/s stored and their steps "
+          f"made ready ({thr['send_s']:.2f} s); all {thr['n']:,} steps completed in {thr['complete_s']:.1f} s "
+          f"({thr['completed_per_s']:,.0f}/s)")
+
+
+if __name__ == "__main__":
+    main()
