@@ -76,7 +76,7 @@ def parser() -> argparse.ArgumentParser:
                    help="workers' concurrency/batch in latency, DAG, soak and history [each system's default]")
     p.add_argument("--soak-seconds", type=float, default=None, help="soak duration [1800; --small 120; smoke 6]")
     p.add_argument("--soak-rate", type=float, default=None,
-                   help=f"soak jobs/s [{runner.SOAK_SHARE:.0%} of orchwf's drain rate measured on the same server]")
+                   help=f"soak jobs/s [{runner.SOAK_SHARE * 100:.0f}%% of orchwf's drain rate measured on the same server]")
     p.add_argument("--vacuum-naptime", type=float, default=None,
                    help="soak on a server with autovacuum off: emulate autovacuum with this naptime "
                         "(opt-in; the own cluster runs the real autovacuum)")
