@@ -263,11 +263,13 @@ def test_least_privilege_runtime_role_runs_the_daemon(least_privilege) -> None:
             producer.register_workflow(definition)
         ids = producer.enqueue_many("dag5", [{"sleep": 0.002} for _ in range(30)])
         failing = producer.enqueue("edge_compensation", {})
-        cancelled = producer.enqueue("stalling", {"first": 2, "later": 2})
         daemon = world.start("--workers", "2", "--concurrency", "4", "--retention", "1", dsn=roles.runtime_dsn,
                              metrics=True)
         wait_until_done(world.dsn, ids + [failing], timeout=60, daemons=[daemon])
         led = check_ledger(world.dsn, ids + [failing], final=False, metrics_url=daemon.metrics_url)
+        # enqueued on an idle daemon, so that the 5 s attempt is still running when polled
+        # (enqueued first, it ran and completed while the others drained)
+        cancelled = producer.enqueue("stalling", {"first": 5, "later": 5})
         wait_for(lambda: producer.get_workflow(cancelled).step("slow").status.value == "running", timeout=30,
                  what="the stalling step to start")
         assert producer.cancel_workflow(cancelled) == "cancelled"
