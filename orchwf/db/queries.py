@@ -304,9 +304,11 @@ class Queries:
         self._run(conn, "schedule_fired", {"name": name, "next_run_at": next_run_at, "last_run_at": last_run_at,
                                            "last_instance_id": last_instance_id, "last_error": last_error})
 
-    def send_signal(self, conn: Conn, instance_id: str, name: str, payload: dict[str, Any]) -> int:
-        return int(self._value(conn, "send_signal", {"instance_id": instance_id, "name": name,
-                                                     "payload": Jsonb(payload)}))
+    def send_signals(self, conn: Conn, instance_ids: list[str], names: list[str],
+                     payloads: list[dict[str, Any]]) -> list[int]:
+        rows = self._all(conn, "send_signals", {"instance_ids": instance_ids, "names": names,
+                                                "payloads": [Jsonb(p) for p in payloads]})
+        return [int(r["signal_id"]) for r in rows]
 
     def consume_signal(self, conn: Conn, instance_id: str, step_inst_id: Any, name: str | None
                        ) -> dict[str, Any] | None:

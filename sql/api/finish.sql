@@ -309,8 +309,10 @@ BEGIN
         JOIN orchwf_live_instances i ON i.id = f.inst AND i.id = ANY (v_insts)
         CROSS JOIN LATERAL (SELECT i.steps_remaining - f.n <= 0 AND NOT f.failed
                                    AND i.status IN ('pending', 'running') AS completing) x
+        -- OFFSET 0 keeps "WHERE x.completing" a gate on the call: pulled up into the
+        -- join, it filtered after calling the function for every instance (16 µs each).
         LEFT JOIN LATERAL (SELECT d.output, d.context FROM orchwf_instance_documents(f.inst) d
-                           WHERE x.completing) m ON true),
+                           WHERE x.completing OFFSET 0) m ON true),
     counted AS (
         UPDATE orchwf_live_instances i
         SET steps_remaining = i.steps_remaining - c.n,

@@ -30,9 +30,10 @@ SELECT {schema}.orchwf_retry_step(%(id)s, %(step_id)s) AS status
 -- Channels are constants of db/queries.py (LISTEN takes no parameters).
 LISTEN {channel}
 
--- name: send_signal
--- orchwf_signal (sql/api/signals.sql) in the caller's transaction.
-SELECT {schema}.orchwf_signal(%(instance_id)s, %(name)s, %(payload)s) AS id
+-- name: send_signals
+-- orchwf_signal_many (sql/api/signals.sql) in the caller's transaction: the ids in order.
+SELECT m.signal_id FROM {schema}.orchwf_signal_many(%(instance_ids)s::uuid[], %(names)s::text[],
+                                                    %(payloads)s::jsonb[]) m
 -- name: pause_queue
 SELECT {schema}.orchwf_pause_queue(%(queue)s) AS changed
 

@@ -275,3 +275,10 @@ approval_timeout = (WorkflowBuilder("approval_timeout", "The README's approval, 
                     .add_step(wait_for_signal("approval", "approved", timeout=1.0).with_dependencies("reserve").build())
                     .add_step(StepBuilder("pay", "Pay", record).with_dependencies("approval").build())
                     .build())
+
+# A first step that waits for "go", then an ordinary one (test_signals.py: a signal
+# completes the wait in its own transaction, with no worker running).
+signal_first = (WorkflowBuilder("signal_first", "Waits for go, then works")
+                .add_step(wait_for_signal("wait", "go").build())
+                .add_step(StepBuilder("after", "After", record).with_dependencies("wait").build())
+                .build())

@@ -92,6 +92,51 @@ def test_a_signal_in_a_rolled_back_transaction_never_arrives(client: Client, app
     assert _step(app_db, instance, "approve")[1] == {"n": 2}
 
 
+def test_a_waiting_step_completes_in_the_signals_own_transaction(client: Client, app_db: str) -> None:
+    """No worker runs: the signal claims the waiting step under a fresh lease token and
+    finishes it as a worker would (output, events, the dependent released), consuming the
+    signal in the same transaction. A second signal of the name is kept."""
+    instance = client.enqueue("signal_first", {"x": 1})
+    with psycopg.connect(app_db) as conn:
+        assert conn.execute("SELECT count(*) FROM orchwf_ready_steps").fetchone()[0] == 0  # it waits
+    first, second = client.signal_many([(instance, "go", {"ok": 1}), (instance, "go", {"ok": 2})])
+    assert second > first
+    assert _step(app_db, instance, "wait")[:2] == ("completed", {"ok": 1})
+    with psycopg.connect(app_db) as conn:
+        ready = conn.execute("SELECT s.step_id FROM orchwf_ready_steps r JOIN orchwf_live_steps s"
+                             " ON s.id = r.step_inst_id WHERE r.workflow_inst_id = %s", (instance,)).fetchall()
+        events = [r[0] for r in conn.execute(
+            "SELECT e.event_type FROM orchwf_workflow_events e JOIN orchwf_step_instances s ON s.id = e.step_inst_id"
+            " WHERE e.workflow_inst_id = %s AND s.step_id = 'wait' ORDER BY e.id", (instance,)).fetchall()]
+        attempts, lease = conn.execute("SELECT attempts, lease_token FROM orchwf_live_steps"
+                                       " WHERE workflow_inst_id = %s AND step_id = 'wait'", (instance,)).fetchone()
+        kept = conn.execute("SELECT id, consumed_by IS NOT NULL FROM orchwf_signals WHERE workflow_inst_id = %s"
+                            " ORDER BY id", (instance,)).fetchall()
+        running = conn.execute("SELECT count(*) FROM orchwf_running_steps").fetchone()[0]
+    assert ready == [("after",)]
+    assert events == ["step.started", "step.completed"]
+    assert (attempts, lease, running) == (1, None, 0)
+    assert kept == [(first, True), (second, False)]
+
+
+def test_a_batch_of_signals_is_all_or_nothing(client: Client, app_db: str) -> None:
+    """signal_many: one refused signal (a finished instance here) refuses the batch, and
+    nothing of it is stored or completed; a reserved name is refused."""
+    live = client.enqueue_many("signal_first", [{}, {}])
+    done = client.enqueue("signal_first", {})
+    client.signal(done, "go")
+    client.cancel_workflow(done)
+    with pytest.raises(InvalidStateError):
+        client.signal_many([(live[0], "go", {}), (done, "go", {}), (live[1], "go", {})])
+    with pytest.raises(ValidationError, match="reserved"):
+        client.signal(live[0], "orchwf:child:x")
+    with psycopg.connect(app_db) as conn:
+        assert conn.execute("SELECT count(*) FROM orchwf_signals WHERE workflow_inst_id = ANY(%s::uuid[])",
+                            (live,)).fetchone()[0] == 0
+    assert {_step(app_db, i, "wait")[0] for i in live} == {"pending"}
+    assert client.signal_many([]) == []
+
+
 def test_signals_are_received_exactly_once_while_workers_are_killed(client: Client, app_db: str,
                                                                       start_daemon) -> None:
     """Two signals for each of 300 instances (one step waits for each): every instance
@@ -109,7 +154,10 @@ def test_signals_are_received_exactly_once_while_workers_are_killed(client: Clie
     with psycopg.connect(app_db, autocommit=True) as conn:
         for instance in ids:
             if _status(app_db, [instance])[instance] == "running":
-                conn.execute("SELECT orchwf_signal(%s, 'approval', %s::jsonb)", (instance, '{"first": false}'))
+                try:
+                    conn.execute("SELECT orchwf_signal(%s, 'approval', %s::jsonb)", (instance, '{"first": false}'))
+                except psycopg.Error as exc:  # it finished since: its wait took the first signal
+                    assert exc.sqlstate == "OW409", exc
     wait_for(lambda: set(_status(app_db, ids).values()) == {"completed"}, 120, "every instance")
     with psycopg.connect(app_db) as conn:
         outputs = dict(conn.execute("SELECT workflow_inst_id::text, output FROM orchwf_step_instances"

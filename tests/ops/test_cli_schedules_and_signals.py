@@ -60,7 +60,8 @@ def test_an_unknown_name_is_one_error_line(orchwf) -> None:
 
 
 def test_signal_from_the_cli(orchwf, ops_db: str) -> None:
-    """``orchwf signal``: a root step that waits for "go" becomes ready; bad input is one line."""
+    """``orchwf signal``: a root step that waits for "go" completes in the signal's own
+    transaction, with the payload as its output; bad input is one line."""
     import psycopg
 
     from orchwf import Client, WorkflowBuilder, wait_for_signal
@@ -73,9 +74,15 @@ def test_signal_from_the_cli(orchwf, ops_db: str) -> None:
     sent = orchwf("signal", instance, "go", "--payload", '{"ok": true}')
     assert sent.exit_code == 0 and sent.stdout.startswith(f"signal 'go' sent to {instance} (id "), sent.stderr
     with psycopg.connect(ops_db) as conn:
-        assert conn.execute("SELECT count(*) FROM orchwf_ready_steps").fetchone()[0] == 1
-        assert conn.execute("SELECT payload FROM orchwf_signals").fetchone()[0] == {"ok": True}
+        assert conn.execute("SELECT count(*) FROM orchwf_ready_steps").fetchone()[0] == 0
+        row = conn.execute("SELECT status, output FROM orchwf_workflow_instances WHERE id = %s",
+                           (instance,)).fetchone()
+        assert row == ("completed", {"ok": True})
     unknown = orchwf("signal", "00000000-0000-7000-8000-000000000000", "go")
     assert unknown.exit_code == 1 and unknown.stderr.startswith("error: workflow not found")
-    bad = orchwf("signal", instance, "stop")
+    finished = orchwf("signal", instance, "go")
+    assert finished.exit_code == 1 and "has finished: it receives no signals" in finished.stderr
+    with Client(ops_db) as client:
+        waiting = client.enqueue("cli_wait", {})
+    bad = orchwf("signal", waiting, "stop")
     assert bad.exit_code == 1 and "waits for a signal named 'stop'" in bad.stderr
