@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import threading
 import time
 from typing import Any
 
@@ -69,20 +70,33 @@ def latency(dsn: str, client: Client, n: int = 50) -> dict[str, float]:
             "max_ms": ordered[-1]}
 
 
-def throughput(dsn: str, client: Client, n: int) -> dict[str, float]:
-    """Client.signal_many, 1,000 signals a call: each completes its waiting step (and, as
-    the step is the workflow's only one, ends its instance) in the call's transaction."""
+def throughput(dsn: str, client: Client, n: int, senders: int = 2) -> dict[str, float]:
+    """Client.signal_many, 1,000 signals a call, from ``senders`` threads at once (each
+    its own share of the instances; the pool gives each its own connection): each signal
+    completes its waiting step (and, as the step is the workflow's only one, ends its
+    instance) in the call's transaction."""
     ids: list[str] = []
     for start in range(0, n, 1000):
         ids += client.enqueue_many("bench_waits_signal", [{} for _ in range(min(1000, n - start))])
     _wait(dsn, PARKED, (ids,), n)
+    batches = [[(i, "go", {"n": k}) for k, i in enumerate(ids[start:start + 1000], start)]
+               for start in range(0, n, 1000)]
+
+    def send(share: list[list[tuple[str, str, dict[str, int]]]]) -> None:
+        for batch in share:
+            client.signal_many(batch)
+
+    threads = [threading.Thread(target=send, args=(batches[k::senders],)) for k in range(senders)]
     t0 = time.perf_counter()
-    for start in range(0, n, 1000):
-        client.signal_many([(i, "go", {"n": k}) for k, i in enumerate(ids[start:start + 1000], start)])
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     sent = time.perf_counter() - t0
     _wait(dsn, DONE, (ids,), n, timeout=600)
     done = time.perf_counter() - t0
-    return {"n": n, "signals_per_s": n / sent, "completed_per_s": n / done, "send_s": sent, "complete_s": done}
+    return {"n": n, "senders": senders, "signals_per_s": n / sent, "completed_per_s": n / done, "send_s": sent,
+            "complete_s": done}
 
 
 def sleep_lateness(dsn: str, client: Client, n: int = 50) -> dict[str, float]:
@@ -98,7 +112,7 @@ def sleep_lateness(dsn: str, client: Client, n: int = 50) -> dict[str, float]:
     return {"n": len(late), "p50_ms": statistics.median(late), "max_ms": late[-1]}
 
 
-def run(server_dsn: str, signals: int) -> dict[str, Any]:
+def run(server_dsn: str, signals: int, senders: int) -> dict[str, Any]:
     system = _Waits()
     system.setup(server_dsn, "orchwf_bench_waits")
     work = scratch()
@@ -114,7 +128,7 @@ def run(server_dsn: str, signals: int) -> dict[str, Any]:
             log("waits: sleep lateness")
             nap = sleep_lateness(system.dsn, client)
             log(f"waits: {signals:,} signals")
-            thr = throughput(system.dsn, client, signals)
+            thr = throughput(system.dsn, client, signals, senders)
         finally:
             client.close()
             proc.stop()
@@ -128,19 +142,20 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dsn", default=None, help="an admin database of an existing server [the own cluster]")
     p.add_argument("--signals", type=int, default=10_000)
+    p.add_argument("--senders", type=int, default=2, help="threads sending at once [2: one per core here]")
     a = p.parse_args()
     if a.dsn:
-        out = run(a.dsn, a.signals)
+        out = run(a.dsn, a.signals, a.senders)
     else:
         with cl.running() as cluster:
-            out = run(cluster.dsn, a.signals)
+            out = run(cluster.dsn, a.signals, a.senders)
     lat, nap, thr = out["latency"], out["sleep"], out["throughput"]
     print()
     print(f"signal latency, idle host ({lat['n']} signals, one at a time, from calling Client.signal to the "
           "step's completion seen by another session): "
           f"p50 {lat['p50_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms, max {lat['max_ms']:.1f} ms")
     print(f"sleep lateness ({nap['n']} steps sleeping 2 s): p50 {nap['p50_ms']:.0f} ms, max {nap['max_ms']:.0f} ms")
-    print(f"{thr['n']:,} signals, Client.signal_many 1,000 a call: {thr['signals_per_s']:,.0f} signals/s delivered "
+    print(f"{thr['n']:,} signals, Client.signal_many 1,000 a call, {thr['senders']} senders at once: {thr['signals_per_s']:,.0f} signals/s delivered "
           f"(each waiting step completed, its instance ended) ({thr['send_s']:.2f} s); all {thr['n']:,} instances "
           f"seen completed after {thr['complete_s']:.1f} s ({thr['completed_per_s']:,.0f}/s)")
 
