@@ -124,6 +124,12 @@ SET enable_bitmapscan = off
 -- No JIT: enable_seqscan = off prices a scan it cannot avoid at 1e10, which would make
 -- every call compile its plan (milliseconds) for a few key lookups.
 SET jit = off
+-- No nested loops between the batch and the rows it reads: the generic plan guesses ten
+-- rows for an array parameter, and one running step when the table was analyzed idle,
+-- so it re-read the batch (or every batch instance) once per row: quadratic in the batch
+-- (a finish of 1,000 steps took 1 s, orchwf_signal_many's). Every table read here is
+-- bounded by "= ANY (batch)", so the hash joins read only the batch.
+SET enable_nestloop = off
 AS $$
 DECLARE
     v_accepted uuid[];
