@@ -30,8 +30,6 @@ from daemonkit import Daemon, wait_for  # noqa: E402
 
 @pytest.fixture
 def keys_db(db_dsn: str) -> Iterator[str]:
-    with psycopg.connect(db_dsn, autocommit=True) as conn:
-        conn.execute(keysapp.LEDGER)
     with Client(db_dsn) as c:
         for value in vars(keysapp).values():
             if isinstance(value, orchwf.WorkflowDefinition):
@@ -218,10 +216,12 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
 
 
 @pytest.mark.timeout(300)
-def test_two_supervisors_hold_every_key_to_its_limit_through_a_kill(keys_db: str) -> None:
-    """2 supervisors x 50 slots, 20 keys with a limit of 2, 2,000 steps of 5-50 ms; a
-    worker is killed with SIGKILL mid-run. The ledger never shows more than 2 steps of a
-    key at once, everything completes, and every slot comes back."""
+@pytest.mark.parametrize("kill", [False, True], ids=["steady", "kill-9"])
+def test_two_supervisors_hold_every_key_to_its_limit(keys_db: str, kill: bool, tmp_path: Path) -> None:
+    """2 supervisors x 50 slots, 20 keys with a limit of 2, 2,000 steps of 5-50 ms;
+    with kill-9, a worker is killed with SIGKILL mid-run. The ledger never shows more than
+    2 steps of a key at once, everything completes, and every slot comes back (the killed
+    worker's slots once its leases are rescued)."""
     rng = random.Random(15)
     inputs: list[dict[str, Any]] = [{"k": f"key{i % 20}", "ms": rng.randint(5, 50)} for i in range(2000)]
     # what the limits allow: each key's work divided by its 2 slots; the slowest key bounds the run
@@ -229,9 +229,9 @@ def test_two_supervisors_hold_every_key_to_its_limit_through_a_kill(keys_db: str
     for x in inputs:
         per_key[x["k"]] += x["ms"] / 1000 / 2
     bound = max(per_key.values())
-    env = {"PYTHONPATH": str(HERE)}
     args = ["--workers", "1", "--concurrency", "50", "--lease-seconds", "3"]
-    daemons = [Daemon(keys_db, args, app="keysapp", env=env) for _ in range(2)]
+    daemons = [Daemon(keys_db, args, app="keysapp",
+                      env={"ORCHWF_TEST_KEY_LEDGER": str(tmp_path)}) for _ in range(2)]
     try:
         for d in daemons:
             d.worker_pids(1)
@@ -239,8 +239,14 @@ def test_two_supervisors_hold_every_key_to_its_limit_through_a_kill(keys_db: str
             for i in range(0, 2000, 500):
                 q(keys_db, "SELECT orchwf_enqueue_many('keyed', %s::jsonb[])",
                   ([psycopg.types.json.Jsonb(x) for x in inputs[i:i + 500]],))
-            wait_for(lambda: q(keys_db, "SELECT count(*) FROM orchwf_test_key_ledger")[0][0] >= 400, 60, "400 starts")
-            os.kill(daemons[0].worker_pids(1)[0], signal.SIGKILL)
+            wait_for(lambda: q(keys_db, "SELECT count(*) FROM orchwf_workflow_instances WHERE status = 'completed'")
+                     [0][0] >= 400, 60, "400 completed")
+            if kill:
+                # the worker that runs the most steps now (worker IDs are host:pid:start)
+                [(owner,)] = q(keys_db, "SELECT lease_owner FROM orchwf_running_steps GROUP BY 1 "
+                                        "ORDER BY count(*) DESC LIMIT 1")
+                os.kill(int(owner.split(":")[1]), signal.SIGKILL)
+            killed_at = time.time()
             wait_for(lambda: q(keys_db, "SELECT count(*) FROM orchwf_workflow_instances WHERE status = 'completed'")
                      [0][0] == 2000, 180, "2,000 completed")
             del c
@@ -250,22 +256,23 @@ def test_two_supervisors_hold_every_key_to_its_limit_through_a_kill(keys_db: str
                 d.stop()
         for d in daemons:
             print(d.output()[-3000:])
-    rows = q(keys_db, "SELECT key, started, finished FROM orchwf_test_key_ledger")
+    rows = keysapp.read_ledger(str(tmp_path))
     by_key: dict[str, list[tuple[float, float]]] = defaultdict(list)
     killed = 0
     for key, started, finished in rows:
         if finished is None:
-            killed += 1  # the run the kill interrupted: its process is gone
-            continue
+            killed += 1  # a run the kill interrupted: it ran until its process died
+            finished = killed_at
         by_key[key].append((started, finished))
-    assert 1 <= killed <= 2  # the killed worker's running steps of the moment (at most one per ... slot)
+    assert (1 <= killed <= 40) if kill else killed == 0  # the killed worker's runs of the moment
     assert {k: max_overlap(v) for k, v in by_key.items() if max_overlap(v) > 2} == {}
     assert held(keys_db) == {f"k:key{i}": (0, 0) for i in range(20)}
     assert q(keys_db, "SELECT count(*) FROM orchwf_key_slots") == [(0,)]
-    # throughput, before the kill: up to the kill the limits allow 40 steps at once
+    # throughput: the window against what the limits allow (the slowest key's work over its 2 slots)
     done = sorted((s, f) for v in by_key.values() for s, f in v)
     window = max(f for _, f in done) - min(s for s, _ in done)
     busy = sum(f - s for s, f in done)
     print(f"keys: {len(done)} runs in {window:.2f} s; the limits allow {bound:.2f} s "
           f"({bound / window:.0%} of it); slot use {busy / (40 * window):.0%}; killed runs {killed}")
-    assert bound / window > 0.2  # loose: the 80% figure is measured by bench (docs/benchmarks.md)
+    # loose (a shared 2-core machine): the figure is written in docs/benchmarks.md
+    assert bound / window > (0.15 if kill else 0.4)
