@@ -276,3 +276,30 @@ def test_two_supervisors_hold_every_key_to_its_limit(keys_db: str, kill: bool, t
           f"({bound / window:.0%} of it); slot use {busy / (40 * window):.0%}; killed runs {killed}")
     # loose (a shared 2-core machine): the figure is written in docs/benchmarks.md
     assert bound / window > (0.15 if kill else 0.4)
+
+
+# -- the migration ------------------------------------------------------------------------------
+
+
+def test_rollback_of_013_makes_waiters_ready_and_restores_the_previous_bodies(keys_db: str) -> None:
+    """013 down: a parked step goes to the ready queue (nothing is stranded), the API's
+    bodies are release 4's again (no name of 013's left), and work runs without keys;
+    up again, keys work."""
+    from orchwf.db.migrations import migrate, rollback
+
+    with Client(keys_db) as c:
+        for _ in range(3):
+            c.enqueue("keyed", {"k": "m"})
+    assert held(keys_db) == {"k:m": (2, 1)}
+    assert rollback(keys_db) == ["013"]
+    assert q(keys_db, "SELECT count(*) FROM orchwf_ready_steps") == [(3,)]
+    assert q(keys_db, "SELECT proname FROM pg_proc WHERE prosrc ~ 'concurrency|orchwf_key_|orchwf_ready_key'") == []
+    claimed = claim(keys_db)
+    assert len(claimed) == 3
+    finish(keys_db, claimed)
+    assert q(keys_db, "SELECT count(*) FROM orchwf_live_instances") == [(0,)]
+    assert migrate(keys_db) == ["013"]
+    with Client(keys_db) as c:
+        for _ in range(3):
+            c.enqueue("keyed", {"k": "m"})
+    assert held(keys_db) == {"k:m": (2, 1)}
