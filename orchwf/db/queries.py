@@ -28,6 +28,7 @@ from ..errors import ValidationError
 from .rows import (
     ClaimedStep,
     CompensableStep,
+    ConcurrencyKey,
     DemoSummary,
     MaintainRow,
     ProcessRegistration,
@@ -361,6 +362,9 @@ class Queries:
 
     def queue_controls(self, conn: Conn) -> list[QueueControl]:
         return self._rows(conn, "queue_controls", QueueControl)
+
+    def concurrency_keys(self, conn: Conn, limit: int) -> list[ConcurrencyKey]:
+        return self._rows(conn, "concurrency_keys", ConcurrencyKey, {"limit": limit})
 
     def retry_step(self, conn: Conn, instance_id: str, step_id: str) -> str:
         return str(self._value(conn, "retry_step", {"id": instance_id, "step_id": step_id}))
