@@ -124,7 +124,9 @@ AS $$
 $$;
 
 -- Admit the next waiters of these keys, as many as each has free slots (highest
--- priority, then oldest): their steps go into the ready queue through the trigger.
+-- priority, then oldest), set-based: their slots are taken here, in three statements
+-- for the whole batch, and their steps go into the ready queue without a key (admitted
+-- already: the trigger is not called). The caller holds the key rows' locks.
 CREATE OR REPLACE FUNCTION orchwf_admit_waiting(p_keys text[]) RETURNS integer
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
@@ -133,10 +135,9 @@ SET enable_bitmapscan = off
 SET jit = off
 AS $$
 DECLARE
-    v_steps  uuid[];
-    v_n      integer;
+    v_steps uuid[];
+    v_n     integer;
 BEGIN
-    -- The waiters first (a statement of its own: the trigger must not see them parked).
     WITH picked AS (
         DELETE FROM orchwf_key_waits w
         WHERE w.holder = ANY (ARRAY(
@@ -145,21 +146,30 @@ BEGIN
             CROSS JOIN LATERAL (SELECT x.holder FROM orchwf_key_waits x WHERE x.key = k.key
                                 ORDER BY x.priority DESC, x.holder LIMIT k.concurrency_limit - k.held) x
             WHERE k.key = ANY (p_keys) AND k.held < k.concurrency_limit))
-        RETURNING w.step_ids)
-    SELECT array_agg(u.id) INTO v_steps FROM picked p CROSS JOIN LATERAL unnest(p.step_ids) AS u(id);
+        RETURNING w.holder, w.key, w.workflow_inst_id, w.step_ids),
+    slots AS (
+        INSERT INTO orchwf_key_slots (holder, key, workflow_inst_id)
+        SELECT p.holder, p.key, p.workflow_inst_id FROM picked p
+        RETURNING 1),
+    counted AS (
+        UPDATE orchwf_concurrency_keys k SET held = k.held + c.n, updated_at = now()
+        FROM (SELECT p.key, count(*)::integer AS n FROM picked p GROUP BY p.key) c
+        WHERE k.key = c.key AND k.key = ANY (p_keys)
+        RETURNING 1)
+    -- (slots and counted run to completion whether read or not, as every data-modifying WITH)
+    SELECT array_agg(u.id) INTO v_steps
+    FROM picked p CROSS JOIN LATERAL unnest(p.step_ids) AS u(id);
     IF v_steps IS NULL THEN
         RETURN 0;
     END IF;
     INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority, suspect,
-                                    definition_hash, concurrency_key)
-    SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority, s.crashes > 0, i.definition_hash,
-           orchwf_ready_key(s.concurrency_key, s.dependencies, i.concurrency_key)
+                                    definition_hash)
+    SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority, s.crashes > 0, i.definition_hash
     FROM orchwf_live_steps s
     JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id
                                  AND i.id = ANY (ARRAY(SELECT x.workflow_inst_id FROM orchwf_live_steps x
                                                        WHERE x.id = ANY (v_steps)))
     WHERE s.id = ANY (v_steps) AND s.status IN ('pending', 'retrying') AND i.status IN ('pending', 'running')
-    ORDER BY 8, s.id
     ON CONFLICT DO NOTHING;
     GET DIAGNOSTICS v_n = ROW_COUNT;
     IF v_n > 0 THEN
@@ -192,7 +202,7 @@ BEGIN
         UPDATE orchwf_concurrency_keys k SET held = greatest(k.held - p.n, 0), updated_at = now()
         FROM per_key p WHERE k.key = p.key AND k.key = ANY (ARRAY(SELECT x.key FROM per_key x))
         RETURNING k.key)
-    SELECT array_agg(r.key ORDER BY r.key) INTO v_keys FROM released r;
+    SELECT array_agg(r.key) INTO v_keys FROM released r;
     IF v_keys IS NOT NULL THEN
         PERFORM orchwf_admit_waiting(v_keys);
     END IF;
