@@ -75,7 +75,10 @@ def drains(server_dsn: str, logdir: Path, rounds: int, jobs: int) -> dict[str, A
                 system.close()
     out: dict[str, Any] = {label: {"per_s": _spread([r["per_s"] for r in rs]),
                                    "window_per_s": _spread([r["window_per_s"] for r in rs]),
-                                   "all": [round(r["per_s"]) for r in rs]} for label, rs in runs.items()}
+                                   "all": [round(r["per_s"]) for r in rs],
+                                   "cpu_us_per_job": {side: statistics.median(r["cpu_us_per_job"][side] for r in rs)
+                                                      for side in ("workers", "postgres")}}
+                            for label, rs in runs.items()}
     out["ratio"] = out["with keys"]["per_s"]["median"] / out["without keys"]["per_s"]["median"]
     out["window_ratio"] = out["with keys"]["window_per_s"]["median"] / out["without keys"]["window_per_s"]["median"]
     return out
@@ -135,11 +138,13 @@ def run(server_dsn: str, workdir: Path, rounds: int = 3, jobs: int = JOBS) -> di
 
 def table(r: dict[str, Any]) -> str:
     d = r["drain"]
-    lines = ["| single-step drain | launch -> last (median, min-max) | window | rounds |", "|---|---:|---:|---|"]
+    lines = ["| single-step drain | launch -> last (median, min-max) | window | rounds | worker CPU µs/job "
+             "| Postgres CPU µs/job |", "|---|---:|---:|---|---:|---:|"]
     for label in ("without keys", "with keys"):
-        rate, window = d[label]["per_s"], d[label]["window_per_s"]
+        rate, window, cpu = d[label]["per_s"], d[label]["window_per_s"], d[label]["cpu_us_per_job"]
         lines.append(f"| {label} | {rate['median']:,.0f}/s ({rate['min']:,.0f}-{rate['max']:,.0f}) | "
-                     f"{window['median']:,.0f}/s | {', '.join(f'{x:,}' for x in d[label]['all'])} |")
+                     f"{window['median']:,.0f}/s | {', '.join(f'{x:,}' for x in d[label]['all'])} | "
+                     f"{cpu['workers']:,.0f} | {cpu['postgres']:,.0f} |")
     lines.append(f"\nwith / without keys: {d['ratio']:.2f}x launch to last, {d['window_ratio']:.2f}x window "
                  f"({r['rounds']} interleaved rounds of {r['jobs']:,}; 1,000 keys, limit 5)\n")
     lines += ["| 2,000 steps of 5-50 ms, 20 keys | window (median) | the limits allow | of it | steps running on average |",

@@ -435,12 +435,15 @@ BEGIN
         FROM sent g
         WHERE s.workflow_inst_id = g.workflow_inst_id AND s.wait_signal = g.name AND s.status = 'pending'
           AND s.pending_deps = 0
-        RETURNING s.id, s.workflow_inst_id, s.priority),
+        RETURNING s.id, s.workflow_inst_id, s.priority, s.concurrency_key, s.dependencies),
     queued AS (
+        -- A keyed step is admitted or parked (sql/api/keys.sql), in key order.
         INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority,
-                                        definition_hash)
-        SELECT w.id, p.id, p.workflow_id, p.queue, w.priority + p.priority, p.definition_hash
+                                        definition_hash, concurrency_key)
+        SELECT w.id, p.id, p.workflow_id, p.queue, w.priority + p.priority, p.definition_hash,
+               orchwf_ready_key(w.concurrency_key, w.dependencies, p.concurrency_key)
         FROM woken w JOIN orchwf_live_instances p ON p.id = w.workflow_inst_id
+        ORDER BY 7, 1
         ON CONFLICT DO NOTHING
         RETURNING queue)
     SELECT array_agg(DISTINCT q.queue) INTO v_queues FROM queued q;

@@ -347,6 +347,43 @@ $a$),
 $a$,
              $a$    FROM orchwf_live_instances i WHERE i.id = ANY (p_ids);
     WITH gone AS (
+$a$),
+            (30, $a$orchwf_report_to_parents(jsonb)$a$,
+             $a$          AND s.pending_deps = 0
+        RETURNING s.id, s.workflow_inst_id, s.priority, s.concurrency_key, s.dependencies),
+    queued AS (
+$a$,
+             $a$          AND s.pending_deps = 0
+        RETURNING s.id, s.workflow_inst_id, s.priority),
+    queued AS (
+$a$),
+            (31, $a$orchwf_report_to_parents(jsonb)$a$,
+             $a$    queued AS (
+        -- A keyed step is admitted or parked (sql/api/keys.sql), in key order.
+        INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority,
+$a$,
+             $a$    queued AS (
+        INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority,
+$a$),
+            (32, $a$orchwf_report_to_parents(jsonb)$a$,
+             $a$        INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority,
+                                        definition_hash, concurrency_key)
+        SELECT w.id, p.id, p.workflow_id, p.queue, w.priority + p.priority, p.definition_hash,
+               orchwf_ready_key(w.concurrency_key, w.dependencies, p.concurrency_key)
+        FROM woken w JOIN orchwf_live_instances p ON p.id = w.workflow_inst_id
+$a$,
+             $a$        INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority,
+                                        definition_hash)
+        SELECT w.id, p.id, p.workflow_id, p.queue, w.priority + p.priority, p.definition_hash
+        FROM woken w JOIN orchwf_live_instances p ON p.id = w.workflow_inst_id
+$a$),
+            (33, $a$orchwf_report_to_parents(jsonb)$a$,
+             $a$        FROM woken w JOIN orchwf_live_instances p ON p.id = w.workflow_inst_id
+        ORDER BY 7, 1
+        ON CONFLICT DO NOTHING
+$a$,
+             $a$        FROM woken w JOIN orchwf_live_instances p ON p.id = w.workflow_inst_id
+        ON CONFLICT DO NOTHING
 $a$)
 
         ) AS e(ord, fn, added, original);
