@@ -391,8 +391,6 @@ CREATE TABLE orchwf_key_slots (
     autovacuum_analyze_scale_factor = 0.02,
     autovacuum_vacuum_cost_delay = 0
 );
--- An instance that ends releases its slots.
-CREATE INDEX orchwf_key_slots_instance_idx ON orchwf_key_slots (workflow_inst_id);
 
 -- Holders waiting for a slot of their key, with the steps to make ready once admitted.
 CREATE TABLE orchwf_key_waits (
@@ -411,7 +409,6 @@ CREATE TABLE orchwf_key_waits (
 -- The release admits the next waiters of a key: highest priority first, then oldest
 -- (holder IDs are time-ordered).
 CREATE INDEX orchwf_key_waits_next_idx ON orchwf_key_waits (key, priority DESC, holder);
-CREATE INDEX orchwf_key_waits_instance_idx ON orchwf_key_waits (workflow_inst_id);
 
 -- ---------------------------------------------------------------------------------
 -- History: partitioned by the instance's created_at (RANGE), one partition per

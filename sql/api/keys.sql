@@ -123,11 +123,14 @@ AS $$
     SELECT 1 FROM orchwf_concurrency_keys k WHERE k.key = ANY (p_keys) ORDER BY k.key FOR NO KEY UPDATE
 $$;
 
--- Admit the next waiters of these keys, as many as each has free slots (highest
--- priority, then oldest), set-based: their slots are taken here, in three statements
--- for the whole batch, and their steps go into the ready queue without a key (admitted
--- already: the trigger is not called). The caller holds the key rows' locks.
-CREATE OR REPLACE FUNCTION orchwf_admit_waiting(p_keys text[]) RETURNS integer
+-- Release the slots of these holders (steps that ended or wait, or instances that
+-- ended) and admit the next waiters of their keys (highest priority, then oldest), as
+-- many as each key has free slots: one statement for the batch's slots and counts (each
+-- key row updated once, by the net change), one that makes the admitted steps ready
+-- without a key (admitted already: the trigger is not called). The caller holds the
+-- instances' locks and, for a batch that may touch several keys, the key rows
+-- (orchwf_lock_keys).
+CREATE OR REPLACE FUNCTION orchwf_release_slots(p_holders uuid[]) RETURNS void
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
 SET enable_seqscan = off
@@ -138,29 +141,36 @@ DECLARE
     v_steps uuid[];
     v_n     integer;
 BEGIN
-    WITH picked AS (
+    WITH gone AS (
+        DELETE FROM orchwf_key_slots h WHERE h.holder = ANY (p_holders) RETURNING h.key),
+    per_key AS (
+        SELECT g.key, count(*)::integer AS n FROM gone g GROUP BY g.key),
+    picked AS (
         DELETE FROM orchwf_key_waits w
         WHERE w.holder = ANY (ARRAY(
             SELECT x.holder
-            FROM orchwf_concurrency_keys k
+            FROM per_key p
+            JOIN orchwf_concurrency_keys k ON k.key = p.key AND k.key = ANY (ARRAY(SELECT y.key FROM per_key y))
             CROSS JOIN LATERAL (SELECT x.holder FROM orchwf_key_waits x WHERE x.key = k.key
-                                ORDER BY x.priority DESC, x.holder LIMIT k.concurrency_limit - k.held) x
-            WHERE k.key = ANY (p_keys) AND k.held < k.concurrency_limit))
+                                ORDER BY x.priority DESC, x.holder
+                                LIMIT greatest(k.concurrency_limit - (k.held - p.n), 0)) x))
         RETURNING w.holder, w.key, w.workflow_inst_id, w.step_ids),
-    slots AS (
+    admitted AS (
         INSERT INTO orchwf_key_slots (holder, key, workflow_inst_id)
         SELECT p.holder, p.key, p.workflow_inst_id FROM picked p
-        RETURNING 1),
+        RETURNING key),
     counted AS (
-        UPDATE orchwf_concurrency_keys k SET held = k.held + c.n, updated_at = now()
-        FROM (SELECT p.key, count(*)::integer AS n FROM picked p GROUP BY p.key) c
-        WHERE k.key = c.key AND k.key = ANY (p_keys)
+        UPDATE orchwf_concurrency_keys k
+        SET held = greatest(k.held - p.n + (SELECT count(*) FROM admitted a WHERE a.key = p.key)::integer, 0),
+            updated_at = now()
+        FROM per_key p
+        WHERE k.key = p.key AND k.key = ANY (ARRAY(SELECT y.key FROM per_key y))
         RETURNING 1)
-    -- (slots and counted run to completion whether read or not, as every data-modifying WITH)
+    -- (admitted and counted run to completion whether read or not, as every data-modifying WITH)
     SELECT array_agg(u.id) INTO v_steps
     FROM picked p CROSS JOIN LATERAL unnest(p.step_ids) AS u(id);
     IF v_steps IS NULL THEN
-        RETURN 0;
+        RETURN;
     END IF;
     INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority, suspect,
                                     definition_hash)
@@ -176,35 +186,6 @@ BEGIN
         PERFORM pg_notify('orchwf_ready', q.queue)
         FROM (SELECT DISTINCT i.queue FROM orchwf_live_instances i
               WHERE i.id = ANY (ARRAY(SELECT x.workflow_inst_id FROM orchwf_live_steps x WHERE x.id = ANY (v_steps)))) q;
-    END IF;
-    RETURN v_n;
-END;
-$$;
-
--- Release the slots of these holders (steps that ended or wait, or instances that
--- ended) and admit the next waiters of their keys. The caller holds the instances' locks
--- and, for a batch that may touch several keys, the key rows (orchwf_lock_keys).
-CREATE OR REPLACE FUNCTION orchwf_release_slots(p_holders uuid[]) RETURNS void
-LANGUAGE plpgsql
-SET search_path FROM CURRENT
-SET enable_seqscan = off
-SET enable_bitmapscan = off
-SET jit = off
-AS $$
-DECLARE
-    v_keys text[];
-BEGIN
-    WITH gone AS (
-        DELETE FROM orchwf_key_slots h WHERE h.holder = ANY (p_holders) RETURNING h.key),
-    per_key AS (
-        SELECT g.key, count(*)::integer AS n FROM gone g GROUP BY g.key),
-    released AS (
-        UPDATE orchwf_concurrency_keys k SET held = greatest(k.held - p.n, 0), updated_at = now()
-        FROM per_key p WHERE k.key = p.key AND k.key = ANY (ARRAY(SELECT x.key FROM per_key x))
-        RETURNING k.key)
-    SELECT array_agg(r.key) INTO v_keys FROM released r;
-    IF v_keys IS NOT NULL THEN
-        PERFORM orchwf_admit_waiting(v_keys);
     END IF;
 END;
 $$;
@@ -224,10 +205,14 @@ DECLARE
 BEGIN
     PERFORM orchwf_lock_keys(ARRAY(SELECT DISTINCT k FROM orchwf_live_instances i, unnest(i.concurrency_keys) AS k
                                    WHERE i.id = ANY (p_insts)));
-    DELETE FROM orchwf_key_waits w WHERE w.workflow_inst_id = ANY (p_insts);
+    -- The holders are the instances and their steps: found by primary key (the step IDs
+    -- from the steps' own index), so neither table needs an index by instance.
+    v_holders := ARRAY(SELECT s.id FROM orchwf_live_steps s WHERE s.workflow_inst_id = ANY (p_insts)
+                       UNION ALL SELECT x.id FROM unnest(p_insts) AS x(id));
+    DELETE FROM orchwf_key_waits w WHERE w.holder = ANY (v_holders);
     SELECT array_agg(h.holder) INTO v_holders
     FROM orchwf_key_slots h
-    WHERE h.workflow_inst_id = ANY (p_insts) AND NOT (p_steps_only AND h.holder = h.workflow_inst_id);
+    WHERE h.holder = ANY (v_holders) AND NOT (p_steps_only AND h.holder = h.workflow_inst_id);
     IF v_holders IS NOT NULL THEN
         PERFORM orchwf_release_slots(v_holders);
     END IF;

@@ -407,7 +407,6 @@ DROP FUNCTION IF EXISTS orchwf_admit_ready();
 DROP FUNCTION IF EXISTS orchwf_key_stats(integer);
 DROP FUNCTION IF EXISTS orchwf_release_instance_slots(uuid[], boolean);
 DROP FUNCTION IF EXISTS orchwf_release_slots(uuid[]);
-DROP FUNCTION IF EXISTS orchwf_admit_waiting(text[]);
 DROP FUNCTION IF EXISTS orchwf_lock_keys(text[]);
 DROP FUNCTION IF EXISTS orchwf_ready_key(text, text[], text);
 DROP FUNCTION IF EXISTS orchwf_render_key(text, jsonb, text);

@@ -47,8 +47,6 @@ CREATE TABLE orchwf_key_slots (
     autovacuum_analyze_scale_factor = 0.02,
     autovacuum_vacuum_cost_delay = 0
 );
--- An instance that ends releases its slots.
-CREATE INDEX orchwf_key_slots_instance_idx ON orchwf_key_slots (workflow_inst_id);
 
 -- Holders waiting for a slot of their key, with the steps to make ready once admitted.
 CREATE TABLE orchwf_key_waits (
@@ -67,7 +65,6 @@ CREATE TABLE orchwf_key_waits (
 -- The release admits the next waiters of a key: highest priority first, then oldest
 -- (holder IDs are time-ordered).
 CREATE INDEX orchwf_key_waits_next_idx ON orchwf_key_waits (key, priority DESC, holder);
-CREATE INDEX orchwf_key_waits_instance_idx ON orchwf_key_waits (workflow_inst_id);
 
 -- Whoever inserts into the ready queue admits keyed steps (the trigger of sql/api/keys.sql
 -- writes these tables): a role that could make steps ready before gets what it needs, so
