@@ -303,3 +303,23 @@ def test_rollback_of_013_makes_waiters_ready_and_restores_the_previous_bodies(ke
         for _ in range(3):
             c.enqueue("keyed", {"k": "m"})
     assert held(keys_db) == {"k:m": (2, 1)}
+
+
+def test_orchwf_keys_and_the_client_list_the_busiest_keys(keys_db: str) -> None:
+    import json
+    import subprocess
+
+    with Client(keys_db) as c:
+        for _ in range(3):
+            c.enqueue("keyed", {"k": "busy"})
+        c.enqueue("keyed", {"k": "calm"})
+        assert [(k.key, k.held, k.concurrency_limit, k.waiting) for k in c.list_concurrency_keys()] == [
+            ("k:busy", 2, 2, 1), ("k:calm", 1, 2, 0)]
+        with pytest.raises(ValidationError):
+            c.list_concurrency_keys(0)
+    run = [sys.executable, "-m", "orchwf", "keys", "--dsn", keys_db]
+    out = subprocess.run([*run, "--json"], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == [{"key": "k:busy", "limit": 2, "held": 2, "waiting": 1},
+                               {"key": "k:calm", "limit": 2, "held": 1, "waiting": 0}]
+    text = subprocess.run(run, capture_output=True, text=True, check=True).stdout
+    assert text.splitlines()[1].split() == ["k:busy", "2/2", "1"]
