@@ -323,3 +323,54 @@ def test_orchwf_keys_and_the_client_list_the_busiest_keys(keys_db: str) -> None:
                                {"key": "k:calm", "limit": 2, "held": 1, "waiting": 0}]
     text = subprocess.run(run, capture_output=True, text=True, check=True).stdout
     assert text.splitlines()[1].split() == ["k:busy", "2/2", "1"]
+
+
+def test_the_next_waiter_is_the_highest_priority_then_the_oldest(keys_db: str) -> None:
+    with Client(keys_db) as c:
+        c.enqueue("keyed", {"k": "p", "n": 0})
+        c.enqueue("keyed", {"k": "p", "n": 1})
+        low = c.enqueue("keyed", {"k": "p", "n": 2})
+        high = c.enqueue("keyed", {"k": "p", "n": 3}, priority=5)
+    first = claim(keys_db)
+    finish(keys_db, first[:1])
+    [nxt] = claim(keys_db)
+    assert q(keys_db, "SELECT workflow_inst_id::text FROM orchwf_live_steps WHERE id = %s", (nxt[0],)) == [(high,)]
+    finish(keys_db, first[1:] + [nxt])
+    [last] = claim(keys_db)
+    assert q(keys_db, "SELECT workflow_inst_id::text FROM orchwf_live_steps WHERE id = %s", (last[0],)) == [(low,)]
+    finish(keys_db, [last])
+    assert held(keys_db) == {"k:p": (0, 0)}
+
+
+@pytest.mark.timeout(120)
+def test_a_workflow_level_key_runs_one_instance_per_key_at_a_time_in_the_daemon(keys_db: str, tmp_path: Path
+                                                                                  ) -> None:
+    """keyed_instances (two steps, at most one running instance per key): the ledger
+    shows no two instances of a key overlapping, from the first step's start to the
+    second's end, with two supervisors."""
+    daemons = [Daemon(keys_db, ["--workers", "1", "--concurrency", "10"], app="keysapp",
+                      env={"ORCHWF_TEST_KEY_LEDGER": str(tmp_path)}) for _ in range(2)]
+    try:
+        for d in daemons:
+            d.worker_pids(1)
+        with Client(keys_db) as c:
+            ids = c.enqueue_many("keyed_instances", [{"k": f"w{i % 4}", "ms": 10, "n": i} for i in range(24)])
+            for iid in ids:
+                assert c.wait(iid, timeout=60).status.value == "completed"
+    finally:
+        for d in daemons:
+            if d.proc.poll() is None:
+                d.stop()
+    runs = keysapp.read_ledger(str(tmp_path))
+    assert len(runs) == 48 and all(f is not None for _, _, f in runs)
+    # each instance's span, from its first step's claim to its last step's finish
+    by_key: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    with psycopg.connect(keys_db) as conn:
+        rows = conn.execute("SELECT i.input->>'k', min(s.started_at), max(s.completed_at) FROM orchwf_workflow_instances i"
+                            " JOIN orchwf_step_instances s ON s.workflow_inst_id = i.id"
+                            " WHERE i.workflow_id = 'keyed_instances' GROUP BY i.id, 1").fetchall()
+    for key, started, finished in rows:
+        by_key[key].append((started.timestamp(), finished.timestamp()))
+    assert len(rows) == 24
+    assert {k: max_overlap(v) for k, v in by_key.items()} == {f"w{i}": 1 for i in range(4)}
+    assert held(keys_db) == {f"inst:w{i}": (0, 0) for i in range(4)}
