@@ -140,6 +140,9 @@ class Queries:
     def unregister_process(self, conn: Conn, worker_id: str) -> None:
         self._run(conn, "unregister_process", {"worker_id": worker_id})
 
+    def forget_idle_keys(self, conn: Conn, idle_seconds: float) -> int:
+        return int(self._value(conn, "forget_idle_keys", {"idle": idle_seconds}) or 0)
+
     def forget_silent_processes(self, conn: Conn, older_than_seconds: float) -> None:
         self._run(conn, "forget_silent_processes", {"older_than": older_than_seconds})
 

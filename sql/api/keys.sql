@@ -219,6 +219,27 @@ BEGIN
 END;
 $$;
 
+-- Forget keys idle for p_idle (no slot held, nobody waiting): one row per key ever
+-- used would otherwise grow with every distinct key (a key per customer). The pruner
+-- calls it every few minutes, at most p_limit rows at a time. A key forgotten while an
+-- admission waits for its row's lock is made again by that admission (orchwf_admit_ready).
+CREATE OR REPLACE FUNCTION orchwf_forget_idle_keys(p_idle interval, p_limit integer DEFAULT 10000)
+RETURNS integer
+LANGUAGE sql
+SET search_path FROM CURRENT
+AS $$
+    WITH gone AS (
+        DELETE FROM orchwf_concurrency_keys k
+        WHERE k.key = ANY (ARRAY(
+            SELECT x.key FROM orchwf_concurrency_keys x
+            WHERE x.held = 0 AND x.updated_at < now() - p_idle
+              AND NOT EXISTS (SELECT 1 FROM orchwf_key_waits w WHERE w.key = x.key)
+            LIMIT p_limit))
+          AND k.held = 0 AND k.updated_at < now() - p_idle
+        RETURNING 1)
+    SELECT count(*)::integer FROM gone
+$$;
+
 -- The keys in use, for the dashboard and `orchwf keys`: slots held, waiting holders.
 CREATE OR REPLACE FUNCTION orchwf_key_stats(p_limit integer DEFAULT 100)
 RETURNS TABLE (key text, concurrency_limit integer, held integer, waiting bigint, updated_at timestamptz)

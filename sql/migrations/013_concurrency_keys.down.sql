@@ -405,6 +405,7 @@ $$;
 DROP TRIGGER IF EXISTS orchwf_ready_steps_admit ON orchwf_ready_steps;
 DROP FUNCTION IF EXISTS orchwf_admit_ready();
 DROP FUNCTION IF EXISTS orchwf_key_stats(integer);
+DROP FUNCTION IF EXISTS orchwf_forget_idle_keys(interval, integer);
 DROP FUNCTION IF EXISTS orchwf_release_instance_slots(uuid[], boolean);
 DROP FUNCTION IF EXISTS orchwf_release_slots(uuid[]);
 DROP FUNCTION IF EXISTS orchwf_lock_keys(text[]);

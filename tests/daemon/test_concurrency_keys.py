@@ -374,3 +374,17 @@ def test_a_workflow_level_key_runs_one_instance_per_key_at_a_time_in_the_daemon(
     assert len(rows) == 24
     assert {k: max_overlap(v) for k, v in by_key.items()} == {f"w{i}": 1 for i in range(4)}
     assert held(keys_db) == {f"inst:w{i}": (0, 0) for i in range(4)}
+
+
+def test_the_pruner_forgets_keys_idle_for_an_hour(keys_db: str) -> None:
+    from orchwf.daemon.maintenance.pruner import IDLE_KEY_SECONDS
+    from orchwf.db.queries import Queries
+
+    with Client(keys_db) as c:
+        c.enqueue("keyed", {"k": "busy"})
+        c.enqueue("keyed", {"k": "done"})
+    finish(keys_db, [r for r in claim(keys_db) if r[2] == "done"])
+    q(keys_db, "UPDATE orchwf_concurrency_keys SET updated_at = now() - interval '2 hours'")
+    with psycopg.connect(keys_db, autocommit=True) as conn:
+        assert Queries.of("public").forget_idle_keys(conn, IDLE_KEY_SECONDS) == 1
+    assert held(keys_db) == {"k:busy": (1, 0)}  # held: kept, however old
