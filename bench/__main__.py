@@ -16,6 +16,8 @@
           the end <= max(2x minute 1, 1 MiB)); prints the figures, exits 1 if a gate fails
   sqlcost instructions per step of the SQL hot path, under callgrind (see bench/sqlcost.py)
   tracing the drain with OpenTelemetry tracing on and off (bench/tracing.py)
+  keys    concurrency keys: the drain with and without a key on every step, and a keyed load
+          against its limits (bench/keys.py)
   defaults orchwf alone at --concurrency 10, 25, 50 and 100, no-op steps and steps waiting
           10 ms on I/O (bench/defaults.py): the measurement behind the default
 
@@ -126,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         return _defaults(args[1:])
     if args[:1] == ["tracing"]:
         return _tracing(args[1:])
+    if args[:1] == ["keys"]:
+        return _keys(args[1:])
     p = parser()
     a = p.parse_args(args)
     if a.command == "check":
@@ -238,6 +242,16 @@ def _tracing(argv: list[str]) -> int:
     return _orchwf_only(argv, "tracing", tracing, flags,
                         lambda dsn, work, a: tracing.run(dsn, work, rounds=a.rounds, jobs=a.jobs,
                                                          sample_ratio=a.sample_ratio))
+
+
+def _keys(argv: list[str]) -> int:
+    from . import keys
+
+    def flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--rounds", type=int, default=3)
+        p.add_argument("--jobs", type=int, default=keys.JOBS)
+
+    return _orchwf_only(argv, "keys", keys, flags, lambda dsn, work, a: keys.run(dsn, work, rounds=a.rounds, jobs=a.jobs))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -12,6 +13,7 @@ from .errors import NonRetryableError, ValidationError
 from .jsonvalue import check_json_object
 from .schedules import check_definition_schedules, check_schedule
 from .types import (
+    Concurrency,
     RetryPolicy,
     Schedule,
     StepCompensator,
@@ -21,6 +23,29 @@ from .types import (
 )
 
 MAX_DELAY = 366 * 86400.0
+MAX_CONCURRENCY_LIMIT = 1_000_000
+# A key template: text with {field} placeholders, a field being a top-level input key
+# (an identifier). Any other brace is an error at definition time.
+_KEY_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def check_concurrency(key: object, limit: object, where: str) -> Concurrency:
+    """Validate a concurrency key template and limit at definition time."""
+    if not isinstance(key, str) or not 1 <= len(key) <= 255 or "\x00" in key:
+        raise ValidationError(f"{where}: a concurrency key must be a template of 1 to 255 characters, got {key!r}")
+    rest = _KEY_FIELD.sub("", key)
+    if "{" in rest or "}" in rest:
+        raise ValidationError(f"{where}: bad concurrency key template {key!r}: placeholders are {{field}}, "
+                              "a field being an input key (letters, digits, _), and no other braces")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_CONCURRENCY_LIMIT:
+        raise ValidationError(f"{where}: a concurrency limit must be an int from 1 to {MAX_CONCURRENCY_LIMIT}, "
+                              f"got {limit!r}")
+    return Concurrency(key, limit)
+
+
+def key_fields(template: str) -> list[str]:
+    """The input fields a key template names, in order."""
+    return _KEY_FIELD.findall(template)
 
 
 def _seconds(value: float | int | timedelta, what: str) -> float:
@@ -156,6 +181,13 @@ class StepBuilder:
         self._fields["crash_counts_as_attempt"] = bool(counts)
         return self
 
+    def with_concurrency(self, key: str, limit: int) -> StepBuilder:
+        """Daemon only: at most ``limit`` steps whose ``key`` (a template over the
+        workflow input, e.g. ``"customer:{customer_id}"``) renders the same run at once,
+        across every host. A step over the limit waits without holding a worker slot."""
+        self._fields["concurrency"] = check_concurrency(key, limit, f"step {self._fields['id']}")
+        return self
+
     def build(self) -> StepDefinition:
         step = StepDefinition(**self._fields)
         validate_step(step)
@@ -171,6 +203,7 @@ class WorkflowBuilder:
         self._metadata: dict[str, Any] = {}
         self._steps: list[StepDefinition] = []
         self._schedules: list[Schedule] = []
+        self._concurrency: Concurrency | None = None
 
     def with_description(self, description: str) -> WorkflowBuilder:
         self._description = description
@@ -197,6 +230,13 @@ class WorkflowBuilder:
             Schedule(cron, timezone, {} if input is None else input, name or "", misfire), self._id))
         return self
 
+    def with_concurrency(self, key: str, limit: int) -> WorkflowBuilder:
+        """Daemon only: at most ``limit`` running instances whose ``key`` (a template over
+        the input, e.g. ``"customer:{customer_id}"``) renders the same, across every host.
+        An instance over the limit waits, its first steps not ready, until one ends."""
+        self._concurrency = check_concurrency(key, limit, f"workflow {self._id}")
+        return self
+
     def build(self) -> WorkflowDefinition:
         """Return a new immutable definition; later builder calls do not change it."""
         if not self._id:
@@ -211,7 +251,13 @@ class WorkflowBuilder:
             metadata=check_json_object(self._metadata, "workflow metadata"),
             steps=tuple(self._steps),
             schedules=tuple(self._schedules),
+            concurrency=self._concurrency,
         )
+        if self._concurrency is not None:
+            both = [s.id for s in definition.steps if not s.dependencies and s.concurrency is not None]
+            if both:
+                raise ValidationError(f"workflow {self._id}: first steps {both} have a concurrency key of their "
+                                      "own under the workflow's: give it to a later step, or use one of the two")
         validate_definition(definition)
         check_definition_schedules(definition)
         return definition

@@ -23,7 +23,7 @@ from .dag import dependents, validate_definition
 from .db.connect import connect
 from .db.errors import translate_errors
 from .db.queries import Queries
-from .db.rows import QueueControl, ScheduleRow
+from .db.rows import ConcurrencyKey, QueueControl, ScheduleRow
 from .errors import ScheduleNotFoundError, ValidationError, WorkflowNotFoundError
 from .jsonvalue import check_json_object
 from .schedules import check_definition_schedules, check_name, check_schedule
@@ -500,6 +500,14 @@ class Client:
         """The queues an operator has set something on (paused, resumed, rate limited), by name."""
         with self._connect() as conn, translate_errors():
             return self.q.queue_controls(conn)
+
+    def list_concurrency_keys(self, limit: int = 100) -> list[ConcurrencyKey]:
+        """Concurrency keys in use (slots held or steps waiting), the busiest first: how
+        many of each key's slots run (or are ready) and how many wait for one."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValidationError(f"limit must be a positive int, got {limit!r}")
+        with self._connect() as conn, translate_errors():
+            return self.q.concurrency_keys(conn, limit)
 
     def wait(self, instance_id: str, timeout: float | None = None) -> WorkflowInstance:
         """Block until the instance is terminal (LISTEN orchwf_done, polling as fallback)."""

@@ -132,6 +132,19 @@ SINGLE_ATTEMPT = RetryPolicy(max_attempts=1, initial_interval=0.0)
 
 
 @dataclass(frozen=True)
+class Concurrency:
+    """A concurrency key (StepBuilder/WorkflowBuilder.with_concurrency): ``key`` is a
+    template over the workflow input ("customer:{customer_id}"); at most ``limit`` steps
+    (or instances) with the same rendered key run at once, across every host."""
+
+    key: str
+    limit: int
+
+    def to_json(self) -> JSONDict:
+        return {"key": self.key, "limit": self.limit}
+
+
+@dataclass(frozen=True)
 class StepDefinition:
     id: str
     name: str
@@ -151,6 +164,7 @@ class StepDefinition:
     signal_timeout: float | None = None  # seconds it waits before it fails (None: forever)
     child_workflow: str | None = None    # child_workflow_step: the workflow it starts
     child_input_from: str | None = None  # the dependency whose output is the child's input (None: the step's input)
+    concurrency: Concurrency | None = None  # with_concurrency: a key over the input, and its limit (daemon)
 
     @property
     def policy(self) -> RetryPolicy:
@@ -174,7 +188,8 @@ class StepDefinition:
         } | ({"delay": self.delay} if self.delay else {}) | (  # absent when unused: unchanged hashes
             {"signal": self.signal, "signal_timeout": self.signal_timeout} if self.signal else {}) | (
             {"child_workflow": self.child_workflow, "child_input_from": self.child_input_from}
-            if self.child_workflow else {})
+            if self.child_workflow else {}) | (
+            {"concurrency": self.concurrency.to_json()} if self.concurrency else {})
 
 
 @dataclass(frozen=True)
@@ -202,6 +217,8 @@ class WorkflowDefinition:
     # Not part of the graph (nor of version_hash): registering the definition keeps the
     # database's schedules of this workflow in step with these.
     schedules: tuple[Schedule, ...] = ()
+    concurrency: Concurrency | None = None  # workflow-level: at most `limit` running instances per key
+
 
     def step(self, step_id: str) -> StepDefinition:
         for step in self.steps:
@@ -217,7 +234,7 @@ class WorkflowDefinition:
             "version": self.version,
             "metadata": dict(self.metadata),
             "steps": [s.to_json() for s in self.steps],
-        }
+        } | ({"concurrency": self.concurrency.to_json()} if self.concurrency else {})
 
     @property
     def version_hash(self) -> str:

@@ -24,6 +24,9 @@
 --     orchwf_stats_minutes      finishes, failures and queue wait p50/p99 per minute
 --     orchwf_queue_minutes      each queue's backlog per minute
 --     orchwf_queues             queue controls: paused queues, rate limits
+--     orchwf_concurrency_keys   concurrency keys: limit and slots held
+--     orchwf_key_slots          the slots held (a step or instance admitted under its key)
+--     orchwf_key_waits          keyed steps waiting for a slot (not in the ready queue)
 --   history: written once when an instance finishes, never updated; partitioned by the
 --   instance's created_at, so retention drops whole partitions
 --     orchwf_instance_history   finished instances
@@ -86,7 +89,14 @@ CREATE TABLE orchwf_live_instances (
     definition_hash text,
     steps_remaining integer NOT NULL DEFAULT 0,   -- daemon: non-terminal steps left
     created_at      timestamptz NOT NULL DEFAULT now(),
-    updated_at      timestamptz NOT NULL DEFAULT now()
+    updated_at      timestamptz NOT NULL DEFAULT now(),
+    -- Its workflow-level concurrency key (WorkflowBuilder.with_concurrency), rendered from
+    -- its input at enqueue, and the limit. NULL: none.
+    concurrency_key   text,
+    concurrency_limit integer CHECK (concurrency_limit >= 1),
+    -- Every key of the instance and its steps, sorted: the key rows a finish locks (after
+    -- the instances, in key order). NULL: no key; the finish then does nothing more.
+    concurrency_keys  text[]
 ) WITH (
     -- Inserted, updated a few times (the step counter) and deleted: a churning table whose
     -- size is the work in flight. HOT room on the page, and a vacuum after 1% dead rows.
@@ -152,7 +162,11 @@ CREATE TABLE orchwf_live_steps (
     wait_timeout     double precision,
     -- Only a running step may hold a lease: finishing or requeueing a step must clear it.
     -- (Running steps of in-process runs have no lease, so running does not require one.)
-    CONSTRAINT orchwf_ls_lease_consistent CHECK (status = 'running' OR lease_token IS NULL)
+    CONSTRAINT orchwf_ls_lease_consistent CHECK (status = 'running' OR lease_token IS NULL),
+    -- Its concurrency key (StepBuilder.with_concurrency), rendered from the instance's
+    -- input at enqueue, and the limit. NULL: none.
+    concurrency_key   text,
+    concurrency_limit integer CHECK (concurrency_limit >= 1)
 ) WITH (
     -- Each row is updated 2-4 times (claimed, heartbeats, finished). No index covers a
     -- column those updates change, so they are HOT; fillfactor 70 leaves the room.
@@ -181,7 +195,10 @@ CREATE TABLE orchwf_ready_steps (
     suspect          boolean NOT NULL DEFAULT false,
     -- The version of its instance's definition: a worker claims only the versions its
     -- code has (orchwf_claim_steps' p_versions). NULL: any.
-    definition_hash  text
+    definition_hash  text,
+    -- The concurrency key to admit under (NULL for every unkeyed step): the admission
+    -- trigger (orchwf_admit_ready, sql/api/keys.sql) runs only for rows that carry one.
+    concurrency_key  text
 ) WITH (
     -- Pure insert/delete churn: vacuum after ~1% dead rows (with a floor), unthrottled,
     -- so the claim's index scan never wades through dead entries.
@@ -338,6 +355,60 @@ CREATE TABLE orchwf_queues (
     autovacuum_analyze_scale_factor = 0.02,
     autovacuum_vacuum_cost_delay = 0
 );
+
+-- ---------------------------------------------------------------------------------
+-- Concurrency keys (StepBuilder.with_concurrency, WorkflowBuilder.with_concurrency):
+-- admission control per key (sql/api/keys.sql). A keyed step enters the ready queue only
+-- while its key has a free slot; otherwise it waits in orchwf_key_waits, holding no
+-- worker slot.
+-- ---------------------------------------------------------------------------------
+
+-- A row per key ever used: its limit and the slots held (steps ready or running under it).
+CREATE TABLE orchwf_concurrency_keys (
+    key               text PRIMARY KEY,
+    concurrency_limit integer NOT NULL CHECK (concurrency_limit >= 1),
+    held              integer NOT NULL DEFAULT 0 CHECK (held >= 0),
+    updated_at        timestamptz NOT NULL DEFAULT now()
+) WITH (
+    -- Updated twice per keyed step (admit, release): HOT room on the page, early vacuum.
+    fillfactor = 50,
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_vacuum_cost_delay = 0
+);
+
+-- The slots held: a step (step-level key) or an instance (workflow-level key) admitted
+-- and not yet released. Inserted by the admission, deleted by the release.
+CREATE TABLE orchwf_key_slots (
+    holder           uuid PRIMARY KEY,   -- the step's ID, or the instance's for a workflow-level key
+    key              text NOT NULL,
+    workflow_inst_id uuid NOT NULL,
+    admitted_at      timestamptz NOT NULL DEFAULT now()
+) WITH (
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_vacuum_cost_delay = 0
+);
+
+-- Holders waiting for a slot of their key, with the steps to make ready once admitted.
+CREATE TABLE orchwf_key_waits (
+    holder           uuid PRIMARY KEY,
+    key              text NOT NULL,
+    workflow_inst_id uuid NOT NULL,
+    priority         integer NOT NULL,
+    step_ids         uuid[] NOT NULL,
+    parked_at        timestamptz NOT NULL DEFAULT now()
+) WITH (
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_analyze_scale_factor = 0.02,
+    autovacuum_vacuum_cost_delay = 0
+);
+-- The release admits the next waiters of a key: highest priority first, then oldest
+-- (holder IDs are time-ordered).
+CREATE INDEX orchwf_key_waits_next_idx ON orchwf_key_waits (key, priority DESC, holder);
 
 -- ---------------------------------------------------------------------------------
 -- History: partitioned by the instance's created_at (RANGE), one partition per

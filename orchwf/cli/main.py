@@ -61,6 +61,7 @@ def _register() -> None:
     cli.add_command(dashboard_command.dashboard)
     cli.add_command(schedule_commands.schedules)
     cli.add_command(queue_commands.queue)
+    cli.add_command(queue_commands.keys_cmd)
     for command in ops_commands.COMMANDS:
         cli.add_command(command)
 

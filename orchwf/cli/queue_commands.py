@@ -107,3 +107,25 @@ def rate_limit_cmd(dsn: str | None, schema: str, name: str, per_second: float | 
     else:
         click.echo(f"queue {name}: " + ("no rate limit" if limit is None else
                                         f"at most {rate_text(limit, actual_burst)}"))
+
+
+@click.command("keys")
+@db_options
+@click.option("--limit", type=click.IntRange(1, 100000), default=100, show_default=True,
+              help="Keys to show, the busiest first.")
+@json_option
+def keys_cmd(dsn: str | None, schema: str, limit: int, as_json: bool) -> None:
+    """Concurrency keys in use: slots held of the limit, and steps waiting for one."""
+    with connection(dsn) as conn:
+        rows = queries(schema).concurrency_keys(conn, limit)
+    if as_json:
+        emit_json([{"key": r.key, "limit": r.concurrency_limit, "held": r.held, "waiting": r.waiting}
+                   for r in rows])
+        return
+    if not rows:
+        click.echo("no concurrency key holds a slot")
+        return
+    width = max(len("KEY"), *(len(r.key) for r in rows))
+    click.echo(f"{'KEY':<{width}}  {'RUNNING':>9}  {'WAITING':>8}")
+    for r in rows:
+        click.echo(f"{r.key:<{width}}  {f'{r.held}/{r.concurrency_limit}':>9}  {r.waiting:>8}")

@@ -228,6 +228,7 @@ def overview_page(data: Row, view: View, *, notice: str = "", error: str = "") -
         f"<section><h2>Queues</h2>{queues}</section>"
         f"{_unserved(data.get('unserved') or [])}"
         f"{_schedules(data.get('schedules') or [])}"
+        f"{_keys(data.get('keys') or [])}"
         f'<section><h2>Last hour</h2>{_trends(data)}</section>'
         f'<p><a href="/instances">All instances →</a></p></div>'
     )
@@ -259,6 +260,17 @@ def _schedules(rows: Sequence[Row]) -> str:
           f'<span class="error">{esc(compact(r["last_error"] or "", 120))}</span>'] for r in rows],
         "schedules")
     return f"<section><h2>Schedules</h2>{body}</section>"
+
+
+def _keys(rows: Sequence[Row]) -> str:
+    """Concurrency keys with slots held or steps waiting, the busiest first (none: no section)."""
+    if not rows:
+        return ""
+    body = _table(["Key", "Running", "Waiting"],
+                  [[f'<code>{esc(r["key"])}</code>', esc(f'{r["held"]:,} of {r["concurrency_limit"]:,}'),
+                    esc(f'{r["waiting"]:,}')] for r in rows], "keys")
+    return ("<section><h2>Concurrency keys</h2><p>Slots held (steps ready or running under the key) of its "
+            f"limit, and steps waiting for one (they hold no worker slot).</p>{body}</section>")
 
 
 def _trends(data: Row) -> str:

@@ -10,6 +10,7 @@ Rows are plain dicts keyed by column name (``Row``); pages.py documents what it 
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import psycopg
@@ -34,6 +35,7 @@ COUNT_CAP = 10_000              # list totals are exact up to this, then "10000+
 LIVE_SECONDS = 60               # a worker with an older heartbeat is stale
 TREND_MINUTES = 60              # the overview's charts: the last hour
 MAX_SCHEDULES = 50              # the overview lists the soonest schedules
+MAX_KEYS = 50                   # the overview lists the busiest concurrency keys
 STALE_SECONDS = EVERY * 1.5     # trends older than this are rolled up by the dashboard itself
 
 
@@ -58,6 +60,7 @@ class Queries:
                 row = self.q.dashboard_overview(conn, window_seconds, COUNT_CAP * 10, LIVE_SECONDS)
             row["trend"], row["backlog_trend"] = self.q.dashboard_trend(conn, TREND_MINUTES)
             row["schedules"] = self.q.dashboard_schedules(conn, MAX_SCHEDULES)
+            row["keys"] = [asdict(k) for k in self.q.concurrency_keys(conn, MAX_KEYS)]
             row["unserved"] = self.q.unserved_versions(conn, LIVE_SECONDS)
         row["window_seconds"] = window_seconds
         return row

@@ -28,6 +28,7 @@ from ..errors import ValidationError
 from .rows import (
     ClaimedStep,
     CompensableStep,
+    ConcurrencyKey,
     DemoSummary,
     MaintainRow,
     ProcessRegistration,
@@ -138,6 +139,9 @@ class Queries:
 
     def unregister_process(self, conn: Conn, worker_id: str) -> None:
         self._run(conn, "unregister_process", {"worker_id": worker_id})
+
+    def forget_idle_keys(self, conn: Conn, idle_seconds: float) -> int:
+        return int(self._value(conn, "forget_idle_keys", {"idle": idle_seconds}) or 0)
 
     def forget_silent_processes(self, conn: Conn, older_than_seconds: float) -> None:
         self._run(conn, "forget_silent_processes", {"older_than": older_than_seconds})
@@ -363,6 +367,9 @@ class Queries:
 
     def queue_controls(self, conn: Conn) -> list[QueueControl]:
         return self._rows(conn, "queue_controls", QueueControl)
+
+    def concurrency_keys(self, conn: Conn, limit: int) -> list[ConcurrencyKey]:
+        return self._rows(conn, "concurrency_keys", ConcurrencyKey, {"limit": limit})
 
     def retry_step(self, conn: Conn, instance_id: str, step_id: str) -> str:
         return str(self._value(conn, "retry_step", {"id": instance_id, "step_id": step_id}))

@@ -154,6 +154,18 @@ class QueueControl:
 
 
 @dataclass
+class ConcurrencyKey:
+    """A concurrency key in use (orchwf_concurrency_keys): its limit, the slots held
+    (steps or instances ready or running under it) and the holders waiting for one."""
+
+    key: str
+    concurrency_limit: int
+    held: int
+    waiting: int
+    updated_at: datetime
+
+
+@dataclass
 class Stats:
     """orchwf stats: the whole database, from the runtime tables and indexes."""
 

@@ -25,6 +25,8 @@ DECLARE
     v_queue    text := coalesce(p_queue, 'default');
     v_priority integer := coalesce(p_priority, 0);
     v_meta     jsonb := coalesce(p_metadata, '{}');
+    v_wf_key   text;     -- the workflow-level concurrency key's template (WorkflowBuilder.with_concurrency)
+    v_templates text[];  -- every key template of the definition; NULL: none
 BEGIN
     SELECT d.definition, d.version_hash INTO v_def, v_hash
     FROM orchwf_workflow_definitions d WHERE d.workflow_id = p_workflow_id;
@@ -33,6 +35,15 @@ BEGIN
     END IF;
     IF v_n = 0 THEN
         RETURN '{}';
+    END IF;
+    -- Concurrency keys (sql/api/keys.sql): rendered from each input below; a field an
+    -- input lacks fails the whole call, so nothing is stored.
+    IF v_def ? 'concurrency' OR v_def @? '$.steps[*].concurrency' THEN
+        v_wf_key := v_def->'concurrency'->>'key';
+        SELECT array_agg(DISTINCT t) INTO v_templates
+        FROM (SELECT v_wf_key UNION ALL
+              SELECT st->'concurrency'->>'key' FROM jsonb_array_elements(v_def->'steps') st) x(t)
+        WHERE t IS NOT NULL;
     END IF;
     IF jsonb_typeof(v_meta) <> 'object' THEN
         RAISE EXCEPTION 'metadata must be a JSON object' USING ERRCODE = 'OW400';
@@ -83,13 +94,19 @@ BEGIN
     WITH ins AS (
         INSERT INTO orchwf_live_instances AS i (
             id, workflow_id, status, input, metadata, trace_id, correlation_id, business_id,
-            priority, queue, idempotency_key, run_mode, definition_hash, steps_remaining, created_at)
+            priority, queue, idempotency_key, run_mode, definition_hash, steps_remaining, created_at,
+            concurrency_key, concurrency_limit, concurrency_keys)
         SELECT x.id, p_workflow_id, 'pending', x.input, v_meta,
                coalesce(nullif(v_meta->>'trace_id', ''), orchwf_uuid7()::text),
                coalesce(nullif(v_meta->>'correlation_id', ''), orchwf_uuid7()::text),
                coalesce(v_meta->>'business_id', ''),
                v_priority, v_queue, x.key, 'daemon', v_hash, jsonb_array_length(v_def->'steps'),
-               orchwf_uuid7_time(x.id)
+               orchwf_uuid7_time(x.id),
+               CASE WHEN v_wf_key IS NOT NULL THEN orchwf_render_key(v_wf_key, x.input, 'workflow ' || p_workflow_id) END,
+               CASE WHEN v_wf_key IS NOT NULL THEN (v_def->'concurrency'->>'limit')::integer END,
+               CASE WHEN v_templates IS NOT NULL
+                    THEN ARRAY(SELECT DISTINCT orchwf_render_key(t, x.input, 'workflow ' || p_workflow_id)
+                               FROM unnest(v_templates) AS t ORDER BY 1) END
         FROM unnest(v_ids, p_inputs, v_keys) AS x(id, input, key)
         WHERE x.key IS NULL OR v_taken IS NULL OR x.key <> ALL (v_taken)
         ON CONFLICT (workflow_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
@@ -113,13 +130,16 @@ BEGIN
                    coalesce((st.value->>'has_compensator')::boolean, false) AS has_compensator,
                    coalesce((st.value->>'delay')::double precision, 0) AS delay,
                    st.value->>'signal' AS signal,
-                   (st.value->>'signal_timeout')::double precision AS signal_timeout
+                   (st.value->>'signal_timeout')::double precision AS signal_timeout,
+                   st.value->'concurrency'->>'key' AS ckey,
+                   (st.value->'concurrency'->>'limit')::integer AS climit
             FROM jsonb_array_elements(v_def->'steps') WITH ORDINALITY AS st(value, ord)),
         new_steps AS (
             INSERT INTO orchwf_live_steps AS s (
                 id, step_id, workflow_inst_id, status, execution_order, priority, dependencies,
                 dependents, pending_deps, run_after, max_attempts, timeout_seconds, required,
-                crash_counts_as_attempt, has_compensator, delay_seconds, wait_signal, wait_timeout)
+                crash_counts_as_attempt, has_compensator, delay_seconds, wait_signal, wait_timeout,
+                concurrency_key, concurrency_limit)
             SELECT orchwf_uuid7(), d.step_id, i.id, 'pending', d.ord, d.priority, d.deps,
                    d.dependents, cardinality(d.deps),
                    -- a first step waits for the start time, then its own delay (with_delay);
@@ -130,18 +150,39 @@ BEGIN
                         WHEN cardinality(d.deps) = 0 AND (p_run_after > now() OR d.delay > 0)
                         THEN greatest(p_run_after, now()) + d.delay * interval '1 second' END,
                    d.max_attempts, d.timeout, d.required, d.crash_counts, d.has_compensator, d.delay, d.signal,
-                   d.signal_timeout
+                   d.signal_timeout,
+                   CASE WHEN d.ckey IS NOT NULL
+                        THEN orchwf_render_key(d.ckey, (SELECT li.input FROM orchwf_live_instances li WHERE li.id = i.id),
+                                               format('step %s of workflow %s', d.step_id, p_workflow_id)) END,
+                   d.climit
             FROM unnest(v_inserted) AS i(id) CROSS JOIN defsteps d
-            RETURNING s.id, s.workflow_inst_id, s.priority, s.pending_deps, s.run_after, s.wait_signal),
+            RETURNING s.id, s.workflow_inst_id, s.priority, s.pending_deps, s.run_after, s.wait_signal,
+                      s.concurrency_key, s.dependencies),
         new_ready AS (
             INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority,
                                             definition_hash)
             SELECT n.id, n.workflow_inst_id, p_workflow_id, v_queue, n.priority + v_priority, v_hash
             FROM new_steps n WHERE n.pending_deps = 0 AND n.run_after IS NULL AND n.wait_signal IS NULL
+              -- keyed steps are admitted below, in a statement of their own (the admission
+              -- reads the step rows this statement writes)
+              AND (v_templates IS NULL OR orchwf_ready_key(n.concurrency_key, n.dependencies, v_wf_key) IS NULL)
             RETURNING 1)
         INSERT INTO orchwf_event_history (id, workflow_inst_id, event_type, event_data, instance_created_at)
         SELECT orchwf_uuid7(), i.id, 'workflow.started', jsonb_build_object('workflow_id', p_workflow_id), i.at
         FROM unnest(v_inserted, v_created) AS i(id, at);
+
+        IF v_templates IS NOT NULL THEN
+            -- Admitted or parked by the trigger (sql/api/keys.sql), in key order.
+            INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority,
+                                            definition_hash, concurrency_key)
+            SELECT s.id, i.id, p_workflow_id, v_queue, s.priority + v_priority, v_hash,
+                   orchwf_ready_key(s.concurrency_key, s.dependencies, i.concurrency_key)
+            FROM orchwf_live_instances i
+            JOIN orchwf_live_steps s ON s.workflow_inst_id = i.id AND s.workflow_inst_id = ANY (v_inserted)
+            WHERE i.id = ANY (v_inserted) AND s.pending_deps = 0 AND s.run_after IS NULL AND s.wait_signal IS NULL
+              AND orchwf_ready_key(s.concurrency_key, s.dependencies, i.concurrency_key) IS NOT NULL
+            ORDER BY 7, s.id;
+        END IF;
 
         IF p_run_after IS NULL OR p_run_after <= now() THEN
             -- One notification per transaction and queue: Postgres folds identical payloads.

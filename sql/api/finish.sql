@@ -49,6 +49,11 @@ BEGIN
         END IF;
     END LOOP;
     DELETE FROM orchwf_ready_steps WHERE workflow_inst_id = p_inst;
+    -- Its steps' concurrency slots go to the next waiters of their keys (sql/api/keys.sql);
+    -- the instance's own slot (a workflow-level key) is kept until it is archived.
+    IF (SELECT i.concurrency_keys IS NOT NULL FROM orchwf_live_instances i WHERE i.id = p_inst) THEN
+        PERFORM orchwf_release_instance_slots(ARRAY[p_inst], true);
+    END IF;
     -- Running steps lose their lease here: whatever their workers return is discarded.
     DELETE FROM orchwf_running_steps WHERE workflow_inst_id = p_inst;
     UPDATE orchwf_live_steps
@@ -144,6 +149,8 @@ DECLARE
     v_comp     boolean;  -- a compensation step finished
     v_later    boolean;  -- a failed attempt waits for a backoff
     v_delayed  boolean;  -- a released dependent waits for its delay (with_delay)
+    v_keys     text[];   -- the concurrency keys of the instances (sql/api/keys.sql); NULL: none
+    v_freed    uuid[];   -- accepted steps that give their concurrency slot back
 BEGIN
     IF EXISTS (SELECT 1 FROM unnest(p_outcomes) o
                WHERE o NOT IN ('completed', 'failed', 'skipped', 'retry', 'requeue', 'release', 'wait')) THEN
@@ -155,7 +162,14 @@ BEGIN
     FROM orchwf_live_steps s WHERE s.id = ANY (p_ids);
     -- NO KEY UPDATE, not UPDATE: the in-process store's step writes take KEY SHARE locks
     -- on these rows, and must not queue behind (or deadlock with) a finish.
-    PERFORM 1 FROM orchwf_live_instances i WHERE i.id = ANY (v_insts) ORDER BY i.id FOR NO KEY UPDATE;
+    -- Then their concurrency keys' rows, in key order (none for unkeyed instances).
+    SELECT array_agg(DISTINCT k.key ORDER BY k.key) INTO v_keys
+    FROM (SELECT i.concurrency_keys FROM orchwf_live_instances i WHERE i.id = ANY (v_insts)
+          ORDER BY i.id FOR NO KEY UPDATE) l
+    CROSS JOIN LATERAL unnest(l.concurrency_keys) AS k(key);
+    IF v_keys IS NOT NULL THEN
+        PERFORM orchwf_lock_keys(v_keys);
+    END IF;
 
     WITH r AS (
         SELECT * FROM unnest(p_ids, p_tokens, p_outcomes, p_outputs, p_errors, p_durations, p_delays, p_inputs)
@@ -230,9 +244,18 @@ BEGIN
            coalesce(bool_or(d.status IN ('completed', 'skipped') AND d.has_dependents), false),
            coalesce(bool_or(d.status = 'failed' AND d.step_id <> '$compensate'), false),
            coalesce(bool_or(d.step_id = '$compensate' AND d.status IN ('completed', 'failed', 'skipped')), false),
-           coalesce(bool_or(d.outcome = 'retry' AND d.delay > 0), false)
-    INTO v_accepted, v_requeued, v_parents, v_failed, v_comp, v_later
+           coalesce(bool_or(d.outcome = 'retry' AND d.delay > 0), false),
+           array_agg(d.id) FILTER (WHERE d.outcome IN ('completed', 'failed', 'skipped', 'wait')
+                                      OR (d.outcome = 'retry' AND d.delay > 0))
+    INTO v_accepted, v_requeued, v_parents, v_failed, v_comp, v_later, v_freed
     FROM done d;
+
+    -- Concurrency slots: a step that ended, or waits (a backoff, a signal), gives its slot
+    -- to the next waiter of its key; one that goes straight back to the queue (a retry, a
+    -- rescue) keeps it.
+    IF v_keys IS NOT NULL AND v_freed IS NOT NULL THEN
+        PERFORM orchwf_release_slots(v_freed);
+    END IF;
 
     -- The statements below only run when the batch needs them: each costs a plan
     -- execution even when it matches nothing.
@@ -246,11 +269,13 @@ BEGIN
     IF cardinality(v_requeued) > 0 THEN
         -- A step that was running in a process that died is a suspect (docs/reliability.md).
         INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority, suspect,
-                                        definition_hash)
-        SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority, s.crashes > 0, i.definition_hash
+                                        definition_hash, concurrency_key)
+        SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority, s.crashes > 0, i.definition_hash,
+               orchwf_ready_key(s.concurrency_key, s.dependencies, i.concurrency_key)
         FROM orchwf_live_steps s JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id AND i.id = ANY (v_insts)
         WHERE s.id = ANY (v_requeued) AND s.status IN ('retrying', 'pending') AND s.run_after IS NULL
           AND i.status IN ('pending', 'running')
+        ORDER BY 8, 1
         ON CONFLICT DO NOTHING;
         GET DIAGNOSTICS v_n = ROW_COUNT;
         v_released := v_released + v_n;
@@ -280,14 +305,17 @@ BEGIN
             FROM dec
             WHERE s.workflow_inst_id = dec.workflow_inst_id AND s.workflow_inst_id = ANY (v_insts)
               AND s.step_id = dec.child AND s.status = 'pending'
-            RETURNING s.id, s.workflow_inst_id, s.priority, s.pending_deps, s.run_after, s.wait_signal),
+            RETURNING s.id, s.workflow_inst_id, s.priority, s.pending_deps, s.run_after, s.wait_signal,
+                      s.concurrency_key, s.dependencies),
         ready AS (
             INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority,
-                                            definition_hash)
-            SELECT r.id, i.id, i.workflow_id, i.queue, r.priority + i.priority, i.definition_hash
+                                            definition_hash, concurrency_key)
+            SELECT r.id, i.id, i.workflow_id, i.queue, r.priority + i.priority, i.definition_hash,
+                   orchwf_ready_key(r.concurrency_key, r.dependencies, i.concurrency_key)
             FROM released r JOIN orchwf_live_instances i ON i.id = r.workflow_inst_id AND i.id = ANY (v_insts)
             WHERE r.pending_deps = 0 AND r.run_after IS NULL AND i.status IN ('pending', 'running')
               AND (r.wait_signal IS NULL OR orchwf_signal_waiting(r.workflow_inst_id, r.wait_signal))
+            ORDER BY 7, 1
             ON CONFLICT DO NOTHING
             RETURNING 1)
         SELECT (SELECT count(*) FROM ready), EXISTS (SELECT 1 FROM released r WHERE r.run_after IS NOT NULL)

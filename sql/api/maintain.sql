@@ -31,12 +31,15 @@ BEGIN
         UPDATE orchwf_live_steps s SET run_after = NULL, updated_at = now()
         WHERE s.workflow_inst_id = ANY (v_insts) AND s.run_after IS NOT NULL AND s.run_after <= now()
           AND s.status IN ('pending', 'retrying')
-        RETURNING s.id, s.workflow_inst_id, s.priority, s.crashes),
+        RETURNING s.id, s.workflow_inst_id, s.priority, s.crashes, s.concurrency_key, s.dependencies),
     ins AS (
+        -- Keyed steps are admitted or parked by the trigger (sql/api/keys.sql), in key order.
         INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority, suspect,
-                                        definition_hash)
-        SELECT p.id, i.id, i.workflow_id, i.queue, p.priority + i.priority, p.crashes > 0, i.definition_hash
+                                        definition_hash, concurrency_key)
+        SELECT p.id, i.id, i.workflow_id, i.queue, p.priority + i.priority, p.crashes > 0, i.definition_hash,
+               orchwf_ready_key(p.concurrency_key, p.dependencies, i.concurrency_key)
         FROM promoted p JOIN orchwf_live_instances i ON i.id = p.workflow_inst_id AND i.id = ANY (v_insts)
+        ORDER BY 8, 1
         ON CONFLICT DO NOTHING
         RETURNING queue)
     SELECT count(*) INTO v_n FROM ins;

@@ -84,10 +84,13 @@ BEGIN
         steps_remaining = (SELECT count(*) FROM orchwf_live_steps
                            WHERE workflow_inst_id = p_inst AND status = 'pending')
     WHERE id = p_inst;
-    INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority, definition_hash)
-    SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority, i.definition_hash
+    INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority, definition_hash,
+                                    concurrency_key)
+    SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority, i.definition_hash,
+           orchwf_ready_key(s.concurrency_key, s.dependencies, i.concurrency_key)
     FROM orchwf_live_steps s JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id
     WHERE s.workflow_inst_id = p_inst AND s.status = 'pending' AND s.pending_deps = 0
+    ORDER BY 7, 1
     ON CONFLICT DO NOTHING;
     PERFORM orchwf_record_event(p_inst, NULL, 'workflow.resumed', p_event);
     PERFORM pg_notify('orchwf_ready', (SELECT queue FROM orchwf_live_instances WHERE id = p_inst));

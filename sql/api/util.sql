@@ -274,6 +274,7 @@ DECLARE
     v_ids     uuid[];
     v_created timestamptz[];
     v_reports jsonb;
+    v_keyed   boolean;
 BEGIN
     -- The instances' created_at by key lookups first: joining the steps to the runtime
     -- table would hash all of it (its size is the backlog) when its statistics lag.
@@ -283,9 +284,14 @@ BEGIN
                                                  'name', i.metadata->'orchwf_parent_signal',
                                                  'payload', jsonb_build_object('child_instance_id', i.id,
                                                      'status', i.status, 'output', i.output, 'error', i.error)))
-                    FILTER (WHERE i.metadata ? 'orchwf_parent_signal'), '[]')
-    INTO v_ids, v_created, v_reports
+                    FILTER (WHERE i.metadata ? 'orchwf_parent_signal'), '[]'),
+           bool_or(i.concurrency_keys IS NOT NULL)
+    INTO v_ids, v_created, v_reports, v_keyed
     FROM orchwf_live_instances i WHERE i.id = ANY (p_ids);
+    -- Their concurrency slots (the instances' own too) go to the next waiters (keys.sql).
+    IF v_keyed THEN
+        PERFORM orchwf_release_instance_slots(p_ids, false);
+    END IF;
     WITH gone AS (
         DELETE FROM orchwf_live_steps s WHERE s.workflow_inst_id = ANY (p_ids)
         RETURNING s.*)
@@ -429,12 +435,15 @@ BEGIN
         FROM sent g
         WHERE s.workflow_inst_id = g.workflow_inst_id AND s.wait_signal = g.name AND s.status = 'pending'
           AND s.pending_deps = 0
-        RETURNING s.id, s.workflow_inst_id, s.priority),
+        RETURNING s.id, s.workflow_inst_id, s.priority, s.concurrency_key, s.dependencies),
     queued AS (
+        -- A keyed step is admitted or parked (sql/api/keys.sql), in key order.
         INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority,
-                                        definition_hash)
-        SELECT w.id, p.id, p.workflow_id, p.queue, w.priority + p.priority, p.definition_hash
+                                        definition_hash, concurrency_key)
+        SELECT w.id, p.id, p.workflow_id, p.queue, w.priority + p.priority, p.definition_hash,
+               orchwf_ready_key(w.concurrency_key, w.dependencies, p.concurrency_key)
         FROM woken w JOIN orchwf_live_instances p ON p.id = w.workflow_inst_id
+        ORDER BY 7, 1
         ON CONFLICT DO NOTHING
         RETURNING queue)
     SELECT array_agg(DISTINCT q.queue) INTO v_queues FROM queued q;

@@ -49,6 +49,11 @@ SELECT c.name, c.paused, c.paused_at, c.rate_per_second, c.burst
 FROM {schema}.orchwf_queues c
 ORDER BY c.name
 
+-- name: concurrency_keys
+-- Concurrency keys with slots held or holders waiting, the busiest first (sql/api/keys.sql).
+SELECT k.key, k.concurrency_limit, k.held, k.waiting, k.updated_at
+FROM {schema}.orchwf_key_stats(%(limit)s) k
+
 -- name: child_workflows_of
 -- The workflows a registered definition's child_workflow_steps start (client.py's cycle check).
 SELECT DISTINCT x.child #>> '{{}}' AS child

@@ -18,6 +18,10 @@ DELETE FROM {schema}.orchwf_workers WHERE worker_id = %(worker_id)s
 -- Rows of processes gone without unregistering (kill -9, a lost host).
 DELETE FROM {schema}.orchwf_workers WHERE heartbeat_at < now() - %(older_than)s * interval '1 second'
 
+-- name: forget_idle_keys
+-- Concurrency keys with no slot held and nobody waiting for a while (sql/api/keys.sql).
+SELECT {schema}.orchwf_forget_idle_keys(%(idle)s * interval '1 second') AS forgotten
+
 -- name: release_orphans
 -- After a reconnect: claims held in the database that the worker does not know about
 -- (their reply was lost with the connection) go back to the queue.

@@ -297,6 +297,32 @@ def test_least_privilege_runtime_role_runs_the_daemon(least_privilege) -> None:
         producer.close()
 
 
+def test_least_privilege_runtime_role_admits_and_releases_concurrency_keys(least_privilege) -> None:
+    """The documented grants cover concurrency keys: the runtime role's enqueue admits
+    and parks keyed steps (the trigger on the ready queue writes the key tables), and its
+    finish releases a slot and admits the next waiter."""
+    from orchwf import Client, StepBuilder, WorkflowBuilder
+
+    roles, _ = least_privilege
+    keyed = (WorkflowBuilder("lp_keyed", "Keyed")
+             .add_step(StepBuilder("s", "S", lambda ctx, data: {}).with_concurrency("k:{k}", 1).build()).build())
+    with Client(roles.runtime_dsn, schema="orchwf") as producer:
+        producer.register_workflow(keyed)
+        producer.enqueue("lp_keyed", {"k": 1})
+        producer.enqueue("lp_keyed", {"k": 1})
+        assert [(k.key, k.held, k.waiting) for k in producer.list_concurrency_keys()] == [("k:1", 1, 1)]
+    with connect(roles.runtime_dsn) as conn:
+        for _ in range(2):
+            [(sid, token)] = conn.execute(
+                "SELECT step_inst_id, lease_token FROM orchwf.orchwf_claim_steps('lp', '{default}', '{lp_keyed}', "
+                "10, 30, false, NULL)").fetchall()
+            [(accepted,)] = conn.execute(
+                "SELECT accepted FROM orchwf.orchwf_finish_steps(ARRAY[%s]::uuid[], ARRAY[%s]::bigint[], "
+                "'{completed}', '{NULL}'::jsonb[], '{NULL}', '{1}', '{0}')", (sid, token)).fetchall()
+            assert accepted
+        assert conn.execute("SELECT held FROM orchwf.orchwf_concurrency_keys").fetchall() == [(0,)]
+
+
 def _records(log: str) -> list[str]:
     """Log records (a record's continuation lines, e.g. an error's CONTEXT, are not counted)."""
     return re.findall(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ .*$", log, re.MULTILINE)

@@ -28,7 +28,9 @@ CREATE TABLE IF NOT EXISTS orchwf_test_effects (instance_id uuid, value int);
 
 class Daemon:
     def __init__(self, dsn: str, args: list[str], app: str = "daemonapp", env: dict[str, str] | None = None) -> None:
-        env = dict(os.environ, PYTHONPATH=str(HERE), ORCHWF_TEST_APP_DSN=dsn, **(env or {}))
+        # The caller's PYTHONPATH after the app's: a worktree's daemons import that tree's orchwf.
+        path = os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p)
+        env = dict(os.environ, PYTHONPATH=path, ORCHWF_TEST_APP_DSN=dsn, **(env or {}))
         env.pop("NOTIFY_SOCKET", None)
         import tempfile
 

@@ -521,6 +521,27 @@ def test_the_overview_lists_schedules_with_their_next_and_last_run(live: tuple[s
     assert "<script>" not in page.split('class="schedules"')[1]
 
 
+def test_the_overview_lists_concurrency_keys_with_their_running_counts(live: tuple[str, str]) -> None:
+    base, dsn = live
+    status, _, page = fetch(base + "/")
+    assert status == 200 and "<h2>Concurrency keys</h2>" not in page  # none in use: no section
+    keyed = (WorkflowBuilder("dash_keyed", "Keyed")
+             .add_step(StepBuilder("s", "S", lambda ctx, data: {}).with_concurrency("customer:{c}", 2).build())
+             .build())
+    with Client(dsn) as client:
+        client.register_workflow(keyed)
+        for _ in range(5):
+            client.enqueue("dash_keyed", {"c": EVIL})
+        client.enqueue("dash_keyed", {"c": 7})
+    status, _, page = fetch(base + "/")
+    assert status == 200 and "<h2>Concurrency keys</h2>" in page
+    rows = re.findall(r"<tr>(.*?)</tr>", page.split('class="keys"')[1].split("</table>")[0], re.S)
+    assert len(rows) == 3  # a header, then the busiest key first
+    assert "2 of 2" in rows[1] and "<td>3</td>" in rows[1] and "&lt;script&gt;" in rows[1]
+    assert "customer:7" in rows[2] and "1 of 2" in rows[2]
+    assert "<script>" not in page.split('class="keys"')[1]
+
+
 # -- queues: pause and resume ------------------------------------------------------------------
 
 

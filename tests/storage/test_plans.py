@@ -481,3 +481,42 @@ def test_the_hot_path_reads_the_backlog_by_key_when_statistics_lag(db_dsn: str) 
     assert not wide, "read the backlog:\n" + "\n".join(
         f"  {s.node} on {s.relation} via {s.index} ({s.loops} loops x {s.rows} rows) in: {s.query[:300]!r}"
         for s in wide)
+
+
+KEYED = "keyed_plan"
+KEY_TABLES = ("orchwf_concurrency_keys", "orchwf_key_slots", "orchwf_key_waits")
+
+
+def test_admission_and_release_of_concurrency_keys_read_by_key(conn: psycopg.Connection[Any]) -> None:
+    """Concurrency keys (sql/api/keys.sql): the enqueue's admission, the finish's release
+    and the next waiter's admission read the key tables by key, with 1,000 keys in use and
+    300 steps waiting on one of them: no sequential scan, no scan that returns the
+    waiters, nothing of history."""
+    definition = {"steps": [{"id": "a", "dependencies": [], "dependents": [],
+                             "concurrency": {"key": "k:{k}", "limit": 2}}]}
+    conn.execute("INSERT INTO orchwf_workflow_definitions (workflow_id, name, version_hash, definition)"
+                 " VALUES (%s, %s, 'hk', %s) ON CONFLICT DO NOTHING", (KEYED, KEYED, psycopg.types.json.Jsonb(definition)))
+    conn.execute("INSERT INTO orchwf_concurrency_keys (key, concurrency_limit) SELECT 'k:other' || i, 5"
+                 " FROM generate_series(1, 1000) i")
+    many = [psycopg.types.json.Jsonb({"k": "busy"}) for _ in range(300)]
+    conn.execute("SELECT orchwf_enqueue_many(%s, %s::jsonb[], p_queue => 'keyed')", (KEYED, many))
+    conn.execute("ANALYZE orchwf_concurrency_keys, orchwf_key_slots, orchwf_key_waits")
+    request = ClaimRequest("w-keys", ["keyed"], [KEYED], 10, 60)
+    try:
+        with captured_plans(conn) as plans:
+            conn.execute("SELECT orchwf_enqueue_many(%s, %s::jsonb[], p_queue => 'keyed')",
+                         (KEYED, [psycopg.types.json.Jsonb({"k": f"other{i}"}) for i in range(1, 4)]))
+            first = Q.claim_steps(conn, request)
+            _, second = Q.finish_and_claim(conn, _done(first), request)
+            Q.finish_steps(conn, _done(second))
+        assert len(first) == 5 and len(second) == 2  # 2 of busy + 3 others; then the next 2 of busy
+        assert any("orchwf_key_waits" in q for q in plans.queries()), "the release did not admit a waiter"
+        scans = [s for s in plans.scans() if s.relation in KEY_TABLES or s.index.startswith(KEY_TABLES)]
+        assert scans, plans.queries()
+        bad = [s for s in scans if s.node == "Seq Scan" or s.rows * s.loops > 20]
+        assert not bad, "\n".join(f"  {s.node} on {s.relation} via {s.index} ({s.loops} loops x {s.rows} rows) "
+                                  f"in: {s.query[:300]!r}" for s in bad)
+        assert_reads_no_history(plans, "keyed enqueue / claim / finish", "orchwf_ready_steps")
+    finally:
+        conn.execute("SELECT orchwf_cancel_workflow(id) FROM orchwf_live_instances WHERE queue = 'keyed'")
+        conn.execute("DELETE FROM orchwf_concurrency_keys")

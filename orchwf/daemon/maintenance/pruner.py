@@ -25,6 +25,7 @@ log = logging.getLogger("orchwf.supervisor")
 
 EVERY = 300.0  # seconds between runs
 SILENT_PROCESS_SECONDS = 3600.0  # a process row without a heartbeat this long is forgotten
+IDLE_KEY_SECONDS = 3600.0  # a concurrency key with no slot held nor waiter this long is forgotten
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Pruner:
         self.next_run = now + EVERY
         result = self.drop_expired(conn, self.retention_seconds)
         self.q.forget_silent_processes(conn, SILENT_PROCESS_SECONDS)
+        self.q.forget_idle_keys(conn, IDLE_KEY_SECONDS)
         return result
 
     def drop_expired(self, conn: psycopg.Connection[Any], older_than_seconds: float) -> PruneResult:
