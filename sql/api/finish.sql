@@ -284,9 +284,11 @@ BEGIN
     -- Release dependents: completed and skipped (optional, failed) steps satisfy them.
     IF v_parents THEN
         WITH dec AS (
-            SELECT s.workflow_inst_id, c.child, count(*)::integer AS n
-            FROM orchwf_live_steps s, unnest(s.dependents) AS c(child)
-            WHERE s.id = ANY (v_accepted) AND s.status IN ('completed', 'skipped')
+            -- unnest in the select list, not a lateral join: no join to plan
+            SELECT d.workflow_inst_id, d.child, count(*)::integer AS n
+            FROM (SELECT s.workflow_inst_id, unnest(s.dependents) AS child
+                  FROM orchwf_live_steps s
+                  WHERE s.id = ANY (v_accepted) AND s.status IN ('completed', 'skipped')) d
             GROUP BY 1, 2),
         released AS (
             -- A dependent with a delay (with_delay) waits in run_after for the scheduler; one
