@@ -83,7 +83,7 @@ def transactional_write(ctx, data):
     )
     if data.get("fail"):
         raise RuntimeError("fail after the write")
-    return {"written": True}
+    return {"written": True, "backend": ctx.conn.info.backend_pid}
 
 
 def join(ctx, data):

@@ -140,6 +140,23 @@ def test_transactional_step_commits_its_writes_with_its_result(client: Client, s
     assert rows == [(ok, 7)]  # the failed step's write rolled back with it
 
 
+def test_transactional_steps_reuse_their_threads_connection_until_one_fails(client: Client, start_daemon) -> None:
+    """One executor thread: its transactional steps run on one connection (one session),
+    until a step raises; the next step gets a new one."""
+    start_daemon("--workers", "1", "--concurrency", "1")
+
+    def backend(value: int, fail: bool = False) -> int | None:
+        iid = client.enqueue("transactional", {"value": value, "fail": fail})
+        inst = client.wait(iid, timeout=30)
+        return (inst.step("write").output or {}).get("backend")
+
+    first = [backend(n) for n in range(3)]
+    assert len(set(first)) == 1 and first[0] is not None
+    assert backend(3, fail=True) is None
+    after = backend(4)
+    assert after is not None and after != first[0]
+
+
 def test_kill_9_of_a_worker_mid_step_reruns_it_once(client: Client, start_daemon, app_db: str, tmp_path: Path) -> None:
     start_daemon("--workers", "2")
     gate = tmp_path / "gate"
