@@ -10,7 +10,7 @@
           rounds of the systems in turn; prints medians, spreads and orchwf/pgqueuer ratios
   check   the CI gate on cost growing with history (~4 min, orchwf only, own cluster):
           drains of 5,000, 3 in turns on an empty history and on one of 300,000 seeded
-          finished workflows (medians: seeded >= 0.8x empty), then a 2-minute soak at 60%
+          finished workflows (medians: seeded >= 0.8x empty), then a 2-minute soak at 40%
           of the empty drains' rate (last minute's queue wait p99 <= max(2x the first
           minute's, 250 ms); backlog never growing for more than 30 s; runtime tables at
           the end <= max(2x minute 1, 1 MiB)); prints the figures, exits 1 if a gate fails
