@@ -375,7 +375,10 @@ class Supervisor:
         if self.ops is not None:
             read_fds += self.ops.read_fds()
             write_fds = self.ops.write_fds()
-        timeout = max(0.0, min(self.next_maintenance - time.monotonic(), 1.0))
+        # While the database is down, what is due next is the reconnect, not the
+        # maintenance round it holds back (which stays due, and would spin this loop).
+        due = self.next_maintenance if self._db_up() else self.next_db_attempt
+        timeout = max(0.0, min(due - time.monotonic(), 1.0))
         try:
             readable, writable, _ = select.select(read_fds, write_fds, [], timeout)
         except (InterruptedError, ValueError, OSError):
@@ -440,8 +443,11 @@ class Supervisor:
         except psycopg.Error as exc:
             self._db_failed(exc)
 
+    def _db_up(self) -> bool:
+        return self.conn is not None and not self.conn.closed and (self.listener is None or self.listener.up)
+
     def _connect(self, now: float) -> bool:
-        if self.conn is not None and not self.conn.closed and (self.listener is None or self.listener.up):
+        if self._db_up():
             return True
         if now < self.next_db_attempt:
             return False
