@@ -34,6 +34,7 @@ TRACEPARENT = "traceparent"  # the reserved metadata key
 HOOK = "configure_tracing"   # the app module's function a worker calls after fork
 
 _tracer: Any = None  # set in a worker whose app configured tracing
+_drops_unsampled_parents = False  # set with _tracer: the sampler follows an unsampled parent
 _no_span = contextlib.nullcontext(None)
 
 
@@ -89,10 +90,11 @@ def start_in_worker(hook: Callable[[], object]) -> None:
     provider and its exporter in this process (an exporter's thread or socket must not
     cross fork), then trace every step attempt. A failing hook costs the traces, not
     the work."""
-    global _tracer
+    global _tracer, _drops_unsampled_parents
     try:
         hook()
         _tracer = _api().trace.get_tracer("orchwf")
+        _drops_unsampled_parents = drops_unsampled_parents(getattr(_tracer, "sampler", None))
     except Exception:
         log.exception("%s() failed: this worker runs without tracing", HOOK)
 
@@ -134,6 +136,24 @@ class _CurrentSpan:
         self.span.end()
 
 
+class _CurrentParent:
+    """The parent context, current while a step the sampler drops runs; its span is the
+    parent's non-recording span, so ``end_step`` records nothing on it."""
+
+    __slots__ = ("context", "token")
+
+    def __init__(self, context: Any) -> None:
+        self.context = context
+
+    def __enter__(self) -> Any:
+        api = _api()
+        self.token = api.attach(self.context)
+        return api.trace.get_current_span(self.context)
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        _api().detach(self.token)
+
+
 def step_span(row: ClaimedStep, worker_id: str, instance_id: str | None = None
               ) -> contextlib.AbstractContextManager[Any]:
     """The current span of one step attempt (None when tracing is off). An exception
@@ -141,6 +161,11 @@ def step_span(row: ClaimedStep, worker_id: str, instance_id: str | None = None
     ``instance_id``: the instance ID as text, when the caller has made it already."""
     if _tracer is None:
         return _no_span
+    parent = parent_context(row.workflow_inst_id, row.metadata)
+    if _drops_unsampled_parents and not _api().trace.get_current_span(parent).get_span_context().trace_flags.sampled:
+        # The sampler would drop it: make the parent current (the step's own spans follow
+        # its decision) without building a span nobody records (bench/span_cost.py).
+        return _CurrentParent(parent)
     attributes = {
         "orchwf.workflow_id": row.workflow_id,
         "orchwf.instance_id": instance_id or str(row.workflow_inst_id),
@@ -152,7 +177,7 @@ def step_span(row: ClaimedStep, worker_id: str, instance_id: str | None = None
     if row.trace_id:
         attributes["orchwf.trace_id"] = row.trace_id
     return _CurrentSpan(_tracer.start_span(
-        f"{row.workflow_id}.{row.step_id}", context=parent_context(row.workflow_inst_id, row.metadata),
+        f"{row.workflow_id}.{row.step_id}", context=parent,
         kind=_api().consumer, attributes=attributes))
 
 
@@ -194,3 +219,24 @@ def instance_sampled(instance_id: uuid.UUID) -> bool:
         return True
     mixed = int.from_bytes(hashlib.blake2b(instance_id.bytes, digest_size=16).digest(), "big")
     return bool(sampler.should_sample(_api().empty, mixed, "orchwf.instance").decision.is_sampled())
+
+
+def drops_unsampled_parents(sampler: Any) -> bool:
+    """Whether ``sampler`` drops every span whose remote parent is not sampled, as the
+    SDK's default (``ParentBased``) does; then a step span under such a parent need not
+    be built at all. Asked of the sampler itself (a few trace IDs), so a custom sampler
+    that keeps some of them is respected."""
+    if sampler is None:
+        return False
+    api = _api()
+    trace = api.trace
+    for trace_id in (1, 2**63, 2**64 - 1, 2**127 + 12345, 2**128 - 1):
+        parent = trace.set_span_in_context(trace.NonRecordingSpan(trace.SpanContext(
+            trace_id=trace_id, span_id=1, is_remote=True, trace_flags=api.not_sampled)))
+        try:
+            decision = sampler.should_sample(parent, trace_id, "orchwf.probe", api.consumer, {})
+        except Exception:
+            return False
+        if decision.decision.is_sampled():
+            return False
+    return True

@@ -278,7 +278,12 @@ def test_a_ratio_sampler_in_the_workers_thins_out_instances_enqueued_with_no_spa
     exporter = InMemorySpanExporter()
     provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.25)))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    monkeypatch.setattr(tracing, "_tracer", provider.get_tracer("tests"))
+    tracer = provider.get_tracer("tests")
+    monkeypatch.setattr(tracing, "_tracer", tracer)
+    # as start_in_worker sets it: ParentBased drops under an unsampled parent, so a
+    # dropped step builds no span at all (its parent's non-recording span is current)
+    assert tracing.drops_unsampled_parents(provider.sampler)
+    monkeypatch.setattr(tracing, "_drops_unsampled_parents", True)
     instances = [uuid.UUID(new_id()) for _ in range(800)]  # UUIDv7, as orchwf makes them
     for instance in instances:
         for step in ("a", "b"):
@@ -286,10 +291,29 @@ def test_a_ratio_sampler_in_the_workers_thins_out_instances_enqueued_with_no_spa
                               lease_token=1, attempt=1, retry_count=0, workflow_input={}, metadata=None,
                               trace_id=None, completed=None, step_input={})
             with tracing.step_span(row, "w1") as span:
+                with tracer.start_as_current_span("inner"):  # the step's own span follows its decision
+                    pass
                 tracing.end_step(span, "completed", None, None)
     kept: dict[int, list[str]] = {}
     for span in exporter.get_finished_spans():
         kept.setdefault(span.context.trace_id, []).append(span.name)
     assert 0.15 * 800 < len(kept) < 0.35 * 800, len(kept)
-    assert all(sorted(names) == ["wf.a", "wf.b"] for names in kept.values())  # whole instances
+    assert all(sorted(names) == ["inner", "inner", "wf.a", "wf.b"] for names in kept.values())  # whole instances
     assert set(kept) <= {i.int for i in instances}
+
+
+def test_only_a_sampler_that_drops_under_unsampled_parents_lets_steps_skip_the_span() -> None:
+    """The shortcut of step_span (no span built for a step its sampler would drop) is
+    taken only for a sampler that drops every span of an unsampled remote parent."""
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, TraceIdRatioBased
+
+    from orchwf import tracing
+
+    assert tracing.drops_unsampled_parents(ParentBased(ALWAYS_ON))
+    assert tracing.drops_unsampled_parents(ParentBased(TraceIdRatioBased(0.1)))
+    assert tracing.drops_unsampled_parents(ALWAYS_OFF)
+    assert not tracing.drops_unsampled_parents(ALWAYS_ON)
+    assert not tracing.drops_unsampled_parents(TraceIdRatioBased(0.5))  # keeps some
+    assert not tracing.drops_unsampled_parents(ParentBased(ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON))
+    assert not tracing.drops_unsampled_parents(None)
