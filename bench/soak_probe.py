@@ -67,13 +67,14 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=1880.0, help="workflows enqueued per second")
     p.add_argument("--seconds", type=float, default=90.0)
     p.add_argument("--setup-sql", default="", help="SQL run on the database before the soak (experiments)")
+    p.add_argument("--concurrency", type=int, default=None, help="the workers' --concurrency [orchwf's default]")
     a = p.parse_args()
     work = scratch()
     samples: list[tuple[float, dict[str, Any]]] = []
     stop = threading.Event()
     try:
         with cl.running() as cluster:
-            system = make("orchwf", concurrency=None)
+            system = make("orchwf", concurrency=a.concurrency)
             system.setup(cluster.dsn, DATABASE)
             with psycopg.connect(system.dsn, autocommit=True) as conn:
                 for setting, value in (("session_preload_libraries", "auto_explain"),

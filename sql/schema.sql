@@ -107,8 +107,9 @@ CREATE TABLE orchwf_live_instances (
     autovacuum_vacuum_cost_delay = 0
 );
 -- Listing (live instances first in created_at order) and retention's question "does any
--- instance of this partition's range still run?".
-CREATE INDEX orchwf_li_created_idx ON orchwf_live_instances (created_at DESC, id DESC);
+-- instance of this partition's range still run?". Not the ID: only the primary key may
+-- answer a lookup by ID (014_lookup_indexes).
+CREATE INDEX orchwf_li_created_idx ON orchwf_live_instances (created_at DESC);
 -- Instances by the version of their definition: who waits for a version no worker has
 -- (orchwf stats, the metrics), a probe per registered version, never a scan.
 CREATE INDEX orchwf_li_version_idx ON orchwf_live_instances (definition_hash, created_at);

@@ -48,7 +48,7 @@ BEGIN
         -- index order and sort the whole ready table.
         -- Suspects (steps that were running in a process that died) are left to the
         -- quarantine worker, which takes them from their own partial index, one by one.
-        SELECT x.step_inst_id
+        SELECT x.ctid, x.step_inst_id
         -- Queue controls, for the workers of every release (sql/api/queues.sql): a paused
         -- queue claims nothing; a rate-limited one at most n, taken from its token bucket.
         FROM (SELECT u.name, CASE WHEN c.rate_per_second IS NULL THEN p_limit
@@ -57,7 +57,7 @@ BEGIN
               WHERE c.paused IS NOT TRUE) AS q(name, n)
         CROSS JOIN LATERAL (
             SELECT * FROM (
-                SELECT r.step_inst_id, r.priority, r.ready_at, r.workflow_inst_id
+                SELECT r.ctid, r.step_inst_id, r.priority, r.ready_at, r.workflow_inst_id
                 FROM orchwf_ready_steps r
                 WHERE NOT p_suspects AND r.queue = q.name AND r.workflow_id = ANY (p_workflows)
                   AND r.ready_at <= now() AND NOT r.suspect
@@ -67,7 +67,7 @@ BEGIN
                 FOR UPDATE SKIP LOCKED) ordinary
             UNION ALL
             SELECT * FROM (
-                SELECT r.step_inst_id, r.priority, r.ready_at, r.workflow_inst_id
+                SELECT r.ctid, r.step_inst_id, r.priority, r.ready_at, r.workflow_inst_id
                 FROM orchwf_ready_steps r
                 WHERE p_suspects AND r.suspect AND r.queue = q.name AND r.workflow_id = ANY (p_workflows)
                   AND r.ready_at <= now()
@@ -77,10 +77,12 @@ BEGIN
                 FOR UPDATE SKIP LOCKED) suspects) x
         ORDER BY x.priority DESC, x.ready_at, x.workflow_inst_id, x.step_inst_id
         LIMIT p_limit),
-    -- "= ANY (ARRAY(...))", not a join: a key lookup per row in the generic plan too.
+    -- By the rows' addresses (a TID scan; the rows are locked, so they cannot move):
+    -- "step_inst_id = ANY" let statistics that saw the queue empty pick the claim index,
+    -- whose fourth column the IDs are, and read the whole backlog on every claim.
     gone AS (
         DELETE FROM orchwf_ready_steps r
-        WHERE r.step_inst_id = ANY (ARRAY(SELECT p.step_inst_id FROM picked p))
+        WHERE r.ctid = ANY (ARRAY(SELECT p.ctid FROM picked p))
         RETURNING r.step_inst_id, r.ready_at),
     waited AS (
         -- How long they waited in the queue: one row per claim, for the dashboard's trend

@@ -135,6 +135,9 @@ SET jit = off
 -- (a finish of 1,000 steps took 1 s, orchwf_signal_many's). Every table read here is
 -- bounded by "= ANY (batch)", so the hash joins read only the batch.
 SET enable_nestloop = off
+-- Nor merge joins: under the same statistics a merge join in the key's order read a whole
+-- index of the live steps (the backlog) to save a sort of the batch.
+SET enable_mergejoin = off
 AS $$
 DECLARE
     v_accepted uuid[];
@@ -335,9 +338,11 @@ BEGIN
     -- not completed here: the failure handling below ends it.
     WITH f AS (
         SELECT s.workflow_inst_id AS inst, count(*)::integer AS n, bool_or(s.status = 'failed') AS failed
-        FROM orchwf_live_steps s
-        WHERE s.id = ANY (v_accepted) AND s.status IN ('completed', 'skipped', 'failed')
-          AND s.step_id <> '$compensate'
+        -- OFFSET 0: the steps by their IDs, then grouped; grouped in the scan's order, the
+        -- planner may read the whole (workflow_inst_id, step_id) index to save the sort.
+        FROM (SELECT s.workflow_inst_id, s.status FROM orchwf_live_steps s
+              WHERE s.id = ANY (v_accepted) AND s.status IN ('completed', 'skipped', 'failed')
+                AND s.step_id <> '$compensate' OFFSET 0) s
         GROUP BY 1),
     c AS (
         SELECT f.inst, f.n, x.completing, m.output, m.context

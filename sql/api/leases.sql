@@ -28,7 +28,8 @@ BEGIN
     RETURN QUERY
     SELECT h.id FROM unnest(p_ids, p_tokens) AS h(id, token)
     WHERE NOT EXISTS (SELECT 1 FROM orchwf_live_steps s
-                      WHERE s.id = h.id AND s.lease_token = h.token AND s.status = 'running');
+                      WHERE s.id = h.id AND s.id = ANY (p_ids)  -- bounded: see above
+                        AND s.lease_token = h.token AND s.status = 'running');
 END;
 $$;
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -98,6 +98,7 @@ class Scan:
     loops: int
     rows: float
     query: str
+    index_cond: str = ""
 
     @property
     def history(self) -> bool:
@@ -124,10 +125,21 @@ class Plans:
         return [p.get("Query Text", "") for p in self.plans]
 
 
+def leading_columns(conn: psycopg.Connection[Any], tables: Iterable[str]) -> dict[str, str]:
+    """Each index of ``tables``, by name: the column it is sorted by first."""
+    rows = conn.execute(
+        "SELECT ic.relname, a.attname FROM pg_index i"
+        " JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid"
+        " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+        " WHERE t.relname = ANY(%s)", (list(tables),)).fetchall()
+    return {index: column for index, column in rows}
+
+
 def _walk(node: dict[str, Any], query: str, found: list[Scan]) -> None:
     if "Scan" in node["Node Type"]:
         found.append(Scan(node["Node Type"], node.get("Relation Name", ""), node.get("Index Name", ""),
-                          int(node.get("Actual Loops", 1)), float(node.get("Actual Rows", 0)), query))
+                          int(node.get("Actual Loops", 1)), float(node.get("Actual Rows", 0)), query,
+                          node.get("Index Cond", "")))
     for child in node.get("Plans", ()):
         _walk(child, query, found)
 
