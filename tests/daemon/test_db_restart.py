@@ -6,6 +6,7 @@ import os
 import time
 
 import psycopg
+import psycopg.sql
 import pytest
 
 import daemonapp
@@ -17,18 +18,23 @@ from daemonkit import SIDE_TABLES, Daemon, executions, wait_for
 pytestmark = pytest.mark.slow
 
 
-def test_database_restart_mid_run(embedded_server) -> None:
-    dsn = embedded_server.dsn_for("orchwf")
-    with psycopg.connect(embedded_server.dsn, autocommit=True) as conn:
-        conn.execute("CREATE DATABASE orchwf")
+def _chains_on_a_new_database(server, name: str, n: int, sleep: float) -> tuple[str, list[str], Daemon]:  # type: ignore[no-untyped-def]
+    """A migrated database ``name`` on ``server`` with ``n`` chain instances enqueued, and
+    the daemon (2 workers of 4 slots) started on it."""
+    dsn = server.dsn_for(name)
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
     migrate(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(SIDE_TABLES)
-    client = Client(dsn)
-    client.register_workflow(daemonapp.chain)
-    ids = client.enqueue_many("chain", [{"sleep": 0.01} for _ in range(120)])
-    client.close()
-    daemon = Daemon(dsn, ["--workers", "2", "--concurrency", "4"])
+    with Client(dsn) as client:
+        client.register_workflow(daemonapp.chain)
+        ids = client.enqueue_many("chain", [{"sleep": sleep} for _ in range(n)])
+    return dsn, ids, Daemon(dsn, ["--workers", "2", "--concurrency", "4"])
+
+
+def test_database_restart_mid_run(embedded_server) -> None:
+    dsn, ids, daemon = _chains_on_a_new_database(embedded_server, "orchwf", 120, 0.01)
     try:
         wait_for(lambda: len(executions(dsn)) > 40, timeout=30, what="progress before the restart")
         embedded_server.stop()
@@ -61,17 +67,7 @@ def test_a_database_outage_leaves_the_daemon_idle_not_spinning(embedded_server) 
     reconnect attempt (backed off), holding results they could not commit: they do not
     spin. (The supervisor once did: its overdue maintenance round set its wait to zero,
     a core busy for the whole outage.)"""
-    dsn = embedded_server.dsn_for("orchwf_outage")
-    with psycopg.connect(embedded_server.dsn, autocommit=True) as conn:
-        conn.execute("CREATE DATABASE orchwf_outage")
-    migrate(dsn)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SIDE_TABLES)
-    client = Client(dsn)
-    client.register_workflow(daemonapp.chain)
-    ids = client.enqueue_many("chain", [{"sleep": 0.05} for _ in range(200)])
-    client.close()
-    daemon = Daemon(dsn, ["--workers", "2", "--concurrency", "4"])
+    dsn, ids, daemon = _chains_on_a_new_database(embedded_server, "orchwf_outage", 200, 0.05)
     try:
         wait_for(lambda: len(executions(dsn)) > 20, timeout=30, what="progress before the outage")
         embedded_server.stop()
