@@ -5,15 +5,14 @@ from __future__ import annotations
 import os
 import time
 
+import daemonapp
 import psycopg
 import psycopg.sql
 import pytest
+from daemonkit import SIDE_TABLES, Daemon, executions, wait_for
 
-import daemonapp
 from orchwf import Client, WorkflowStatus
 from orchwf.db.migrations import migrate
-
-from daemonkit import SIDE_TABLES, Daemon, executions, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -306,7 +306,12 @@ def test_only_a_sampler_that_drops_under_unsampled_parents_lets_steps_skip_the_s
     """The shortcut of step_span (no span built for a step its sampler would drop) is
     taken only for a sampler that drops every span of an unsampled remote parent."""
     pytest.importorskip("opentelemetry.sdk")
-    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, TraceIdRatioBased
+    from opentelemetry.sdk.trace.sampling import (
+        ALWAYS_OFF,
+        ALWAYS_ON,
+        ParentBased,
+        TraceIdRatioBased,
+    )
 
     from orchwf import tracing
 

@@ -27,11 +27,11 @@ from storagekit import (
     Plans,
     add_history,
     captured_plans,
-    leading_columns,
     connect,
     days_ago,
     define_workflow,
     enqueue,
+    leading_columns,
 )
 
 from orchwf.daemon.metrics import HOT_TABLES
