@@ -161,8 +161,10 @@ BEGIN
     END IF;
 
     -- Instances first, in id order (the global lock order).
+    -- OFFSET 0: the steps by their IDs, then the DISTINCT (to feed it sorted, a planner
+    -- that saw the table empty read the whole (workflow_inst_id, step_id) index).
     SELECT array_agg(DISTINCT s.workflow_inst_id) INTO v_insts
-    FROM orchwf_live_steps s WHERE s.id = ANY (p_ids);
+    FROM (SELECT s.workflow_inst_id FROM orchwf_live_steps s WHERE s.id = ANY (p_ids) OFFSET 0) s;
     -- NO KEY UPDATE, not UPDATE: the in-process store's step writes take KEY SHARE locks
     -- on these rows, and must not queue behind (or deadlock with) a finish.
     -- Then their concurrency keys' rows, in key order (none for unkeyed instances).
@@ -275,9 +277,13 @@ BEGIN
                                         definition_hash, concurrency_key)
         SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority, s.crashes > 0, i.definition_hash,
                orchwf_ready_key(s.concurrency_key, s.dependencies, i.concurrency_key)
-        FROM orchwf_live_steps s JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id AND i.id = ANY (v_insts)
-        WHERE s.id = ANY (v_requeued) AND s.status IN ('retrying', 'pending') AND s.run_after IS NULL
-          AND i.status IN ('pending', 'running')
+        -- OFFSET 0: the steps by their IDs first (joined as a table, the live steps were
+        -- read through a whole index when their statistics lagged).
+        FROM (SELECT * FROM orchwf_live_steps s
+              WHERE s.id = ANY (v_requeued) AND s.status IN ('retrying', 'pending') AND s.run_after IS NULL
+              OFFSET 0) s
+        JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id AND i.id = ANY (v_insts)
+        WHERE i.status IN ('pending', 'running')
         ORDER BY 8, 1
         ON CONFLICT DO NOTHING;
         GET DIAGNOSTICS v_n = ROW_COUNT;

@@ -50,13 +50,15 @@ BEGIN
     -- then the instances in lock order; then re-check under them (a heartbeat may have
     -- renewed the lease, or a finish taken the step, meanwhile).
     -- LATERAL: the running list drives, each of its steps found by key (a join the
-    -- planner could turn around would read the step table when its statistics lag).
+    -- planner could turn around would read the step table when its statistics lag);
+    -- OFFSET 0 keeps it so: pulled up into a plain join, it became a merge join that read
+    -- the live steps' whole primary key once per round.
     SELECT array_agg(DISTINCT s.workflow_inst_id), array_agg(s.id) INTO v_insts, v_steps
     FROM (SELECT c.workflow_inst_id, c.id
           FROM orchwf_running_steps r
           CROSS JOIN LATERAL (SELECT c.workflow_inst_id, c.id, c.lease_expires_at FROM orchwf_live_steps c
                               WHERE c.id = r.step_inst_id AND c.lease_token = r.lease_token
-                                AND c.status = 'running') c
+                                AND c.status = 'running' OFFSET 0) c  -- OFFSET 0: stays a lookup
           WHERE (p_owner IS NOT NULL AND r.lease_owner = p_owner)
              OR (p_owner IS NULL AND c.lease_expires_at < now())
           LIMIT p_limit) s;
@@ -122,7 +124,8 @@ BEGIN
     SELECT array_agg(s.id), array_agg(s.lease_token) INTO v_ids, v_tokens
     FROM orchwf_running_steps r
     CROSS JOIN LATERAL (SELECT s.id, s.lease_token FROM orchwf_live_steps s
-                        WHERE s.id = r.step_inst_id AND s.lease_token = r.lease_token AND s.status = 'running') s
+                        WHERE s.id = r.step_inst_id AND s.lease_token = r.lease_token AND s.status = 'running'
+                        OFFSET 0) s  -- a lookup per running step (see orchwf_rescue_steps)
     WHERE r.lease_owner = p_worker AND s.id <> ALL (coalesce(p_keep, '{}'));
     v_n := coalesce(cardinality(v_ids), 0);
     IF v_n = 0 THEN

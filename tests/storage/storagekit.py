@@ -99,6 +99,7 @@ class Scan:
     rows: float
     query: str
     index_cond: str = ""
+    limited: bool = False  # under a Limit node: may stop after a few entries (min(), max())
 
     @property
     def history(self) -> bool:
@@ -135,13 +136,14 @@ def leading_columns(conn: psycopg.Connection[Any], tables: Iterable[str]) -> dic
     return {index: column for index, column in rows}
 
 
-def _walk(node: dict[str, Any], query: str, found: list[Scan]) -> None:
+def _walk(node: dict[str, Any], query: str, found: list[Scan], limited: bool = False) -> None:
+    limited = limited or node["Node Type"] == "Limit"
     if "Scan" in node["Node Type"]:
         found.append(Scan(node["Node Type"], node.get("Relation Name", ""), node.get("Index Name", ""),
                           int(node.get("Actual Loops", 1)), float(node.get("Actual Rows", 0)), query,
-                          node.get("Index Cond", "")))
+                          node.get("Index Cond", ""), limited))
     for child in node.get("Plans", ()):
-        _walk(child, query, found)
+        _walk(child, query, found, limited)
 
 
 @contextmanager
