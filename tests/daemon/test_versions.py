@@ -36,6 +36,13 @@ def _stats(dsn: str) -> dict:
     return json.loads(result.stdout)
 
 
+def _waiting_versions(dsn: str) -> list[dict]:
+    """`orchwf stats`' instances waiting for a version, of the workflow under test: the
+    client fixture also registers daemonapp's "scheduled", whose every-minute schedule
+    these daemons' supervisors start at a minute boundary and none of their workers runs."""
+    return [w for w in _stats(dsn)["waiting_for_a_version"] if w["workflow_id"] == "versioned"]
+
+
 def test_each_instance_runs_only_its_own_version_through_a_rolling_deploy(client: Client, app_db: str,
                                                                           start_daemon) -> None:
     v1 = start_daemon("--workers", "1", "--concurrency", "4", app="versionapp_v1")
@@ -57,7 +64,7 @@ def test_each_instance_runs_only_its_own_version_through_a_rolling_deploy(client
         steps.setdefault(instance, []).append(step)
     assert all(ran[i] == {"v1"} and sorted(steps[i]) == ["a", "b"] for i in first), "a v1 instance ran v2 code"
     assert all(ran[i] == {"v2"} and sorted(steps[i]) == ["a", "b", "c"] for i in second), "a v2 instance ran v1 code"
-    assert _stats(app_db)["waiting_for_a_version"] == []
+    assert _waiting_versions(app_db) == []
 
     # Version 1's daemon leaves (the deploy ends); an instance of version 1 enqueued now waits.
     v1.stop()
@@ -68,7 +75,7 @@ def test_each_instance_runs_only_its_own_version_through_a_rolling_deploy(client
     late = client.enqueue("versioned", {})
     time.sleep(2.0)
     assert _statuses(app_db, [late]) == {late: "pending"}  # neither failed nor run with version 2's code
-    [waiting] = _stats(app_db)["waiting_for_a_version"]
+    [waiting] = _waiting_versions(app_db)
     assert (waiting["workflow_id"], waiting["version_hash"], waiting["instances"]) == ("versioned", v1_hash, 1)
     workflows = CliRunner(env={"ORCHWF_DSN": app_db}).invoke(cli, ["workflows"], catch_exceptions=False).stdout
     assert v1_hash in workflows and v2_hash in workflows
