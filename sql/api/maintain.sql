@@ -68,8 +68,10 @@ BEGIN
         SELECT count(*) INTO rescued FROM orchwf_rescue_steps();
     END IF;
     promoted := orchwf_promote_scheduled();
-    SELECT extract(epoch FROM min(s.run_after) - now()) INTO next_due
-    FROM orchwf_live_steps s WHERE s.run_after IS NOT NULL;
+    -- The first entry of the index, as an ordered LIMIT 1: a min() may be planned as an
+    -- aggregate over the whole index when the statistics saw the table empty.
+    next_due := extract(epoch FROM (SELECT s.run_after FROM orchwf_live_steps s WHERE s.run_after IS NOT NULL
+                                    ORDER BY s.run_after LIMIT 1) - now());
     suspects := EXISTS (SELECT 1 FROM orchwf_ready_steps r
                         WHERE r.suspect AND r.queue = ANY (p_queues) AND r.workflow_id = ANY (p_workflows)
                           AND NOT EXISTS (SELECT 1 FROM orchwf_queues c WHERE c.name = r.queue AND c.paused));

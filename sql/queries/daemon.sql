@@ -129,8 +129,9 @@ SELECT {schema}.orchwf_promote_scheduled() AS promoted
 -- name: next_due
 -- When the next scheduled step is due (seconds from now, NULL: none). A statement of its
 -- own: it must see what promote_scheduled just changed.
-SELECT extract(epoch FROM min(s.run_after) - now())::float8 AS next_due
-FROM {schema}.orchwf_live_steps s WHERE s.run_after IS NOT NULL
+-- The index's first entry (ORDER BY ... LIMIT 1, not min(): see orchwf_maintain).
+SELECT extract(epoch FROM (SELECT s.run_after FROM {schema}.orchwf_live_steps s WHERE s.run_after IS NOT NULL
+                           ORDER BY s.run_after LIMIT 1) - now())::float8 AS next_due
 
 -- name: suspects_waiting
 -- Suspects (steps a dead process was running) wait in these queues for these workflows
