@@ -277,13 +277,12 @@ BEGIN
                                         definition_hash, concurrency_key)
         SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority, s.crashes > 0, i.definition_hash,
                orchwf_ready_key(s.concurrency_key, s.dependencies, i.concurrency_key)
-        -- OFFSET 0: the steps by their IDs first (joined as a table, the live steps were
-        -- read through a whole index when their statistics lagged).
-        FROM (SELECT * FROM orchwf_live_steps s
-              WHERE s.id = ANY (v_requeued) AND s.status IN ('retrying', 'pending') AND s.run_after IS NULL
-              OFFSET 0) s
-        JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id AND i.id = ANY (v_insts)
-        WHERE i.status IN ('pending', 'running')
+        FROM orchwf_live_steps s JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id AND i.id = ANY (v_insts)
+        -- The batch's instances bound the steps too: under statistics that saw the table
+        -- empty, the steps were read through the whole (workflow_inst_id, step_id) index.
+        WHERE s.id = ANY (v_requeued) AND s.workflow_inst_id = ANY (v_insts)
+          AND s.status IN ('retrying', 'pending') AND s.run_after IS NULL
+          AND i.status IN ('pending', 'running')
         ORDER BY 8, 1
         ON CONFLICT DO NOTHING;
         GET DIAGNOSTICS v_n = ROW_COUNT;
