@@ -76,10 +76,11 @@ DAG_DELAYS_SQL = """
 """
 
 # The daemon's hot path, called directly by ``python -m bench sqlcost`` (bench/sqlcost.py
-# builds the arguments: they follow the functions' signatures in sql/004_lean_hot_path.sql).
-CLAIM_SQL = "SELECT * FROM orchwf_claim_steps(%b, %b, %b, %b, %b, false)"
+# builds the arguments): the signatures today's workers call (sql/queries/daemon.sql), not
+# release 3's overloads, whose SQL-language wrappers are planned again on every call.
+CLAIM_SQL = "SELECT * FROM orchwf_claim_steps(%b, %b, %b, %b, %b, false, NULL::text[])"
 FINISH_AND_CLAIM_SQL = ("SELECT * FROM orchwf_finish_and_claim(%b, %b, %b, %b::jsonb[], %b, %b, %b, %b::jsonb[],"
-                        " %b, %b, %b, %b, %b, false)")
+                        " %b, %b, %b, %b, %b, false, NULL::text[])")
 
 # -- history ----------------------------------------------------------------------------------
 

@@ -56,6 +56,7 @@ SET search_path FROM CURRENT
 SET enable_seqscan = off     -- key lookups only (claim.sql)
 SET enable_bitmapscan = off
 SET jit = off
+SET plan_cache_mode = force_generic_plan  -- planned once a session (orchwf_finish_steps)
 AS $$
 DECLARE
     v_holder uuid;
@@ -113,14 +114,18 @@ CREATE OR REPLACE TRIGGER orchwf_ready_steps_admit BEFORE INSERT ON orchwf_ready
 
 -- Lock key rows in key order, before any admission or release of a transaction that
 -- may touch several keys: two finishes releasing the same two keys never deadlock.
+-- PL/pgSQL, not SQL: a SQL function with SET clauses is planned again on every call.
 CREATE OR REPLACE FUNCTION orchwf_lock_keys(p_keys text[]) RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql
 SET search_path FROM CURRENT
 SET enable_seqscan = off
 SET enable_bitmapscan = off
 SET jit = off
+SET plan_cache_mode = force_generic_plan  -- planned once a session (orchwf_finish_steps)
 AS $$
-    SELECT 1 FROM orchwf_concurrency_keys k WHERE k.key = ANY (p_keys) ORDER BY k.key FOR NO KEY UPDATE
+BEGIN
+    PERFORM 1 FROM orchwf_concurrency_keys k WHERE k.key = ANY (p_keys) ORDER BY k.key FOR NO KEY UPDATE;
+END;
 $$;
 
 -- Release the slots of these holders (steps that ended or wait, or instances that
@@ -136,6 +141,7 @@ SET search_path FROM CURRENT
 SET enable_seqscan = off
 SET enable_bitmapscan = off
 SET jit = off
+SET plan_cache_mode = force_generic_plan  -- planned once a session (orchwf_finish_steps)
 AS $$
 DECLARE
     v_steps uuid[];
@@ -199,6 +205,7 @@ SET search_path FROM CURRENT
 SET enable_seqscan = off
 SET enable_bitmapscan = off
 SET jit = off
+SET plan_cache_mode = force_generic_plan  -- planned once a session (orchwf_finish_steps)
 AS $$
 DECLARE
     v_holders uuid[];

@@ -269,6 +269,7 @@ SET search_path FROM CURRENT
 SET enable_seqscan = off
 SET enable_bitmapscan = off
 SET jit = off
+SET plan_cache_mode = force_generic_plan  -- planned once a session (orchwf_finish_steps)
 AS $$
 DECLARE
     v_ids     uuid[];

@@ -11,6 +11,7 @@ index at least once fails the test.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -539,4 +540,48 @@ def test_admission_and_release_of_concurrency_keys_read_by_key(conn: psycopg.Con
         assert_reads_no_history(plans, "keyed enqueue / claim / finish", "orchwf_ready_steps")
     finally:
         conn.execute("SELECT orchwf_cancel_workflow(id) FROM orchwf_live_instances WHERE queue = 'keyed'")
+        conn.execute("DELETE FROM orchwf_concurrency_keys")
+
+
+UUID_VALUE = re.compile(r"'\{?[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+DOCUMENTS_BODY = "jsonb_object_agg(o.k, o.v"  # orchwf_instance_documents's own statement
+
+
+def test_the_hot_path_is_planned_once_per_session(conn: psycopg.Connection[Any]) -> None:
+    """A worker's claim, finish and the release of a key slot run on plans made once for
+    the session, not planned again for each call's values: PL/pgSQL's choice, left alone,
+    re-plans a statement on every call when the plan for the values at hand looks cheaper,
+    which a small batch's always does, and a SQL function it cannot inline is planned on
+    every call (40% of a one-result finish's instructions; docs/benchmarks.md). A plan made
+    for the values shows them (a UUID in a condition); a generic plan shows ``$n``."""
+    definition = {"steps": [{"id": "a", "dependencies": [], "dependents": [],
+                             "concurrency": {"key": "k:{k}", "limit": 1}}]}
+    conn.execute("INSERT INTO orchwf_workflow_definitions (workflow_id, name, version_hash, definition)"
+                 " VALUES (%s, %s, 'hk', %s) ON CONFLICT DO NOTHING", (KEYED, KEYED, psycopg.types.json.Jsonb(definition)))
+    enqueue(conn, 8, queue="once")
+    keyed = ClaimRequest("w-once", ["once-keyed"], [KEYED], 1, 60)
+    plain = ClaimRequest("w-once", ["once"], [WORKFLOW], 1, 60)
+    try:
+        conn.execute("SELECT orchwf_enqueue_many(%s, %s::jsonb[], p_queue => 'once-keyed')",
+                     (KEYED, [psycopg.types.json.Jsonb({"k": "solo"}) for _ in range(8)]))
+        plain_steps, keyed_steps = Q.claim_steps(conn, plain), Q.claim_steps(conn, keyed)
+        for _ in range(6):  # past PL/pgSQL's first five plans, made for the values in any case
+            _, plain_steps = Q.finish_and_claim(conn, _done(plain_steps), plain)
+            _, keyed_steps = Q.finish_and_claim(conn, _done(keyed_steps), keyed)
+        with captured_plans(conn) as plans:
+            conn.execute("SELECT orchwf_enqueue_many(%s, %s::jsonb[], p_queue => 'once-keyed')",
+                         (KEYED, [psycopg.types.json.Jsonb({"k": "solo"})]))
+            _, plain_steps = Q.finish_and_claim(conn, _done(plain_steps), plain)
+            _, keyed_steps = Q.finish_and_claim(conn, _done(keyed_steps), keyed)
+        assert len(plain_steps) == len(keyed_steps) == 1  # the work went on
+        assert any("orchwf_key_waits" in q for q in plans.queries()), "no waiter was admitted"
+        assert any("orchwf_archive" in q for q in plans.queries()), "no instance completed"
+        per_call = [(p.get("Query Text", ""), UUID_VALUE.search(json.dumps(p["Plan"])).group(0))  # type: ignore[union-attr]
+                    for p in plans.plans if UUID_VALUE.search(json.dumps(p["Plan"]))]
+        assert not per_call, "planned for the call's values:\n" + "\n".join(
+            f"  {value} in: {query[:200]!r}" for query, value in per_call)
+        separate = [q for q in plans.queries() if DOCUMENTS_BODY in q and "orchwf_instance_documents" not in q]
+        assert not separate, f"orchwf_instance_documents ran as a statement of its own: {separate[0][:200]!r}"
+    finally:
+        conn.execute("SELECT orchwf_cancel_workflow(id) FROM orchwf_live_instances WHERE queue LIKE 'once%%'")
         conn.execute("DELETE FROM orchwf_concurrency_keys")
