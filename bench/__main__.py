@@ -18,6 +18,8 @@
   tracing the drain with OpenTelemetry tracing on and off (bench/tracing.py)
   keys    concurrency keys: the drain with and without a key on every step, and a keyed load
           against its limits (bench/keys.py)
+  inprocess the library's Orchestrator with DBStateManager, one workflow at a time
+          (bench/inprocess.py)
   defaults orchwf alone at --concurrency 10, 25, 50 and 100, no-op steps and steps waiting
           10 ms on I/O (bench/defaults.py): the measurement behind the default
 
@@ -130,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         return _tracing(args[1:])
     if args[:1] == ["keys"]:
         return _keys(args[1:])
+    if args[:1] == ["inprocess"]:
+        return _inprocess(args[1:])
     p = parser()
     a = p.parse_args(args)
     if a.command == "check":
@@ -252,6 +256,17 @@ def _keys(argv: list[str]) -> int:
         p.add_argument("--jobs", type=int, default=keys.JOBS)
 
     return _orchwf_only(argv, "keys", keys, flags, lambda dsn, work, a: keys.run(dsn, work, rounds=a.rounds, jobs=a.jobs))
+
+
+def _inprocess(argv: list[str]) -> int:
+    from . import inprocess
+
+    def flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--rounds", type=int, default=3)
+        p.add_argument("--workflows", type=int, default=inprocess.WORKFLOWS)
+
+    return _orchwf_only(argv, "inprocess", inprocess, flags,
+                        lambda dsn, work, a: inprocess.run(dsn, work, rounds=a.rounds, workflows=a.workflows))
 
 
 if __name__ == "__main__":

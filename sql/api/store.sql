@@ -9,6 +9,7 @@
 CREATE OR REPLACE FUNCTION orchwf_store_cover(p_at timestamptz) RETURNS void
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
+SET plan_cache_mode = force_generic_plan  -- planned once a session (orchwf_finish_steps)
 AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM orchwf_partitions x WHERE x.lower <= p_at AND x.upper > p_at) THEN
@@ -26,6 +27,7 @@ CREATE OR REPLACE FUNCTION orchwf_store_save_instance(
 ) RETURNS void
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
+SET plan_cache_mode = force_generic_plan  -- planned once a session (orchwf_finish_steps)
 AS $$
 DECLARE
     v_final boolean := p_status IN ('completed', 'failed', 'cancelled');
@@ -73,9 +75,11 @@ $$;
 -- A finished instance saved again (or finished by this save): its history steps come back
 -- to the runtime table first, so orchwf_archive_instances moves all of them at once.
 CREATE OR REPLACE FUNCTION orchwf_store_gather_steps(p_id uuid) RETURNS void
-LANGUAGE sql
+LANGUAGE plpgsql  -- not SQL: a SQL function with a SET clause is planned on every call
 SET search_path FROM CURRENT
+SET plan_cache_mode = force_generic_plan  -- planned once a session (orchwf_finish_steps)
 AS $$
+BEGIN
     WITH gone AS (
         DELETE FROM orchwf_step_history s WHERE s.workflow_inst_id = p_id
         RETURNING s.*)
@@ -89,7 +93,8 @@ AS $$
            g.max_attempts, g.timeout_seconds, g.required, g.crash_counts_as_attempt, g.has_compensator,
            g.dependencies, g.dependents, g.pending_deps, g.run_after, g.created_at, g.updated_at
     FROM gone g
-    ON CONFLICT (id) DO NOTHING
+    ON CONFLICT (id) DO NOTHING;
+END;
 $$;
 
 -- Save a step where its instance lives. Returns 0 when the instance is unknown. The
@@ -102,6 +107,7 @@ CREATE OR REPLACE FUNCTION orchwf_store_save_step(
 ) RETURNS integer
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
+SET plan_cache_mode = force_generic_plan  -- planned once a session (orchwf_finish_steps)
 AS $$
 DECLARE
     v_created timestamptz;
@@ -149,6 +155,7 @@ CREATE OR REPLACE FUNCTION orchwf_store_update_instance(
 ) RETURNS integer
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
+SET plan_cache_mode = force_generic_plan  -- planned once a session (orchwf_finish_steps)
 AS $$
 DECLARE
     v_final boolean := p_status IN ('completed', 'failed', 'cancelled');
@@ -179,6 +186,7 @@ CREATE OR REPLACE FUNCTION orchwf_store_update_step(
 ) RETURNS integer
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
+SET plan_cache_mode = force_generic_plan  -- planned once a session (orchwf_finish_steps)
 AS $$
 DECLARE
     v_n integer;
@@ -212,6 +220,7 @@ CREATE OR REPLACE FUNCTION orchwf_store_save_event(
 ) RETURNS integer
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
+SET plan_cache_mode = force_generic_plan  -- planned once a session (orchwf_finish_steps)
 AS $$
 DECLARE
     v_created timestamptz := orchwf_instance_created_at(p_inst);
