@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import proctools
@@ -69,13 +69,18 @@ class Daemon:
             return f.read()
 
 
-def executions(dsn: str, instance_id: str | None = None) -> list[tuple]:
+def executions(dsn: str, instances: str | Collection[str] | None = None) -> list[tuple]:
+    """Every logged execution, or those of ``instances`` (one ID or several). Count a
+    test's own instances: daemonapp's "scheduled" workflow starts an instance of its own
+    at every minute boundary while a daemon runs."""
     with psycopg.connect(dsn) as conn:
-        if instance_id is None:
+        if instances is None:
             return conn.execute("SELECT instance_id::text, step_id, attempt, pid, note FROM orchwf_test_exec ORDER BY id").fetchall()
+        ids = [instances] if isinstance(instances, str) else list(instances)
         return conn.execute(
-            "SELECT instance_id::text, step_id, attempt, pid, note FROM orchwf_test_exec WHERE instance_id = %s ORDER BY id",
-            (instance_id,),
+            "SELECT instance_id::text, step_id, attempt, pid, note FROM orchwf_test_exec"
+            " WHERE instance_id = ANY(%s::uuid[]) ORDER BY id",
+            (ids,),
         ).fetchall()
 
 

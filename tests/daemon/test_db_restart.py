@@ -35,7 +35,7 @@ def _chains_on_a_new_database(server, name: str, n: int, sleep: float) -> tuple[
 def test_database_restart_mid_run(embedded_server) -> None:
     dsn, ids, daemon = _chains_on_a_new_database(embedded_server, "orchwf", 120, 0.01)
     try:
-        wait_for(lambda: len(executions(dsn)) > 40, timeout=30, what="progress before the restart")
+        wait_for(lambda: len(executions(dsn, ids)) > 40, timeout=30, what="progress before the restart")
         embedded_server.stop()
         time.sleep(1.0)  # workers see the database go away mid-claim and mid-commit
         embedded_server.start()
@@ -45,7 +45,7 @@ def test_database_restart_mid_run(embedded_server) -> None:
         kinds = [e.event_type for iid in ids for e in client.get_workflow_events(iid)]
         assert kinds.count("step.completed") == 360  # exactly one committed result per step
         # every step that completed was executed at least once, and at most once per attempt
-        runs = executions(dsn)
+        runs = executions(dsn, ids)
         ran, expected = {(i, s) for i, s, *_ in runs}, {(i, s) for i in ids for s in "abc"}
         assert ran == expected, (sorted(ran - expected)[:5], sorted(expected - ran)[:5],
                                  [r for r in runs if (r[0], r[1]) not in expected][:5])
@@ -68,7 +68,7 @@ def test_a_database_outage_leaves_the_daemon_idle_not_spinning(embedded_server) 
     a core busy for the whole outage.)"""
     dsn, ids, daemon = _chains_on_a_new_database(embedded_server, "orchwf_outage", 200, 0.05)
     try:
-        wait_for(lambda: len(executions(dsn)) > 20, timeout=30, what="progress before the outage")
+        wait_for(lambda: len(executions(dsn, ids)) > 20, timeout=30, what="progress before the outage")
         embedded_server.stop()
         time.sleep(1.0)  # every process has met the outage
         pids = [daemon.proc.pid, *daemon.worker_pids()]

@@ -53,7 +53,7 @@ def test_a_nap_holds_nothing_and_lasts_its_delay(client: Client, app_db: str, st
         a_done, nap_start = steps[(i, "a")][2], steps[(i, "nap")][1]
         assert nap_start - a_done >= timedelta(seconds=NAP), (a_done, nap_start)
         assert steps[(i, "b")][1] >= steps[(i, "nap")][2]
-    assert len(executions(app_db)) == 40  # a and b once each; the nap runs no code of the app
+    assert len(executions(app_db, ids)) == 40  # a and b once each; the nap runs no code of the app
     assert daemon.proc.poll() is None
 
 
@@ -80,7 +80,7 @@ def test_naps_survive_kill_9_of_the_daemon(client: Client, app_db: str, start_da
     first.proc.wait(10)
     start_daemon("--workers", "2", "--concurrency", "8")
     wait_for(lambda: _done(app_db, ids), 90, "every instance after the restart")
-    runs = executions(app_db)
+    runs = executions(app_db, ids)
     per_step: dict[tuple[str, str], int] = {}
     for inst, step, *_ in runs:
         per_step[(inst, step)] = per_step.get((inst, step), 0) + 1
