@@ -15,6 +15,8 @@ from __future__ import annotations
 import functools
 import re
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Final, TypeVar
@@ -246,6 +248,21 @@ class Queries:
     def partition_rows(self, conn: Conn, lower: datetime) -> int:
         """A range's instances (an estimate for a large one)."""
         return int(self._value(conn, "partition_rows", {"lower": lower}) or 0)
+
+    @contextmanager
+    def history_range_locked(self, conn: Conn, lower: datetime) -> Iterator[None]:
+        """Hold the range's advisory lock (orchwf_history_range_key): no instance of it
+        moves back from history meanwhile. ``conn`` in autocommit (a session lock)."""
+        key = self._value(conn, "lock_history_range", {"lower": lower})
+        try:
+            yield
+        finally:
+            if not (conn.closed or conn.broken):
+                self._run(conn, "unlock_history_range", {"key": key})
+
+    def partition_expired(self, conn: Conn, lower: datetime, older_than_seconds: float) -> bool:
+        """Whether the range may still be dropped (asked again under its lock)."""
+        return bool(self._value(conn, "partition_expired", {"lower": lower, "older_than": older_than_seconds}))
 
     def detach_partition(self, conn: Conn, parent: str, child: str, *, finalize: bool = False) -> None:
         """DETACH ... CONCURRENTLY (outside a transaction: ``conn`` in autocommit), or

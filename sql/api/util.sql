@@ -180,6 +180,33 @@ AS $$
     LEFT JOIN pg_inherits i ON i.inhrelid = c.oid
 $$;
 
+-- The advisory-lock key of the range of history that holds p_at. Retention takes it
+-- exclusively from before its last check of a range until the range is dropped; a move
+-- of an instance back from history (orchwf_unarchive_instance: a resume, a retried step)
+-- takes it shared first. So a resume lands before retention's last check (which then
+-- keeps the range: it has a live instance) or after the drop (the instance is gone, and
+-- says so), never in between. PL/pgSQL, for a plan cached for the session.
+CREATE OR REPLACE FUNCTION orchwf_history_range_key(p_at timestamptz) RETURNS bigint
+LANGUAGE plpgsql
+STABLE
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    RETURN hashtextextended('orchwf_history_range:' || current_schema() || ':'
+                            || coalesce((SELECT extract(epoch FROM x.lower)::bigint::text FROM orchwf_partitions x
+                                         WHERE x.lower <= p_at AND x.upper > p_at), 'none'), 0);
+END;
+$$;
+
+-- Whether a range may still be dropped: retention's last check, under the range's lock.
+CREATE OR REPLACE FUNCTION orchwf_partition_expired(p_lower timestamptz, p_retention interval) RETURNS boolean
+LANGUAGE sql
+STABLE
+SET search_path FROM CURRENT
+AS $$
+    SELECT EXISTS (SELECT 1 FROM orchwf_expired_partitions(p_retention) x WHERE x.lower = p_lower)
+$$;
+
 -- Retention in one transaction (for SQL callers and the supervisors of release 2): detach
 -- (not concurrently: that cannot run in a transaction) and drop the expired partitions.
 -- The lock wait is bounded, so a long query on history delays retention, never the
@@ -225,6 +252,9 @@ DECLARE
     v_rows   bigint := 0;
 BEGIN
     FOR v_range IN SELECT * FROM orchwf_expired_partitions(p_retention) LIMIT p_limit LOOP
+        -- Checked again under the range's lock: a resume since the loop's query keeps it.
+        PERFORM pg_advisory_xact_lock(orchwf_history_range_key(v_range.lower));
+        CONTINUE WHEN NOT orchwf_partition_expired(v_range.lower, p_retention);
         v_rows := v_rows + orchwf_partition_rows(v_range.lower);
         FOR v_child IN SELECT * FROM orchwf_partition_children(v_range.suffix) LOOP
             IF v_child.state = 'attached' THEN
@@ -344,7 +374,22 @@ SET plan_cache_mode = force_generic_plan  -- planned once a session (orchwf_fini
 AS $$
 DECLARE
     v_created timestamptz;
+    v_locked  timestamptz;
 BEGIN
+    -- Its range's lock first, before history is read (orchwf_history_range_key): retention
+    -- does not drop the range under this move. The ID's clock names the range without a
+    -- read; for an ID of another kind, a read finds it (a detach of that very range may
+    -- then wait for this transaction while it waits for the lock: the deadlock detector
+    -- ends one, and retention retries on its next run).
+    -- (Two statements: planning a statement that names history locks it, read or not.)
+    v_locked := orchwf_uuid7_time(p_id);
+    IF v_locked IS NULL THEN
+        SELECT h.created_at INTO v_locked FROM orchwf_instance_history h WHERE h.id = p_id LIMIT 1;
+        IF NOT FOUND THEN
+            RETURN false;
+        END IF;
+    END IF;
+    PERFORM pg_advisory_xact_lock_shared(orchwf_history_range_key(v_locked));
     SELECT h.created_at INTO v_created FROM orchwf_instance_history h
     WHERE h.id = p_id AND h.created_at = coalesce(orchwf_uuid7_time(p_id), h.created_at)
     FOR UPDATE;
@@ -353,6 +398,9 @@ BEGIN
         IF NOT FOUND THEN
             RETURN false;
         END IF;
+    END IF;
+    IF orchwf_history_range_key(v_created) <> orchwf_history_range_key(v_locked) THEN
+        PERFORM pg_advisory_xact_lock_shared(orchwf_history_range_key(v_created));  -- created apart from its ID
     END IF;
     WITH gone AS (
         DELETE FROM orchwf_instance_history h WHERE h.created_at = v_created AND h.id = p_id

@@ -98,6 +98,19 @@ SELECT parent, child, state FROM {schema}.orchwf_partition_children(%(suffix)s)
 -- name: partition_rows
 SELECT {schema}.orchwf_partition_rows(%(lower)s) AS n
 
+-- name: lock_history_range
+-- Session-level (the detach runs outside a transaction); released by unlock_history_range,
+-- or by the session's end if the process dies.
+-- Returns the key, to unlock with: the range leaves orchwf_partitions, which the key is
+-- computed from, before the unlock.
+SELECT x.key, pg_advisory_lock(x.key) FROM (SELECT {schema}.orchwf_history_range_key(%(lower)s) AS key) x
+
+-- name: unlock_history_range
+SELECT pg_advisory_unlock(%(key)s)
+
+-- name: partition_expired
+SELECT {schema}.orchwf_partition_expired(%(lower)s, %(older_than)s * interval '1 second') AS expired
+
 -- name: drop_expired_partitions
 -- Retention without CONCURRENTLY (a role that does not own the tables; sql/api/util.sql).
 SELECT {schema}.orchwf_drop_expired_partitions(%(older_than)s * interval '1 second') AS n

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -44,6 +45,7 @@ from orchwf import (
     WorkflowStatus,
 )
 from orchwf.cli.main import cli
+from orchwf.errors import WorkflowNotFoundError
 from orchwf.daemon.maintenance.pruner import Pruner
 from orchwf.db.queries import Queries
 from orchwf.ids import new_id
@@ -368,18 +370,10 @@ def test_retention_drops_whole_partitions_and_never_deletes(db_dsn: str, monkeyp
     assert json.loads(result.stdout) == {"pruned": 0, "partitions": 0, "older_than_seconds": 86400}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Retention decides and drops apart: Pruner.drop_expired asks orchwf_expired_partitions, then detaches "
-    "each partition in later statements (CONCURRENTLY cannot run in a transaction), and nothing re-checks "
-    "the range. An operator's resume of an instance of that range in between (orchwf_resume_workflow moves "
-    "it back to the runtime tables) leaves a live instance whose events' partition is dropped: its events "
-    "are gone and every later event of it (a claim of its steps) fails with 'no partition of relation "
-    "orchwf_event_history found for row'. orchwf_drop_expired_partitions has the same window between its "
-    "check and its DETACH (which waits for the resume's commit). A fix needs the resume and retention to "
-    "exclude each other (e.g. a lock on the range, taken by both, and a re-check after the detach)."))
 def test_a_resume_racing_retention_keeps_the_instance_whole(db_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The resume lands between retention's question and its detach (injected in the
-    pruner's per-range count, which runs between the two)."""
+    pruner's per-range count, which runs between the two): retention's last check, under
+    the range's lock, finds the resumed instance and keeps the range."""
     with DBStateManager(db_dsn) as store, connect(db_dsn) as conn:
         created = days_ago(3)
         inst = WorkflowInstance(id=new_id(created), workflow_id=WORKFLOW, status=WorkflowStatus.FAILED,
@@ -405,3 +399,63 @@ def test_a_resume_racing_retention_keeps_the_instance_whole(db_dsn: str, monkeyp
         assert store.get_workflow(inst.id).status == WorkflowStatus.RUNNING
         assert [e.event_type for e in store.get_workflow_events(inst.id)] == ["workflow.started", "workflow.resumed"]
         conn.execute("SELECT orchwf_record_event(%s, NULL, 'step.started', '{}')", (inst.id,))
+
+
+def _failed_instance_days_ago(store: DBStateManager, days: float) -> WorkflowInstance:
+    created = days_ago(days)
+    inst = WorkflowInstance(id=new_id(created), workflow_id=WORKFLOW, status=WorkflowStatus.FAILED,
+                            created_at=created, started_at=created, completed_at=days_ago(days - 0.1),
+                            run_mode="daemon", error="boom")
+    store.save_workflow(inst)
+    store.save_step(StepInstance(id=new_id(created), step_id="a", workflow_inst_id=inst.id,
+                                 status=StepStatus.FAILED, error="boom"))
+    return inst
+
+
+def _advisory_waiters(conn: psycopg.Connection[Any]) -> int:
+    return conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").fetchone()[0]
+
+
+def test_a_resume_during_retentions_drop_waits_and_finds_the_instance_gone(db_dsn: str,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resume arrives while retention detaches the range: it waits for the range's
+    lock (it has read nothing of history yet, so the detach does not wait for it), then
+    finds the instance gone and says so. Nothing is left half-moved: no live instance
+    whose history partitions were dropped. Fails without the lock: the resume moves the
+    instance back while the detach waits for it, and the range is dropped under it."""
+    with DBStateManager(db_dsn) as store, connect(db_dsn) as conn, connect(db_dsn) as watcher:
+        inst = _failed_instance_days_ago(store, 3)
+        p = Pruner("public", 86400)
+        detach = p.q.detach_partition
+        outcome: dict[str, Any] = {}
+
+        def resume() -> None:
+            try:
+                with connect(db_dsn) as operator:
+                    outcome["status"] = operator.execute("SELECT orchwf_resume_workflow(%s)", (inst.id,)).fetchone()[0]
+            except psycopg.Error as exc:
+                outcome["error"] = exc
+
+        def detach_with_a_resume_under_way(c: psycopg.Connection[Any], parent: str, child: str, **kw: Any) -> None:
+            if "thread" not in outcome:
+                outcome["thread"] = threading.Thread(target=resume)
+                outcome["thread"].start()
+                deadline = time.monotonic() + 10
+                while not (_advisory_waiters(watcher) or "status" in outcome or "error" in outcome):
+                    assert time.monotonic() < deadline, "the resume neither waited nor ended"
+                    time.sleep(0.02)
+            detach(c, parent, child, **kw)
+
+        monkeypatch.setattr(p.q, "detach_partition", detach_with_a_resume_under_way)
+        result = p.drop_expired(conn, 86400)
+        monkeypatch.undo()
+        outcome["thread"].join(30)
+
+        assert result.partitions >= 1
+        assert "status" not in outcome, outcome
+        assert isinstance(outcome.get("error"), psycopg.Error) and "workflow not found" in str(outcome["error"])
+        live = conn.execute("SELECT count(*) FROM orchwf_live_instances WHERE id = %s", (inst.id,)).fetchone()[0]
+        assert live == 0
+        with pytest.raises(WorkflowNotFoundError):
+            store.get_workflow(inst.id)
+

@@ -5,7 +5,9 @@ drops whole partitions, never a DELETE: a range goes once every instance created
 finished more than --retention ago. Each of its three partitions is detached with
 ``DETACH PARTITION ... CONCURRENTLY`` (reads and writes of history go on meanwhile),
 then dropped. A detach interrupted halfway (the process died) is finished on the next
-run. A role that does not own the tables cannot detach: then the SQL API's
+run. Each range is checked once more under its advisory lock, which a resume of one of
+its instances takes too (orchwf_history_range_key): a resume lands before that check
+(the range is kept) or after the drop (the instance is gone), never in between. A role that does not own the tables cannot detach: then the SQL API's
 orchwf_drop_expired_partitions does it as the owner, without CONCURRENTLY and with a
 bounded lock wait.
 """
@@ -56,20 +58,30 @@ class Pruner:
         for part in self.q.expired_partitions(conn, older_than_seconds):
             rows = self.q.partition_rows(conn, part["lower"])
             try:
-                for child in self.q.partition_children(conn, part["suffix"]):
-                    if child["state"] in ("attached", "detaching"):
-                        self.q.detach_partition(conn, child["parent"], child["child"],
-                                                finalize=child["state"] == "detaching")
-                    if child["state"] != "gone":
-                        self.q.drop_partition(conn, child["child"])
+                with self.q.history_range_locked(conn, part["lower"]):
+                    if not self.q.partition_expired(conn, part["lower"], older_than_seconds):
+                        log.info("retention: kept history created %s to %s: an instance of it was resumed",
+                                 part["lower"].isoformat(), part["upper"].isoformat())
+                        continue
+                    self._drop_range(conn, part)
             except pg_errors.InsufficientPrivilege:
                 log.info("retention: this role does not own history's tables; dropping as their owner "
                          "(without CONCURRENTLY)")
                 return PruneResult(pruned + self.q.drop_expired_partitions(conn, older_than_seconds),
                                    partitions + 1)
-            self.q.forget_partition(conn, part["lower"])
             pruned += rows
             partitions += 1
             log.info("retention: dropped history created %s to %s (about %d instances)",
                      part["lower"].isoformat(), part["upper"].isoformat(), rows)
         return PruneResult(pruned, partitions)
+
+    def _drop_range(self, conn: psycopg.Connection[Any], part: dict[str, Any]) -> None:
+        """Detach and drop a range's three partitions (finishing an interrupted detach),
+        then forget the range. The caller holds the range's lock."""
+        for child in self.q.partition_children(conn, part["suffix"]):
+            if child["state"] in ("attached", "detaching"):
+                self.q.detach_partition(conn, child["parent"], child["child"],
+                                        finalize=child["state"] == "detaching")
+            if child["state"] != "gone":
+                self.q.drop_partition(conn, child["child"])
+        self.q.forget_partition(conn, part["lower"])
