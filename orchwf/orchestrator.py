@@ -457,7 +457,6 @@ class Orchestrator:
         with run.lock:
             deps = [(d, run.steps[d].output) for d in sdef.dependencies]
             data = prepare_step_input(inst.input, deps, inst.context)
-        step.input = data
         attempt = 0
         delay = sdef.delay  # with_delay: in memory here (the daemon's wait is durable)
         while True:
@@ -502,6 +501,7 @@ class Orchestrator:
             except WorkflowCancelledError:
                 return self._step_cancelled(run, step)
             except Exception as exc:  # noqa: BLE001 - any executor error fails the attempt
+                step.input = data  # stored with the attempt's result, as the daemon stores it
                 step.duration_ms = int((time.monotonic() - t0) * 1000)
                 step.error = str(exc) or type(exc).__name__
                 decision = decide_failure(policy, sdef.required, exc, step.retry_count)
@@ -517,6 +517,7 @@ class Orchestrator:
             finally:
                 with run.lock:
                     run.running_contexts.pop(step.id, None)
+            step.input = data
             step.duration_ms = int((time.monotonic() - t0) * 1000)
             return self._step_completed(run, step, output)
 

@@ -20,12 +20,6 @@ ENGINES = ("inproc", "daemon")
 #: (scenario, aspect) -> the precise difference (strict xfail: fixing one must update this).
 #: Each is documented in README.md, "The daemon" ("Where the engines differ").
 KNOWN_DIFFERENCES: dict[tuple[str, str], str] = {
-    ("cancel", "inputs"): (
-        "a step running when its instance is cancelled: the Orchestrator stored the input it prepared "
-        "(saved with step.started, orchestrator.py _execute_step); the daemon stores a step's input only "
-        "with its committed result (orchwf_finish_steps p_inputs from runner.py Claim.input), and the "
-        "cancelled step's result is discarded by the lease fence, so its input stays {}"
-    ),
 }
 
 
