@@ -11,6 +11,7 @@ import pytest
 from opskit import Daemon, parse, promtool, query, total, wait_for
 
 from orchwf import Client
+from orchwf.daemon.worker import QUARANTINE_IDLE
 
 pytestmark = pytest.mark.slow
 
@@ -127,8 +128,16 @@ def test_kill_9_of_a_worker_leaves_no_double_counting(daemon, ops_db: str) -> No
     rescued = query(ops_db, "SELECT count(*) FROM orchwf_workflow_events WHERE event_type = 'step.rescued'")[0][0]
     assert total(samples, "orchwf_steps_rescued_total", cause="worker_death") == rescued
     assert total(samples, "orchwf_worker_restarts_total") == 1
-    # its live gauges went with it (mark_process_dead): two workers' slots, not three
-    assert total(samples, "orchwf_worker_slots_idle") + total(samples, "orchwf_worker_slots_busy") == 2 * CONCURRENCY
+    # its live gauges went with it (mark_process_dead): two workers' slots, not three.
+    # The rescued steps are suspects, run by a quarantine worker (one slot) that exits once
+    # idle for QUARANTINE_IDLE seconds: its gauges go with it too, so wait for that.
+    def slots(s: dict) -> float:
+        return total(s, "orchwf_worker_slots_idle") + total(s, "orchwf_worker_slots_busy")
+
+    wait_for(lambda: slots(d.scrape()) == 2 * CONCURRENCY, timeout=QUARANTINE_IDLE + 15,
+             what="the quarantine worker's slots to go with it")
+    samples = d.scrape()
+    assert slots(samples) == 2 * CONCURRENCY
     assert total(samples, "orchwf_worker_processes") == 2
     assert total(samples, "orchwf_worker_db_connected") == 2
 
