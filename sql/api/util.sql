@@ -399,7 +399,7 @@ BEGIN
             RETURN false;
         END IF;
     END IF;
-    IF orchwf_history_range_key(v_created) <> orchwf_history_range_key(v_locked) THEN
+    IF v_created <> v_locked AND orchwf_history_range_key(v_created) <> orchwf_history_range_key(v_locked) THEN
         PERFORM pg_advisory_xact_lock_shared(orchwf_history_range_key(v_created));  -- created apart from its ID
     END IF;
     WITH gone AS (

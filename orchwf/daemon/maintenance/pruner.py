@@ -7,7 +7,8 @@ finished more than --retention ago. Each of its three partitions is detached wit
 then dropped. A detach interrupted halfway (the process died) is finished on the next
 run. Each range is checked once more under its advisory lock, which a resume of one of
 its instances takes too (orchwf_history_range_key): a resume lands before that check
-(the range is kept) or after the drop (the instance is gone), never in between. A role that does not own the tables cannot detach: then the SQL API's
+(the range is kept) or after the drop (the instance is gone), never in between. A role
+that does not own the tables cannot detach: then the SQL API's
 orchwf_drop_expired_partitions does it as the owner, without CONCURRENTLY and with a
 bounded lock wait.
 """
@@ -60,7 +61,7 @@ class Pruner:
             try:
                 with self.q.history_range_locked(conn, part["lower"]):
                     if not self.q.partition_expired(conn, part["lower"], older_than_seconds):
-                        log.info("retention: kept history created %s to %s: an instance of it was resumed",
+                        log.info("retention: kept history created %s to %s: an instance of it is live again (resumed)",
                                  part["lower"].isoformat(), part["upper"].isoformat())
                         continue
                     self._drop_range(conn, part)
