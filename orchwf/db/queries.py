@@ -250,15 +250,17 @@ class Queries:
         return int(self._value(conn, "partition_rows", {"lower": lower}) or 0)
 
     @contextmanager
-    def history_range_locked(self, conn: Conn, lower: datetime) -> Iterator[None]:
-        """Hold the range's advisory lock (orchwf_history_range_key): no instance of it
-        moves back from history meanwhile. ``conn`` in autocommit (a session lock)."""
-        key = self._value(conn, "lock_history_range", {"lower": lower})
+    def history_range_locked(self, conn: Conn, lower: datetime) -> Iterator[bool]:
+        """Hold the range's advisory lock (orchwf_history_range_key), if no one else
+        does: no instance of it moves back from history meanwhile. Yields whether it was
+        taken. ``conn`` in autocommit (a session lock)."""
+        row = self._one(conn, "lock_history_range", {"lower": lower})
+        assert row is not None  # one row, always
         try:
-            yield
+            yield bool(row["locked"])
         finally:
-            if not (conn.closed or conn.broken):
-                self._run(conn, "unlock_history_range", {"key": key})
+            if row["locked"] and not (conn.closed or conn.broken):
+                self._run(conn, "unlock_history_range", {"key": row["key"]})
 
     def partition_expired(self, conn: Conn, lower: datetime, older_than_seconds: float) -> bool:
         """Whether the range may still be dropped (asked again under its lock)."""

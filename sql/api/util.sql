@@ -253,7 +253,8 @@ DECLARE
 BEGIN
     FOR v_range IN SELECT * FROM orchwf_expired_partitions(p_retention) LIMIT p_limit LOOP
         -- Checked again under the range's lock: a resume since the loop's query keeps it.
-        PERFORM pg_advisory_xact_lock(orchwf_history_range_key(v_range.lower));
+        -- A try: a resume under way keeps the range until the next call.
+        CONTINUE WHEN NOT pg_try_advisory_xact_lock(orchwf_history_range_key(v_range.lower));
         CONTINUE WHEN NOT orchwf_partition_expired(v_range.lower, p_retention);
         v_rows := v_rows + orchwf_partition_rows(v_range.lower);
         FOR v_child IN SELECT * FROM orchwf_partition_children(v_range.suffix) LOOP

@@ -100,10 +100,12 @@ SELECT {schema}.orchwf_partition_rows(%(lower)s) AS n
 
 -- name: lock_history_range
 -- Session-level (the detach runs outside a transaction); released by unlock_history_range,
--- or by the session's end if the process dies.
--- Returns the key, to unlock with: the range leaves orchwf_partitions, which the key is
--- computed from, before the unlock.
-SELECT x.key, pg_advisory_lock(x.key) FROM (SELECT {schema}.orchwf_history_range_key(%(lower)s) AS key) x
+-- or by the session's end if the process dies. A try: a resume of the range in a long
+-- transaction must not stall the supervisor's loop (the range waits for the next run).
+-- Returns the key, to unlock with (the range leaves orchwf_partitions, which the key is
+-- computed from, before the unlock), and whether the lock was taken.
+SELECT x.key, pg_try_advisory_lock(x.key) AS locked
+FROM (SELECT {schema}.orchwf_history_range_key(%(lower)s) AS key OFFSET 0) x
 
 -- name: unlock_history_range
 SELECT pg_advisory_unlock(%(key)s)

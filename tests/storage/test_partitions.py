@@ -459,3 +459,25 @@ def test_a_resume_during_retentions_drop_waits_and_finds_the_instance_gone(db_ds
         with pytest.raises(WorkflowNotFoundError):
             store.get_workflow(inst.id)
 
+
+
+def test_retention_skips_a_range_a_resume_holds_and_drops_it_on_the_next_run(db_dsn: str) -> None:
+    """A resume of the range still in its transaction (it holds the range's lock shared):
+    retention neither waits for it (it would stall the supervisor's loop) nor drops the
+    range under it; the range goes on a later run, once the lock is free. The same for
+    retention in one SQL call."""
+    with DBStateManager(db_dsn) as store, connect(db_dsn) as conn, connect(db_dsn) as resumer:
+        inst = _failed_instance_days_ago(store, 3)
+        resumer.execute("BEGIN")
+        resumer.execute("SELECT pg_advisory_xact_lock_shared(orchwf_history_range_key(%s))", (days_ago(3),))
+        before = {s for _, _, s in ranges(conn)}
+        p = Pruner("public", 86400)
+        p.drop_expired(conn, 86400)
+        assert conn.execute("SELECT orchwf_drop_expired_partitions(interval '1 day')").fetchone()[0] == 0
+        assert store.get_workflow(inst.id).status == WorkflowStatus.FAILED  # its range is still there
+        resumer.execute("ROLLBACK")
+        dropped = p.drop_expired(conn, 86400)
+        assert dropped.partitions >= 1
+        assert before - {s for _, _, s in ranges(conn)}
+        with pytest.raises(WorkflowNotFoundError):
+            store.get_workflow(inst.id)

@@ -59,7 +59,11 @@ class Pruner:
         for part in self.q.expired_partitions(conn, older_than_seconds):
             rows = self.q.partition_rows(conn, part["lower"])
             try:
-                with self.q.history_range_locked(conn, part["lower"]):
+                with self.q.history_range_locked(conn, part["lower"]) as locked:
+                    if not locked:
+                        log.info("retention: history created %s to %s is being resumed from; next run",
+                                 part["lower"].isoformat(), part["upper"].isoformat())
+                        continue
                     if not self.q.partition_expired(conn, part["lower"], older_than_seconds):
                         log.info("retention: kept history created %s to %s: an instance of it is live again (resumed)",
                                  part["lower"].isoformat(), part["upper"].isoformat())
