@@ -510,13 +510,22 @@ class Client:
             return self.q.concurrency_keys(conn, limit)
 
     def wait(self, instance_id: str, timeout: float | None = None) -> WorkflowInstance:
-        """Block until the instance is terminal (LISTEN orchwf_done, polling as fallback)."""
+        """Block until the instance is terminal (LISTEN orchwf_done, polling as fallback).
+
+        The finish notifies only instances someone watches: this connection listens, then
+        watches the instance, then reads its status (sql/api/finish.sql, orchwf_notify_done)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         inst = self.get_workflow(instance_id)
         if inst.status.is_terminal:
             return inst
         with connect(self.dsn, application_name="orchwf-client wait", keepalive=False) as conn:
             self.q.listen(conn, "orchwf_done")
+            try:
+                self.q.watch_instance(conn, inst.id)
+            except psycopg.errors.UndefinedFunction:
+                pass  # a schema not migrated yet (a rolling deploy): its finish notifies every end
+            except psycopg.errors.LockNotAvailable:
+                pass  # its finish is in a transaction held open: the poll below sees the commit
             while True:
                 inst = self.get_workflow(instance_id)
                 if inst.status.is_terminal:

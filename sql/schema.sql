@@ -60,6 +60,10 @@ CREATE TABLE orchwf_workflow_versions (
 -- Runtime
 -- ---------------------------------------------------------------------------------
 
+-- Every churning table below carries vacuum_truncate = false: its size swings with the
+-- backlog, and a vacuum that cut empty pages off its end held an ACCESS EXCLUSIVE lock
+-- that stalled every claim and finish meanwhile (015). The pages are reused instead.
+
 -- An instance lives here from its creation until it finishes, then moves to
 -- orchwf_instance_history in the transaction that finishes it. created_at is the time
 -- of its (time-ordered) ID: orchwf_uuid7_time(id) for every instance orchwf creates, so
@@ -104,7 +108,8 @@ CREATE TABLE orchwf_live_instances (
     autovacuum_vacuum_scale_factor = 0.01,
     autovacuum_vacuum_threshold = 1000,
     autovacuum_analyze_scale_factor = 0.02,
-    autovacuum_vacuum_cost_delay = 0
+    autovacuum_vacuum_cost_delay = 0,
+    vacuum_truncate = false
 );
 -- Listing (live instances first in created_at order) and retention's question "does any
 -- instance of this partition's range still run?". Not the ID: only the primary key may
@@ -175,7 +180,8 @@ CREATE TABLE orchwf_live_steps (
     autovacuum_vacuum_scale_factor = 0.01,
     autovacuum_vacuum_threshold = 1000,
     autovacuum_analyze_scale_factor = 0.02,
-    autovacuum_vacuum_cost_delay = 0
+    autovacuum_vacuum_cost_delay = 0,
+    vacuum_truncate = false
 );
 CREATE UNIQUE INDEX orchwf_ls_workflow_step_idx ON orchwf_live_steps (workflow_inst_id, step_id);
 -- The scheduler: steps whose backoff or scheduled start is due.
@@ -206,7 +212,8 @@ CREATE TABLE orchwf_ready_steps (
     autovacuum_vacuum_scale_factor = 0.01,
     autovacuum_vacuum_threshold = 1000,
     autovacuum_analyze_scale_factor = 0.02,
-    autovacuum_vacuum_cost_delay = 0
+    autovacuum_vacuum_cost_delay = 0,
+    vacuum_truncate = false
 );
 -- The claim: per queue, highest priority first, then oldest; one instance's steps together.
 CREATE INDEX orchwf_rs_claim_idx ON orchwf_ready_steps (queue, priority DESC, ready_at, workflow_inst_id, step_inst_id);
@@ -226,7 +233,8 @@ CREATE TABLE orchwf_running_steps (
     autovacuum_vacuum_scale_factor = 0.01,
     autovacuum_vacuum_threshold = 1000,
     autovacuum_analyze_scale_factor = 0.02,
-    autovacuum_vacuum_cost_delay = 0
+    autovacuum_vacuum_cost_delay = 0,
+    vacuum_truncate = false
 );
 
 CREATE TABLE orchwf_workers (
@@ -301,7 +309,8 @@ CREATE TABLE orchwf_wait_samples (
     autovacuum_vacuum_scale_factor = 0.01,
     autovacuum_vacuum_threshold = 1000,
     autovacuum_analyze_scale_factor = 0.02,
-    autovacuum_vacuum_cost_delay = 0
+    autovacuum_vacuum_cost_delay = 0,
+    vacuum_truncate = false
 );
 
 -- The dashboard's trends, one row per minute (UTC), kept two days: the instances that
@@ -354,7 +363,8 @@ CREATE TABLE orchwf_queues (
     autovacuum_vacuum_scale_factor = 0.01,
     autovacuum_vacuum_threshold = 1000,
     autovacuum_analyze_scale_factor = 0.02,
-    autovacuum_vacuum_cost_delay = 0
+    autovacuum_vacuum_cost_delay = 0,
+    vacuum_truncate = false
 );
 
 -- ---------------------------------------------------------------------------------
@@ -376,7 +386,8 @@ CREATE TABLE orchwf_concurrency_keys (
     autovacuum_vacuum_scale_factor = 0.01,
     autovacuum_vacuum_threshold = 1000,
     autovacuum_analyze_scale_factor = 0.02,
-    autovacuum_vacuum_cost_delay = 0
+    autovacuum_vacuum_cost_delay = 0,
+    vacuum_truncate = false
 );
 
 -- The slots held: a step (step-level key) or an instance (workflow-level key) admitted
@@ -390,7 +401,8 @@ CREATE TABLE orchwf_key_slots (
     autovacuum_vacuum_scale_factor = 0.01,
     autovacuum_vacuum_threshold = 1000,
     autovacuum_analyze_scale_factor = 0.02,
-    autovacuum_vacuum_cost_delay = 0
+    autovacuum_vacuum_cost_delay = 0,
+    vacuum_truncate = false
 );
 
 -- Holders waiting for a slot of their key, with the steps to make ready once admitted.
@@ -405,7 +417,8 @@ CREATE TABLE orchwf_key_waits (
     autovacuum_vacuum_scale_factor = 0.01,
     autovacuum_vacuum_threshold = 1000,
     autovacuum_analyze_scale_factor = 0.02,
-    autovacuum_vacuum_cost_delay = 0
+    autovacuum_vacuum_cost_delay = 0,
+    vacuum_truncate = false
 );
 -- The release admits the next waiters of a key: highest priority first, then oldest
 -- (holder IDs are time-ordered).

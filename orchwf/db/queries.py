@@ -291,6 +291,10 @@ class Queries:
             raise ValidationError(f"unknown channel {channel!r}")
         conn.execute(self._compose("listen", channel=sql.Identifier(channel)))
 
+    def watch_instance(self, conn: Conn, instance_id: str) -> None:
+        """Ask for orchwf_done when this instance ends (for the session's lifetime)."""
+        self._run(conn, "watch_instance", {"id": instance_id})
+
     # -- cron schedules -------------------------------------------------------------------
 
     def db_now(self, conn: Conn) -> datetime:

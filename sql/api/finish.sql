@@ -23,6 +23,42 @@ AS $$
     WHERE s.workflow_inst_id = p_inst AND s.status = 'completed' AND s.step_id <> '$compensate'
 $$;
 
+-- Client.wait's wake-up (orchwf_done), sent only when someone waits. A NOTIFY takes a
+-- cluster-wide lock at commit and holds it through the commit's WAL flush, so every
+-- notifying commit waited for the others' flushes (up to 7% of the backends' samples in
+-- a drain or a soak, docs/benchmarks.md), while almost no finished instance has a
+-- waiter. A waiter holds its instance's key in share mode while it waits
+-- (orchwf_watch_instance). The finish tries each ended instance's key exclusively, for
+-- the rest of its transaction: taken, no one waits, and a waiter that comes now blocks
+-- until the commit, then reads the instance finished; refused, someone waits, and the
+-- commit notifies. Over 64 instances it notifies without asking: each key taken is a
+-- lock-table entry until the commit.
+CREATE OR REPLACE FUNCTION orchwf_notify_done(p_ids uuid[]) RETURNS void
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    IF cardinality(p_ids) > 64 OR EXISTS (
+            SELECT 1 FROM unnest(p_ids) AS x(id)
+            WHERE NOT pg_try_advisory_xact_lock(hashtext('orchwf_wait:' || current_schema()), uuid_hash(x.id))) THEN
+        PERFORM pg_notify('orchwf_done', '');
+    END IF;
+END;
+$$;
+
+-- Client.wait: hold the instance's key in share mode for the session (the wait's own
+-- connection, LISTENing on orchwf_done), before reading the instance's status; see
+-- orchwf_notify_done. Blocks only while a finish of this instance commits; a finish in
+-- a transaction held open longer fails this with lock_not_available, and the waiter
+-- falls back to its poll.
+CREATE OR REPLACE FUNCTION orchwf_watch_instance(p_id uuid) RETURNS void
+LANGUAGE sql
+SET search_path FROM CURRENT
+SET lock_timeout = '2s'
+AS $$
+    SELECT pg_advisory_lock_shared(hashtext('orchwf_wait:' || current_schema()), uuid_hash(p_id))
+$$;
+
 -- Cancel what is left of an instance and end it (or hand it to its compensation step).
 -- The caller holds the instance's row lock.
 CREATE OR REPLACE FUNCTION orchwf_end_instance(p_inst uuid, p_final text, p_error text)
@@ -98,7 +134,7 @@ BEGIN
                                 CASE WHEN p_final = 'failed' THEN jsonb_build_object('error', p_error)
                                      ELSE '{}'::jsonb END);
     PERFORM orchwf_archive_instances(ARRAY[p_inst]);
-    PERFORM pg_notify('orchwf_done', '');
+    PERFORM orchwf_notify_done(ARRAY[p_inst]);
 END;
 $$;
 
@@ -391,7 +427,7 @@ BEGIN
     SELECT array_agg(completed.workflow_inst_id) INTO v_ended FROM completed;
     IF v_ended IS NOT NULL THEN
         PERFORM orchwf_archive_instances(v_ended);
-        PERFORM pg_notify('orchwf_done', '');
+        PERFORM orchwf_notify_done(v_ended);
     END IF;
 
     -- A required step that failed for good ends its instance.
@@ -432,7 +468,7 @@ BEGIN
                                         CASE WHEN v_row.final = 'failed' THEN jsonb_build_object('error', v_row.error)
                                              ELSE '{}'::jsonb END);
             PERFORM orchwf_archive_instances(ARRAY[v_row.inst]);
-            PERFORM pg_notify('orchwf_done', '');
+            PERFORM orchwf_notify_done(ARRAY[v_row.inst]);
         END LOOP;
     END IF;
 

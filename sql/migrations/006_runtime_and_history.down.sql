@@ -170,6 +170,7 @@ DROP FUNCTION IF EXISTS orchwf_uuid7_time(uuid), orchwf_partition_floor(timestam
     orchwf_expired_partitions(interval), orchwf_partition_children(text), orchwf_partition_rows(timestamptz), orchwf_instance_documents(uuid),
     orchwf_drop_expired_partitions(interval, integer), orchwf_instance_created_at(uuid),
     orchwf_history_range_key(timestamptz), orchwf_partition_expired(timestamptz, interval),
+    orchwf_notify_done(uuid[]), orchwf_watch_instance(uuid),
     orchwf_archive_instances(uuid[]), orchwf_unarchive_instance(uuid), orchwf_record_event(uuid, uuid, text, jsonb),
     orchwf_workflow_events_insert(), orchwf_reopen_instance(uuid, text), orchwf_restart_instance(uuid, jsonb),
     orchwf_store_cover(timestamptz), orchwf_store_gather_steps(uuid),

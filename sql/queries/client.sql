@@ -30,6 +30,11 @@ SELECT {schema}.orchwf_retry_step(%(id)s, %(step_id)s) AS status
 -- Channels are constants of db/queries.py (LISTEN takes no parameters).
 LISTEN {channel}
 
+-- name: watch_instance
+-- Client.wait, on its LISTEN connection: orchwf_done is sent for this instance from now
+-- on (sql/api/finish.sql, orchwf_notify_done). Held until the connection closes.
+SELECT {schema}.orchwf_watch_instance(%(id)s::uuid)
+
 -- name: send_signals
 -- orchwf_signal_many (sql/api/signals.sql) in the caller's transaction: the ids in order.
 SELECT m.signal_id FROM {schema}.orchwf_signal_many(%(instance_ids)s::uuid[], %(names)s::text[],

@@ -45,9 +45,9 @@ from orchwf import (
     WorkflowStatus,
 )
 from orchwf.cli.main import cli
-from orchwf.errors import WorkflowNotFoundError
 from orchwf.daemon.maintenance.pruner import Pruner
 from orchwf.db.queries import Queries
+from orchwf.errors import WorkflowNotFoundError
 from orchwf.ids import new_id
 
 Q = Queries.of("public")
@@ -481,3 +481,67 @@ def test_retention_skips_a_range_a_resume_holds_and_drops_it_on_the_next_run(db_
         assert before - {s for _, _, s in ranges(conn)}
         with pytest.raises(WorkflowNotFoundError):
             store.get_workflow(inst.id)
+
+
+# --------------------------------------------------------------------------- vacuum settings (015)
+
+
+CHURNING = ("orchwf_live_instances", "orchwf_live_steps", "orchwf_ready_steps", "orchwf_running_steps",
+            "orchwf_wait_samples", "orchwf_queues", "orchwf_concurrency_keys", "orchwf_key_slots",
+            "orchwf_key_waits")
+RARELY_ANALYZED = {"autovacuum_analyze_threshold": "100000", "autovacuum_analyze_scale_factor": "0.5"}
+
+
+def _options(conn: psycopg.Connection[Any], table: str) -> dict[str, str]:
+    row = conn.execute("SELECT coalesce(reloptions, '{}') FROM pg_class WHERE oid = %s::regclass", (table,)).fetchone()
+    assert row is not None
+    return dict(o.split("=", 1) for o in row[0])
+
+
+def _history_partitions(conn: psycopg.Connection[Any]) -> list[str]:
+    return [r[0] for r in conn.execute(
+        "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent IN ('orchwf_instance_history'::regclass,"
+        " 'orchwf_step_history'::regclass, 'orchwf_event_history'::regclass) ORDER BY 1")]
+
+
+def test_churning_tables_are_never_truncated_and_history_is_analyzed_rarely(db_dsn: str) -> None:
+    """015: vacuum never truncates a runtime table (its ACCESS EXCLUSIVE lock stalled the
+    queue), and every history partition, premade or made on demand later, is analyzed
+    rarely; 015 down puts back what 014 had, and 015 up
+    again the new settings, on the partitions that exist by then too."""
+    from orchwf.db.migrations import migrate, rollback
+
+    with connect(db_dsn) as conn:
+        define_workflow(conn)
+        today = _maintenance_down_for_days(conn)  # the enqueue below makes today's range on demand
+        enqueue(conn, 2)
+        assert any(lower == today for lower, _, _ in ranges(conn))
+        for table in CHURNING:
+            assert _options(conn, table).get("vacuum_truncate") == "false", table
+        parts = _history_partitions(conn)
+        assert len(parts) >= 3 * 4
+        for part in parts:
+            options = _options(conn, part)
+            assert {k: options.get(k) for k in RARELY_ANALYZED} == RARELY_ANALYZED, part
+            assert options["autovacuum_freeze_min_age"] == "0", part
+
+    assert rollback(db_dsn) == ["015"]
+    with connect(db_dsn) as conn:
+        for table in CHURNING:
+            assert "vacuum_truncate" not in _options(conn, table), table
+        for part in _history_partitions(conn):
+            options = _options(conn, part)
+            assert not set(RARELY_ANALYZED) & set(options), part
+            assert options["autovacuum_freeze_min_age"] == "0", part
+        conn.execute("SELECT orchwf_ensure_partitions(now() + interval '30 days', now() + interval '31 days')")
+        newest = _history_partitions(conn)
+        made_after = [p for p in newest if p not in parts]
+        assert made_after and len(made_after) % 3 == 0
+        for part in made_after:  # made by 014's function again
+            assert not set(RARELY_ANALYZED) & set(_options(conn, part)), part
+
+    assert migrate(db_dsn) == ["015"]
+    with connect(db_dsn) as conn:
+        for part in _history_partitions(conn):
+            options = _options(conn, part)
+            assert {k: options.get(k) for k in RARELY_ANALYZED} == RARELY_ANALYZED, part
