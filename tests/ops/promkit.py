@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +247,34 @@ class Prometheus:
     def targets(self) -> list[dict[str, Any]]:
         return self.api("targets")["activeTargets"]
 
+    def last_evaluation(self) -> float | None:
+        """When every rule group was last evaluated (the oldest group's time), or None
+        before the first evaluation."""
+        stamps = [g.get("lastEvaluation") or "" for g in self.api("rules")["groups"]]
+        if not stamps or any(s.startswith("0001-") or not s for s in stamps):
+            return None
+        return min(_epoch(s) for s in stamps)
+
+    def wait_quiet_after_first_scrape(self, timeout: float = 30) -> None:
+        """Wait for the alerts of Prometheus's start to be over. Rules are evaluated from
+        its start, before its first scrape of the daemon, so an alert on an absent series
+        (OrchwfNoLiveWorkers: no worker connected) goes pending and, with ``for`` scaled
+        down, may fire. Over means: a scrape with a connected worker, then an evaluation
+        after it, and no alert pending or firing. (Waiting for no alert alone returns at
+        once before the first evaluation, and the alert fires afterwards.)"""
+        def connected() -> float | None:
+            found = [t for series in self.samples("orchwf_worker_db_connected[10s]").values()
+                     for t, v in series if v > 0]
+            return min(found) if found else None
+
+        scraped = wait_for(connected, timeout, "a scrape of a connected worker")
+
+        def quiet() -> bool:
+            evaluated = self.last_evaluation()
+            return evaluated is not None and evaluated > scraped and not self.alerts()
+
+        wait_for(quiet, timeout, "an evaluation after the first scrape, with no alert active")
+
     def last_scrape(self) -> tuple[float, float] | None:
         """(time, up) of the newest scrape of the orchwf job, or None before the first."""
         found = [s for series in self.samples(f'up{{job="{job_name()}"}}[10s]').values() for s in series]
@@ -258,6 +287,12 @@ class Prometheus:
             return last[0] if last is not None and last[0] > moment and last[1] == 1 else None
 
         return wait_for(scraped, timeout, f"a scrape after {moment:.3f}")
+
+
+def _epoch(stamp: str) -> float:
+    """Seconds since the epoch of Prometheus's RFC 3339 time (nanoseconds cut to micro)."""
+    stamp = re.sub(r"(\.\d{6})\d+", r"\1", stamp).replace("Z", "+00:00")
+    return datetime.fromisoformat(stamp).timestamp()
 
 
 def now() -> float:
