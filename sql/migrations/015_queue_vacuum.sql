@@ -1,5 +1,5 @@
 -- orchwf 015: vacuum that does not stall the queue (docs/benchmarks.md, "The soak's
--- spikes: vacuum's own stalls").
+-- spikes: vacuum's truncation, analyzes, and NOTIFY").
 -- 1. The churning tables are never truncated by vacuum. Their size swings with the
 --    backlog; a vacuum that found empty pages at the end took an ACCESS EXCLUSIVE lock to
 --    cut them off, and every claim and finish queued behind it (the soak's probe saw a
