@@ -22,6 +22,7 @@
 --   trends: per-minute rollups for the dashboard, kept two days, and the claim's samples
 --     orchwf_wait_samples       queue waits of each claim, until rolled up
 --     orchwf_stats_minutes      finishes, failures and queue wait p50/p99 per minute
+--     orchwf_wait_buckets       the open minutes' queue waits, as histograms
 --     orchwf_queue_minutes      each queue's backlog per minute
 --     orchwf_queues             queue controls: paused queues, rate limits
 --     orchwf_concurrency_keys   concurrency keys: limit and slots held
@@ -315,18 +316,39 @@ CREATE TABLE orchwf_wait_samples (
 
 -- The dashboard's trends, one row per minute (UTC), kept two days: the instances that
 -- finished in it (from history's BRIN index on completed_at) and the queue waits of
--- the steps claimed in it. Rolled up by the supervisors' maintenance (orchwf_roll_up_stats);
--- a minute stays open (recomputed) until it is p_lag_seconds old.
+-- the steps claimed in it. Rolled up by the supervisors' maintenance (orchwf_roll_up_stats),
+-- which counts each finish and each sample once: a minute stays open until the settled
+-- count (counted_to, p_lag_seconds behind) has passed its end.
 CREATE TABLE orchwf_stats_minutes (
     minute      timestamptz PRIMARY KEY,
-    completed   bigint NOT NULL DEFAULT 0,
+    completed   bigint NOT NULL DEFAULT 0,   -- including the unsettled_* below
     failed      bigint NOT NULL DEFAULT 0,
     cancelled   bigint NOT NULL DEFAULT 0,
     started     bigint NOT NULL DEFAULT 0,   -- step attempts claimed
     wait_p50_ms real,                        -- NULL: nothing claimed in that minute
     wait_p99_ms real,
     closed      boolean NOT NULL DEFAULT false,
-    rolled_at   timestamptz NOT NULL DEFAULT now()
+    rolled_at   timestamptz NOT NULL DEFAULT now(),
+    -- finishes of the last p_lag_seconds: counted again by the next run (a late commit) (016)
+    unsettled_completed bigint NOT NULL DEFAULT 0,
+    unsettled_failed    bigint NOT NULL DEFAULT 0,
+    unsettled_cancelled bigint NOT NULL DEFAULT 0,
+    counted_to  timestamptz                  -- finishes before this are counted for good
+);
+
+-- The queue waits of each open minute as a histogram (016): bucket b holds the waits w
+-- (ms) with floor(16 * log2(w + 1)) = b, so p50 and p99 are read within 4.4%. A minute's
+-- rows are deleted when it closes.
+CREATE TABLE orchwf_wait_buckets (
+    minute timestamptz NOT NULL,
+    bucket smallint NOT NULL,
+    n      bigint NOT NULL,
+    PRIMARY KEY (minute, bucket)
+) WITH (
+    autovacuum_vacuum_scale_factor = 0.01,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_cost_delay = 0,
+    vacuum_truncate = false
 );
 
 -- Each queue's backlog (ready steps), sampled by the same rollup: the most seen in the minute.

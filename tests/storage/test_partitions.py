@@ -525,7 +525,7 @@ def test_churning_tables_are_never_truncated_and_history_is_analyzed_rarely(db_d
             assert {k: options.get(k) for k in RARELY_ANALYZED} == RARELY_ANALYZED, part
             assert options["autovacuum_freeze_min_age"] == "0", part
 
-    assert rollback(db_dsn) == ["015"]
+    assert rollback(db_dsn, steps=2) == ["016", "015"]
     with connect(db_dsn) as conn:
         for table in CHURNING:
             assert "vacuum_truncate" not in _options(conn, table), table
@@ -540,7 +540,7 @@ def test_churning_tables_are_never_truncated_and_history_is_analyzed_rarely(db_d
         for part in made_after:  # made by 014's function again
             assert not set(RARELY_ANALYZED) & set(_options(conn, part)), part
 
-    assert migrate(db_dsn) == ["015"]
+    assert migrate(db_dsn) == ["015", "016"]
     with connect(db_dsn) as conn:
         for part in _history_partitions(conn):
             options = _options(conn, part)

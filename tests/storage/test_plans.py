@@ -342,6 +342,23 @@ def test_the_stats_rollup_reads_history_by_its_brin_index_only(conn: psycopg.Con
     assert 200 <= recent < 1000 and read <= recent, f"read {read} rows of history; the minutes hold {recent}"
 
 
+def test_a_steady_rollup_reads_only_the_finishes_since_the_last(conn: psycopg.Connection[Any]) -> None:
+    """After a first run, each run reads the finishes from the settled mark on (the last
+    lag seconds and what came since), not the minutes it covers: its cost is the same at
+    any throughput-minute, and nothing older is read again."""
+    Q.roll_up_stats(conn, 0.0, 86400.0)  # everything so far settled (the seeded finishes are seconds old)
+    mark = conn.execute("SELECT counted_to FROM orchwf_stats_minutes ORDER BY minute DESC LIMIT 1").fetchone()[0]
+    since = conn.execute("SELECT count(*) FROM orchwf_instance_history WHERE completed_at >= %s", (mark,)).fetchone()[0]
+    hour = conn.execute("SELECT count(*) FROM orchwf_instance_history"
+                        " WHERE completed_at >= now() - interval '61 minutes'").fetchone()[0]
+    with captured_plans(conn) as plans:
+        Q.roll_up_stats(conn, 10.0, 86400.0)
+    scans = plans.history_scans()
+    assert {s.node for s in scans} <= {"Bitmap Index Scan", "Bitmap Heap Scan"}, scans
+    read = sum(s.rows * s.loops for s in scans if s.node == "Bitmap Heap Scan")
+    assert hour >= 200 and read <= since < hour, f"read {read} of {hour} finishes; {since} since the mark"
+
+
 @pytest.mark.xfail(strict=True, reason=(
     "The CLI's 'finished in the last window' (Queries.stats, `orchwf stats --window`) and the metrics' "
     "finished counts read every partition of history: completed_at is not the partition key, so nothing "

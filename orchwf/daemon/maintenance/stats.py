@@ -1,11 +1,13 @@
 """The stats rollup: the dashboard's per-minute trends of the last hour.
 
 Every ``EVERY`` seconds one supervisor (the others find the rollup's advisory lock taken
-and skip) recomputes the open minutes in ``orchwf_stats_minutes`` (instances finished,
-failed and cancelled, from history's BRIN index on completed_at; the p50 and p99 queue
-wait of the steps claimed, from the claims' samples) and samples each queue's backlog
-into ``orchwf_queue_minutes`` (sql/api/stats.sql). The overview reads those small tables
-instead of history, so it costs the same with two million finished instances as with none.
+and skip) adds what happened since its last run to ``orchwf_stats_minutes`` (instances
+finished, failed and cancelled, from history's BRIN index on completed_at; the claims'
+queue-wait samples, into a histogram per open minute for p50 and p99) and samples each
+queue's backlog into ``orchwf_queue_minutes`` (sql/api/stats.sql). Each finish and sample
+is counted once, so a run costs about ``2 * LAG_SECONDS`` of throughput, not the minutes
+it covers. The overview reads those small tables instead of history, so it costs the same
+with two million finished instances as with none.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import psycopg
 from ...db.queries import Queries
 
 EVERY = 10.0            # seconds between runs: how fresh the overview's counts are
-LAG_SECONDS = 10.0      # a minute stays open this long after its end (late commits)
+LAG_SECONDS = 10.0      # finishes this recent are counted again next run (late commits)
 KEEP_SECONDS = 2 * 86400.0  # rows older than this are deleted
 
 
