@@ -337,7 +337,7 @@ CREATE TABLE orchwf_stats_minutes (
 );
 
 -- The queue waits of each open minute as a histogram (016): bucket b holds the waits w
--- (ms) with floor(16 * log2(w + 1)) = b, so p50 and p99 are read within 4.4%. A minute's
+-- (ms) with floor(16 * log2(w + 1)) = b, so p50 and p99 are read within one bucket (4.4%). A minute's
 -- rows are deleted when it closes.
 CREATE TABLE orchwf_wait_buckets (
     minute timestamptz NOT NULL,

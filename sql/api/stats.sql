@@ -44,6 +44,7 @@ DECLARE
     v_upto    timestamptz;  -- ... and those before this are, after this run
     v_read_to timestamptz;  -- read up to here: past v_upto (provisionally) once caught up
     v_touched timestamptz[];
+    v_counted timestamptz[];  -- minutes counted afresh: their p50/p99 are read off again
     v_n       integer;
 BEGIN
     IF p_lag_seconds IS NULL OR p_lag_seconds < 0 OR p_lag_seconds > 3600 THEN
@@ -70,6 +71,11 @@ BEGIN
     UPDATE orchwf_stats_minutes s SET closed = true WHERE NOT s.closed AND s.minute < v_hour;
 
     SELECT s.counted_to INTO v_mark FROM orchwf_stats_minutes s ORDER BY s.minute DESC LIMIT 1;
+    IF v_mark > v_now THEN  -- the clock stepped back: the rows ahead of it go, the hour is counted afresh
+        DELETE FROM orchwf_stats_minutes s WHERE s.minute >= v_to;
+        DELETE FROM orchwf_wait_buckets b WHERE b.minute >= v_to;
+        v_mark := NULL;
+    END IF;
     v_from := greatest(coalesce(v_mark, v_hour), v_hour);
     -- Ten minutes a call when catching up: an outage never holds the maintenance round long.
     v_upto := greatest(v_from, least(v_settled, CASE WHEN v_mark IS NULL THEN v_settled
@@ -80,12 +86,16 @@ BEGIN
     INSERT INTO orchwf_stats_minutes (minute)
     SELECT generate_series(date_trunc('minute', v_from, 'UTC'), v_to - interval '1 minute', interval '1 minute')
     ON CONFLICT (minute) DO NOTHING;
-    IF v_mark IS NULL THEN  -- count the hour's open minutes afresh
+    IF v_mark IS NULL THEN
+        -- Count the hour's open minutes' finishes afresh. Their waits are the samples
+        -- already in their histograms (none after an upgrade: the rollup before 016 left
+        -- the open minutes' samples in orchwf_wait_samples, taken below).
         UPDATE orchwf_stats_minutes s
         SET completed = 0, failed = 0, cancelled = 0, unsettled_completed = 0, unsettled_failed = 0,
-            unsettled_cancelled = 0, started = 0, wait_p50_ms = NULL, wait_p99_ms = NULL
+            unsettled_cancelled = 0, wait_p50_ms = NULL, wait_p99_ms = NULL,
+            started = coalesce((SELECT sum(b.n) FROM orchwf_wait_buckets b WHERE b.minute = s.minute), 0)
         WHERE s.minute >= v_hour AND NOT s.closed;
-        DELETE FROM orchwf_wait_buckets b WHERE b.minute >= v_hour;
+        SELECT array_agg(DISTINCT b.minute) INTO v_counted FROM orchwf_wait_buckets b WHERE b.minute >= v_hour;
     END IF;
 
     UPDATE orchwf_stats_minutes t
@@ -112,13 +122,15 @@ BEGIN
     GET DIAGNOSTICS v_n = ROW_COUNT;
 
     -- The samples committed by now (those of a minute not begun when this run did stay for
-    -- the next): each is deleted by the statement that counts it, so a claim committing
-    -- meanwhile is counted next time, never lost or counted twice.
+    -- the next, and, catching up, those past the minutes counted): each is deleted by the
+    -- statement that counts it, so a claim committing meanwhile is counted next time,
+    -- never lost or counted twice.
     WITH taken AS (
-        DELETE FROM orchwf_wait_samples s WHERE s.claimed_at < v_to
+        DELETE FROM orchwf_wait_samples s
+        WHERE s.claimed_at < least(v_to, date_trunc('minute', v_upto, 'UTC') + interval '2 minutes')
         RETURNING date_trunc('minute', s.claimed_at, 'UTC') AS minute, s.waits_ms),
     counted AS (
-        SELECT t.minute, floor(16 * ln(greatest(x.ms, 0)::float8 + 1) / ln(2))::smallint AS bucket,
+        SELECT t.minute, floor(16 * ln(least(greatest(x.ms, 0), 1e9)::float8 + 1) / ln(2))::smallint AS bucket,
                count(*) AS n
         FROM taken t CROSS JOIN LATERAL unnest(t.waits_ms) AS x(ms)
         WHERE t.minute >= v_hour
@@ -134,9 +146,13 @@ BEGIN
         ON CONFLICT (minute, bucket) DO UPDATE SET n = b.n + EXCLUDED.n
         RETURNING b.minute)
     SELECT array_agg(DISTINCT a.minute) INTO v_touched FROM added a;
+    v_touched := v_touched || v_counted;
 
-    -- p50 and p99 of the minutes that got samples: the bucket where the rank falls,
-    -- interpolated within it (as Prometheus's histogram_quantile does).
+    -- p50 and p99 of the minutes that got samples: the bucket where the rank (q x the
+    -- count) falls, interpolated within it, as Prometheus's histogram_quantile does (a
+    -- minute of few claims gets a sample's bucket, where percentile_cont interpolated
+    -- between samples). A wait (ms) is clamped to [0, 1e9]: a NaN or an infinity in a
+    -- sample written by hand never stops the rollup.
     IF v_touched IS NOT NULL THEN
         WITH b AS (
             SELECT b.minute, b.bucket, b.n, sum(b.n) OVER (PARTITION BY b.minute ORDER BY b.bucket) AS upto,

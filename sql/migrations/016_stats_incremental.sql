@@ -8,7 +8,7 @@
 --     rows); those of the last p_lag_seconds, which a late commit could still add to, are
 --     counted provisionally (unsettled_*) and again by the next run;
 --   * each claim's wait sample is taken (deleted) and added, once, to a histogram of its
---     minute (orchwf_wait_buckets: 16 buckets per doubling, so p50 and p99 are within 4.4%);
+--     minute (orchwf_wait_buckets: 16 buckets per doubling, so p50 and p99 are read within one bucket, 4.4%);
 --     a minute's buckets are deleted when it closes, its percentiles final.
 -- New columns with constant defaults (no rewrite) and a new table: the workers of earlier
 -- releases run on; their supervisors call the same function, whose new body the API installs.

@@ -178,6 +178,35 @@ def test_an_upgraded_table_is_counted_afresh_not_twice(client: Client, app_db: s
     with connection(app_db) as conn:
         _finish_all(client, conn, 3)
         Q.roll_up_stats(conn, 10.0, 86400.0)
+        before = {r["minute"]: r for r in Q.dashboard_trend(conn, 60)[0] if r["started"]}
         conn.execute("UPDATE orchwf_stats_minutes SET counted_to = NULL, unsettled_completed = 0")
         Q.roll_up_stats(conn, 10.0, 86400.0)
+        assert _totals(conn) == {"completed": 3, "failed": 0, "started": 3}  # the waits: their histograms
+        after = {r["minute"]: r for r in Q.dashboard_trend(conn, 60)[0] if r["started"]}
+        assert {m: r["wait_p99_ms"] for m, r in after.items()} == {m: r["wait_p99_ms"] for m, r in before.items()}
+
+
+def test_a_clock_stepped_back_counts_the_hour_afresh(client: Client, app_db: str) -> None:
+    """Rows and a mark ahead of the database's clock (it stepped back) are dropped, and the
+    hour's open minutes counted again: nothing twice, nothing stuck until the clock
+    catches up."""
+    with connection(app_db) as conn:
+        _finish_all(client, conn, 2)
+        Q.roll_up_stats(conn, 10.0, 86400.0)
+        conn.execute("INSERT INTO orchwf_stats_minutes (minute, counted_to)"
+                     " VALUES (date_trunc('minute', now()) + interval '5 minutes', now() + interval '5 minutes')")
+        Q.roll_up_stats(conn, 10.0, 86400.0)
+        assert _totals(conn)["completed"] == 2
+        assert conn.execute("SELECT count(*) FROM orchwf_stats_minutes WHERE minute > now()").fetchone()[0] == 0
+        _finish_all(client, conn, 1)
+        Q.roll_up_stats(conn, 10.0, 86400.0)
         assert _totals(conn)["completed"] == 3
+
+
+def test_a_sample_of_nan_or_infinity_does_not_stop_the_rollup(client: Client, app_db: str) -> None:
+    with connection(app_db) as conn:
+        conn.execute("INSERT INTO orchwf_wait_samples (waits_ms) VALUES ('{NaN, Infinity, -Infinity, 5}')")
+        Q.roll_up_stats(conn, 10.0, 86400.0)
+        assert _totals(conn)["started"] == 4 and _samples(conn) == 0
+        [row] = [r for r in Q.dashboard_trend(conn, 60)[0] if r["started"]]
+        assert 0 <= row["wait_p50_ms"] <= row["wait_p99_ms"] <= 1.1e9
