@@ -55,9 +55,12 @@ SETTINGS: dict[str, str] = {
     "effective_io_concurrency": "200",
     # WAL and checkpoints. Defaults (1 GB, 5 min) checkpoint every few minutes under a
     # queue's write rate, and each checkpoint makes the next write of every page a
-    # full-page image; production servers space them out.
+    # full-page image; production servers space them out. min_wal_size = max_wal_size:
+    # the segments of a checkpoint interval are kept and recycled, not deleted when the
+    # load pauses and created again (zero-filled, 16 MB at a time, while commits wait on
+    # the WAL write lock) when it returns. See also WARM_WAL below.
     "max_wal_size": "4GB",
-    "min_wal_size": "1GB",
+    "min_wal_size": "4GB",
     "checkpoint_timeout": "15min",
     "checkpoint_completion_target": "0.9",
     "wal_buffers": "16MB",
@@ -90,6 +93,14 @@ SETTINGS: dict[str, str] = {
     # Bind to loopback only; the socket directory is the cluster's own.
     "listen_addresses": HOST,
 }
+
+
+# A server that has run a queue for a while has its WAL segments made and recycles them;
+# a fresh cluster makes each one (16 MB of zeros written while commits wait) until its
+# first checkpoints: the soak's p99 spiked for ~35 s around the first one (docs/
+# benchmarks.md, "The first checkpoint of a fresh cluster"). Cluster.start writes and
+# checkpoints this much WAL first, so a run measures the steady state a user runs in.
+WARM_WAL_SEGMENTS = 256  # x 16 MB = max_wal_size
 
 
 def default_pg_bin() -> str:
@@ -188,9 +199,31 @@ class Cluster:
             raise RuntimeError(f"pg_ctl start failed: {self.log_tail()}")
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             version = one(conn, "SELECT current_setting('server_version') AS v")["v"]
+            self._warm_wal(conn)
         log(f"own cluster: PostgreSQL {version} in {self.workdir}, port {self.port}, "
             f"running as {self.user.pw_name if self.user else 'me'}")
         return self.dsn
+
+    def _warm_wal(self, conn: psycopg.Connection[object]) -> None:
+        """Make the WAL segments a steady load cycles through (WARM_WAL_SEGMENTS), then
+        checkpoint so that they are recycled from the start."""
+        started = time.monotonic()
+        # No checkpoint meanwhile (each would recycle the segments made so far, and the
+        # next ones would reuse them instead of adding to them).
+        conn.execute("ALTER SYSTEM SET max_wal_size = '64GB'")
+        conn.execute("SELECT pg_reload_conf()")
+        time.sleep(0.5)
+        conn.execute("CREATE TABLE bench_warm_wal (n int)")
+        for n in range(WARM_WAL_SEGMENTS):
+            conn.execute("INSERT INTO bench_warm_wal VALUES (%s)", (n,))
+            conn.execute("SELECT pg_switch_wal()")
+        conn.execute("DROP TABLE bench_warm_wal")
+        conn.execute("ALTER SYSTEM RESET max_wal_size")
+        conn.execute("SELECT pg_reload_conf()")
+        time.sleep(0.5)
+        conn.execute("CHECKPOINT")  # recycles them as the segments to come, up to min_wal_size
+        segments = one(conn, "SELECT count(*) AS n FROM pg_ls_waldir()")["n"]
+        log(f"own cluster: WAL warmed, {segments} segments ready ({time.monotonic() - started:.1f}s)")
 
     def log_tail(self, n: int = 20) -> str:
         with contextlib.suppress(OSError, AssertionError):
