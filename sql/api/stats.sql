@@ -41,6 +41,7 @@ DECLARE
     v_settled timestamptz := now() - p_lag_seconds * interval '1 second';
     v_mark    timestamptz;
     v_from    timestamptz;  -- finishes from here on are not yet counted for good
+    v_first   timestamptz;  -- the minute v_from falls in: rows from it on are written
     v_upto    timestamptz;  -- ... and those before this are, after this run
     v_read_to timestamptz;  -- read up to here: past v_upto (provisionally) once caught up
     v_touched timestamptz[];
@@ -81,10 +82,11 @@ BEGIN
     v_upto := greatest(v_from, least(v_settled, CASE WHEN v_mark IS NULL THEN v_settled
                                                      ELSE v_from + interval '10 minutes' END));
     v_read_to := CASE WHEN v_upto >= v_settled THEN 'infinity'::timestamptz ELSE v_upto END;
+    v_first := date_trunc('minute', v_from, 'UTC');
 
     -- Every minute from the first uncounted one on has a row (a quiet minute charts as 0).
     INSERT INTO orchwf_stats_minutes (minute)
-    SELECT generate_series(date_trunc('minute', v_from, 'UTC'), v_to - interval '1 minute', interval '1 minute')
+    SELECT generate_series(v_first, v_to - interval '1 minute', interval '1 minute')
     ON CONFLICT (minute) DO NOTHING;
     IF v_mark IS NULL THEN
         -- Count the hour's open minutes' finishes afresh. Their waits are the samples
@@ -106,7 +108,7 @@ BEGIN
         unsettled_failed = coalesce(f.unsettled_failed, 0),
         unsettled_cancelled = coalesce(f.unsettled_cancelled, 0),
         counted_to = v_upto, rolled_at = v_now
-    FROM generate_series(date_trunc('minute', v_from, 'UTC'), v_to - interval '1 minute', interval '1 minute') AS m(minute)
+    FROM generate_series(v_first, v_to - interval '1 minute', interval '1 minute') AS m(minute)
     LEFT JOIN (
         SELECT date_trunc('minute', h.completed_at, 'UTC') AS minute,
                count(*) FILTER (WHERE h.status = 'completed') AS completed,
@@ -124,7 +126,8 @@ BEGIN
     -- The samples committed by now (those of a minute not begun when this run did stay for
     -- the next, and, catching up, those past the minutes counted): each is deleted by the
     -- statement that counts it, so a claim committing meanwhile is counted next time,
-    -- never lost or counted twice.
+    -- never lost or counted twice. A wait (ms) is clamped to [0, 1e9]: a NaN or an
+    -- infinity in a sample written by hand never stops the rollup.
     WITH taken AS (
         DELETE FROM orchwf_wait_samples s
         WHERE s.claimed_at < least(v_to, date_trunc('minute', v_upto, 'UTC') + interval '2 minutes')
@@ -151,8 +154,7 @@ BEGIN
     -- p50 and p99 of the minutes that got samples: the bucket where the rank (q x the
     -- count) falls, interpolated within it, as Prometheus's histogram_quantile does (a
     -- minute of few claims gets a sample's bucket, where percentile_cont interpolated
-    -- between samples). A wait (ms) is clamped to [0, 1e9]: a NaN or an infinity in a
-    -- sample written by hand never stops the rollup.
+    -- between samples).
     IF v_touched IS NOT NULL THEN
         WITH b AS (
             SELECT b.minute, b.bucket, b.n, sum(b.n) OVER (PARTITION BY b.minute ORDER BY b.bucket) AS upto,
