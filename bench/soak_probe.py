@@ -71,6 +71,7 @@ def main() -> None:
     a = p.parse_args()
     work = scratch()
     samples: list[tuple[float, dict[str, Any]]] = []
+    t0 = time.time()
     stop = threading.Event()
     try:
         with cl.running() as cluster:
@@ -100,6 +101,7 @@ def main() -> None:
         if row["state"] != "idle" or row["backend_type"] != "client backend":
             windows[int(t) // 3 * 3][f"{row['backend_type'][:10]} {row['wait_event_type']}:{row['wait_event']} "
                                      f"{(row['query'] or '').strip()[:40]}"] += 1
+    print(f"t0 (epoch; the server log's times minus this give the seconds below): {t0:.3f}")
     print("busy backends (samples per 3 s window, top 4):")
     for sec in sorted(windows):
         print(f"  {sec:4d}s", dict(windows[sec].most_common(4)))

@@ -100,13 +100,15 @@ def callgrind_server(pg_bin: str) -> Iterator[tuple[str, Path]]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _instructions(cg: Path, pid: int) -> int:
+def _instructions(cg: Path, pid: int, keep: str = "") -> int:
     path = cg / f"cg.{pid}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # written when the backend exits
         if path.exists():
             for line in path.read_text(errors="replace").splitlines():
                 if line.startswith(("totals:", "summary:")):
+                    if keep:  # for callgrind_annotate --inclusive=yes
+                        shutil.copy(path, keep)
                     return int(line.split()[1])
         time.sleep(0.2)
     raise SystemExit(f"no callgrind totals for backend {pid}")
@@ -132,7 +134,8 @@ def _fresh_database(admin_dsn: str, setup_sql: str) -> str:
     return dsn
 
 
-def measure(admin_dsn: str, cg: Path, instances: int, batch: int, setup_sql: str, workflow: str) -> dict[str, float]:
+def measure(admin_dsn: str, cg: Path, instances: int, batch: int, setup_sql: str, workflow: str,
+            keep: str = "") -> dict[str, float]:
     from orchwf.client import enqueue_many
 
     dsn = _fresh_database(admin_dsn, setup_sql)
@@ -155,7 +158,7 @@ def measure(admin_dsn: str, cg: Path, instances: int, batch: int, setup_sql: str
             done += n
             calls += 1
             rows = [(r[0], *r[2:]) for r in out if r[1] is None]
-    total = _instructions(cg, pid)
+    total = _instructions(cg, pid, keep)
     return {"steps": done, "calls": calls, "instructions": total, "per_step": total / max(1, done)}
 
 
@@ -187,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--enqueue", action="store_true",
                    help="measure enqueue_many instead (instructions per instance, batches of --batch)")
     p.add_argument("--pg-bin", default=default_pg_bin())
+    p.add_argument("--keep", default="", metavar="FILE",
+                   help="copy the measured backend's callgrind file here (the claim/finish loop only)")
     a = p.parse_args(argv)
     if not a.pg_bin or not shutil.which("valgrind"):
         print("needs valgrind and the PostgreSQL server binaries (--pg-bin)", file=sys.stderr)
@@ -198,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{e['instances']:,} instances in {e['calls']} calls: {e['per_instance'] / 1000:,.1f}k"
                   f" instructions per enqueued instance ({e['instructions'] / 1e9:.2f} G in all)")
             return 0
-        r = measure(dsn, cg, a.instances, a.batch, a.setup_sql, a.workflow)
+        r = measure(dsn, cg, a.instances, a.batch, a.setup_sql, a.workflow, a.keep)
     print(f"{r['steps']:,} steps in {r['calls']} calls: {r['per_step'] / 1000:,.1f}k instructions per step "
           f"({r['instructions'] / 1e9:.2f} G in all)")
     return 0

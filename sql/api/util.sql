@@ -79,6 +79,7 @@ DECLARE
     v_suffix   text;
     v_made     integer := 0;
     v_parent   text;
+    v_targets  text;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtextextended('orchwf_partitions:' || current_schema(), 0));
     SELECT p."interval" INTO v_interval FROM orchwf_partitioning p;
@@ -105,6 +106,15 @@ BEGIN
                            'autovacuum_freeze_min_age = 0, autovacuum_vacuum_cost_delay = 0, '
                            'autovacuum_analyze_threshold = 100000, autovacuum_analyze_scale_factor = 0.5)',
                            v_parent || '_' || v_suffix, v_parent);
+            -- The parent's statistics targets: a small sample, none of the documents (017);
+            -- a table made by LIKE starts from the server's.
+            SELECT string_agg(format('ALTER COLUMN %I SET STATISTICS %s', a.attname, a.attstattarget), ', ')
+            INTO v_targets
+            FROM pg_attribute a
+            WHERE a.attrelid = v_parent::regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attstattarget >= 0;
+            IF v_targets IS NOT NULL THEN
+                EXECUTE format('ALTER TABLE %I ', v_parent || '_' || v_suffix) || v_targets;
+            END IF;
             EXECUTE format('ALTER TABLE %I ATTACH PARTITION %I FOR VALUES FROM (%L) TO (%L)',
                            v_parent, v_parent || '_' || v_suffix, v_at, v_upper);
         END LOOP;

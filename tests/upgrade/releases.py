@@ -58,7 +58,8 @@ CATALOG = {
                                            WHERE d.attrelid = a.attrelid AND d.attisdropped
                                              AND d.attnum < a.attnum)::int AS position,
                a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attidentity,
-               pg_get_expr(ad.adbin, ad.adrelid)
+               pg_get_expr(ad.adbin, ad.adrelid),
+               nullif(a.attstattarget, -1) AS statistics_target  -- PG 17+: NULL for the default
         FROM pg_attribute a
         JOIN pg_class c ON c.oid = a.attrelid
         LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
