@@ -564,11 +564,18 @@ def _parent(part: str) -> str:
     return next(t for t in HISTORY if part.startswith(t + "_"))
 
 
-def _sample_rows(conn: psycopg.Connection[Any], table: str) -> int:
-    """The rows ANALYZE VERBOSE took as its sample of ``table``."""
+def _sample_of_40000_rows(conn: psycopg.Connection[Any], partition: str) -> int:
+    """The rows ANALYZE VERBOSE takes as its sample of an instance partition given 40,000
+    finished instances (in a transaction rolled back after)."""
     notices: list[str] = []
     conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
-    conn.execute(f"ANALYZE VERBOSE {table}")  # sql-ok: a partition name from the catalog
+    with conn.transaction(force_rollback=True):
+        conn.execute("""
+            INSERT INTO orchwf_instance_history (id, workflow_id, status, output, created_at, completed_at)
+            SELECT gen_random_uuid(), 'w', 'completed', jsonb_build_object('n', g), p.lower, now()
+            FROM generate_series(1, 40000) g, orchwf_partitions p
+            WHERE %s = 'orchwf_instance_history_' || p.suffix""", (partition,))
+        conn.execute(f"ANALYZE VERBOSE {partition}")  # sql-ok: a partition name from the catalog
     found = [int(m.split(" rows in sample")[0].rsplit(" ", 1)[1]) for m in notices if " rows in sample" in m]
     assert found, notices
     return found[-1]
@@ -595,14 +602,8 @@ def test_history_is_analyzed_from_a_small_sample(db_dsn: str) -> None:
         assert len(parts) >= 3 * 4
         for part in parts:
             assert _targets(conn, part) == parents[_parent(part)], part
-        today = next(p for p in parts if p.startswith("orchwf_instance_history_"))
-        with conn.transaction(force_rollback=True):
-            conn.execute("""
-                INSERT INTO orchwf_instance_history (id, workflow_id, status, output, created_at, completed_at)
-                SELECT gen_random_uuid(), 'w', 'completed', jsonb_build_object('n', g), p.lower, now()
-                FROM generate_series(1, 40000) g, orchwf_partitions p
-                WHERE %s = 'orchwf_instance_history_' || p.suffix""", (today,))
-            assert _sample_rows(conn, today) == 3000
+        instances = next(p for p in parts if p.startswith("orchwf_instance_history_"))
+        assert _sample_of_40000_rows(conn, instances) == 3000
 
     assert rollback(db_dsn) == ["017"]
     with connect(db_dsn) as conn:
@@ -613,13 +614,7 @@ def test_history_is_analyzed_from_a_small_sample(db_dsn: str) -> None:
         assert made_after
         for part in made_after:  # made by 016's function again
             assert set(_targets(conn, part).values()) == {None}, part
-        with conn.transaction(force_rollback=True):
-            conn.execute("""
-                INSERT INTO orchwf_instance_history (id, workflow_id, status, output, created_at, completed_at)
-                SELECT gen_random_uuid(), 'w', 'completed', jsonb_build_object('n', g), p.lower, now()
-                FROM generate_series(1, 40000) g, orchwf_partitions p
-                WHERE %s = 'orchwf_instance_history_' || p.suffix""", (today,))
-            assert _sample_rows(conn, today) == 30000
+        assert _sample_of_40000_rows(conn, instances) == 30000
 
     assert migrate(db_dsn) == ["017"]
     with connect(db_dsn) as conn:
