@@ -71,7 +71,6 @@ def main() -> None:
     a = p.parse_args()
     work = scratch()
     samples: list[tuple[float, dict[str, Any]]] = []
-    t0 = time.time()
     stop = threading.Event()
     try:
         with cl.running() as cluster:
