@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import faulthandler
+import gc
 import logging
 import os
 import select
@@ -314,6 +315,10 @@ class Supervisor:
             worker = Worker(config, self.definitions, index, worker_id, self.supervisor_id,
                             wake_r, beat_w, parent_pid, quarantine=quarantine)
             worker.install_signal_handlers()
+            # Everything so far (the app, its definitions, the tracing SDK) lives as long as
+            # the worker: out of the collector's sight, a full collection traverses only
+            # what the worker made since, instead of stalling its claim loop ~20-40 ms.
+            gc.freeze()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             code = worker.run()
         except BaseException:  # noqa: BLE001 - report, then leave without finalisers

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 
@@ -282,3 +283,14 @@ signal_first = (WorkflowBuilder("signal_first", "Waits for go, then works")
                 .add_step(wait_for_signal("wait", "go").build())
                 .add_step(StepBuilder("after", "After", record).with_dependencies("wait").build())
                 .build())
+
+
+def collector_state(ctx, data):
+    """What the worker's garbage collector sees: frozen (never traversed) and tracked objects."""
+    return {"frozen": gc.get_freeze_count(), "tracked": len(gc.get_objects())}
+
+
+# The worker's heap as the collector sees it (test_daemon.py).
+collector = (WorkflowBuilder("collector", "Reports the worker's collector state")
+             .add_step(StepBuilder("look", "Look", collector_state).build())
+             .build())

@@ -107,6 +107,17 @@ def test_a_released_dependent_is_claimed_in_its_parents_finish_transaction(
             assert child.started_at == parent.completed_at, (parent.step_id, child.step_id)
 
 
+def test_a_worker_hides_what_it_started_with_from_the_collector(client: Client, start_daemon) -> None:
+    # The app, orchwf and the libraries a worker starts with live as long as it does: frozen
+    # (gc.freeze), a full collection skips them instead of traversing tens of thousands of
+    # objects with the GIL held, every few seconds, in the middle of the claim loop.
+    start_daemon("--workers", "1")
+    inst = client.wait(client.enqueue("collector", {}), timeout=30)
+    assert inst.status == WorkflowStatus.COMPLETED
+    seen = inst.step("look").output
+    assert seen["frozen"] > 10_000 and seen["frozen"] > 3 * seen["tracked"], seen
+
+
 def test_non_retryable_error_fails_at_once(client: Client, start_daemon, app_db: str) -> None:
     start_daemon("--workers", "1")
     iid = client.enqueue("nonretryable", {})
