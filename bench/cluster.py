@@ -29,7 +29,7 @@ from pathlib import Path
 
 import psycopg
 
-from .common import log, one
+from .common import host_settings, log, one, sysctl_path
 
 RUN_AS_USER = "orchwf-bench"
 BASE_DIR = Path("/var/lib/orchwf-bench")
@@ -95,6 +95,47 @@ SETTINGS: dict[str, str] = {
 }
 
 
+# The host's page cache, as a database host at this write rate runs it (docs/operations.md,
+# "The host's page cache"). The kernel's default starts background writeback at 10% of
+# RAM (2.4 GB here) and otherwise writes a file's dirty pages 30 s after it was first
+# dirtied: history grows by ~7 MB/s at 4,000 workflows/s through writes that no
+# *_flush_after covers, so ~200 MB was written in one burst every ~31 s, and the commits'
+# WAL flushes queued behind it (p99 queue wait 250-400 ms in those seconds). At 32 MB
+# the kernel writes a few seconds' worth at a time. Applied by Cluster.start when we may
+# (root), restored by Cluster.stop.
+HOST_SETTINGS: dict[str, str] = {"vm.dirty_background_bytes": str(32 * 1024 * 1024)}
+
+
+def _apply_host_settings() -> dict[str, str]:
+    """Set HOST_SETTINGS; return what restores the host (empty when we may not set them).
+    Setting a ``*_bytes`` zeroes its ``*_ratio`` twin and the other way round, so the one
+    that was in force is what gets written back."""
+    if os.geteuid() != 0:
+        log(f"host: page-cache writeback left as it is (not root): {host_settings()}")
+        return {}
+    restore = {}
+    for name, value in HOST_SETTINGS.items():
+        old = sysctl_path(name).read_text().strip()
+        if name.endswith("_bytes") and old == "0":
+            twin = name.removesuffix("_bytes") + "_ratio"
+            restore[twin] = sysctl_path(twin).read_text().strip()
+        else:
+            restore[name] = old
+        try:
+            sysctl_path(name).write_text(value)
+        except OSError as exc:  # a container with /proc/sys read-only
+            log(f"host: could not set {name} ({exc}); left as it is: {host_settings()}")
+            return {}
+    log(f"host: page-cache writeback for the run: {host_settings()}")
+    return restore
+
+
+def _restore_host_settings(restore: dict[str, str]) -> None:
+    for name, value in restore.items():
+        with contextlib.suppress(OSError):
+            sysctl_path(name).write_text(value)
+
+
 # A server that has run a queue for a while has its WAL segments made and recycles them;
 # a fresh cluster makes each one (16 MB of zeros written while commits wait) until its
 # first checkpoints: the soak's p99 spiked for ~35 s around the first one (docs/
@@ -149,6 +190,7 @@ class Cluster:
         self.user = _service_user()
         self.workdir: Path | None = None
         self.port = 0
+        self._host_restore: dict[str, str] = {}
 
     @property
     def data_dir(self) -> Path:
@@ -174,6 +216,7 @@ class Cluster:
     def start(self) -> str:
         """Create and start the cluster; return the DSN of its ``postgres`` database."""
         self.base_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        self._host_restore = _apply_host_settings()
         self.workdir = Path(tempfile.mkdtemp(prefix="cluster-", dir=self.base_dir))
         if self.user is not None:
             os.chown(self.workdir, self.user.pw_uid, self.user.pw_gid)
@@ -236,7 +279,9 @@ class Cluster:
         return None
 
     def stop(self, keep: bool = False) -> None:
-        """Fast shutdown; delete the directory unless ``keep``."""
+        """Fast shutdown; delete the directory unless ``keep``; the host's settings restored."""
+        _restore_host_settings(self._host_restore)
+        self._host_restore = {}
         if self.workdir is None:
             return
         result = self._run([f"{self.pg_bin}/pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60",
@@ -258,8 +303,10 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def running(pg_bin: str | None = None, keep: bool = False, base_dir: Path = BASE_DIR) -> Iterator[Cluster]:
-    cluster = Cluster(pg_bin, base_dir=base_dir)
+def running(pg_bin: str | None = None, keep: bool = False, base_dir: Path = BASE_DIR,
+            overrides: dict[str, str] | None = None) -> Iterator[Cluster]:
+    """A started cluster with SETTINGS, ``overrides`` replacing or adding some (experiments)."""
+    cluster = Cluster(pg_bin, base_dir=base_dir, settings={**SETTINGS, **(overrides or {})})
     try:
         cluster.start()
         yield cluster

@@ -76,6 +76,19 @@ def server_info(server_dsn: str) -> dict[str, str]:
     return info
 
 
+def sysctl_path(name: str) -> Path:
+    return Path("/proc/sys") / name.replace(".", "/")
+
+
+def host_settings() -> dict[str, str]:
+    """The host's page-cache writeback settings (bench/cluster.py HOST_SETTINGS)."""
+    out = {}
+    for name in ("vm.dirty_background_bytes", "vm.dirty_background_ratio", "vm.dirty_expire_centisecs"):
+        with contextlib.suppress(OSError):
+            out[name] = sysctl_path(name).read_text().strip()
+    return out
+
+
 def machine_info() -> dict[str, str]:
     cpu = platform.processor() or "?"
     with contextlib.suppress(OSError):
@@ -93,6 +106,7 @@ def machine_info() -> dict[str, str]:
         "memory": mem,
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
+        "page_cache": ", ".join(f"{k}={v}" for k, v in host_settings().items()),
     }
 
 

@@ -2,8 +2,12 @@
 bench's own cluster, instrumented to find a stall: what the backends were doing (a
 ``pg_stat_activity`` sample every 100 ms, summed over 3-second windows), the p99 queue
 wait of each second, the autovacuum runs, and the plans of every statement that took
-over 150 ms (auto_explain, nested statements included). docs/benchmarks.md, "The soak's
-stalls", shows what it found.
+over 150 ms (auto_explain, nested statements included). Beside them, each second: the
+kernel's dirty and under-writeback page cache, the CPU's iowait and steal, the WAL
+written (bytes, full-page images, write and sync time), and the checkpoints from the
+server log, so that a slow second can be laid against what the host and the server
+were doing. ``--set name=value`` changes a server setting for an experiment.
+docs/benchmarks.md, "The soak's stalls", shows what it found.
 """
 
 from __future__ import annotations
@@ -48,6 +52,71 @@ def _sample(dsn: str, t0: float, stop: threading.Event, out: list[tuple[float, d
             time.sleep(0.1)
 
 
+WAL_SQL = """
+    SELECT wal_records, wal_fpi, wal_bytes, wal_write_time, wal_sync_time FROM pg_stat_wal
+"""
+CHECKPOINT_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) UTC \[\d+\] LOG:  checkpoint (starting|complete)(.*)$")
+
+
+MINUTES_SQL = WAITS_SQL.replace("- %(t0)s)::int AS sec", "- %(t0)s)::int / 60 + 1 AS minute")
+
+
+def _host() -> dict[str, float]:
+    """Dirty and Writeback (kB) from /proc/meminfo; iowait and steal (jiffies) from /proc/stat."""
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    cpu = Path("/proc/stat").read_text().splitlines()[0].split()
+    return {"dirty_kb": float(meminfo["Dirty"].split()[0]), "writeback_kb": float(meminfo["Writeback"].split()[0]),
+            "iowait": float(cpu[5]), "steal": float(cpu[8])}
+
+
+def _server_writes(written: dict[int, tuple[str, int]]) -> None:
+    """Each server process's bytes written to files so far (/proc/PID/io write_bytes: counted
+    as the page cache is dirtied, WAL included), by the kind its title names."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if proc.joinpath("comm").read_text().strip() != "postgres":
+                continue
+            title = proc.joinpath("cmdline").read_text().replace("\0", " ")
+            io = dict(line.split(": ") for line in proc.joinpath("io").read_text().splitlines())
+        except OSError:
+            continue
+        kind = next((k for k in ("checkpointer", "background writer", "walwriter", "autovacuum worker",
+                                 "autovacuum launcher", "logger") if k in title), "backend")
+        written[int(proc.name)] = (kind, int(io["write_bytes"]))
+
+
+def _sample_seconds(dsn: str, stop: threading.Event, out: list[dict[str, float]],
+                    written: dict[int, tuple[str, int]]) -> None:
+    """Once a second: the host's counters and pg_stat_wal, as differences from the second before."""
+    with psycopg.connect(dsn, autocommit=True, row_factory=psycopg.rows.dict_row) as conn:
+        before = {**_host(), **(conn.execute(WAL_SQL).fetchone() or {})}
+        _server_writes(written)
+        started = dict(written)
+        while not stop.wait(1.0):
+            if len(out) % 5 == 0:
+                _server_writes(written)
+            now = {**_host(), **(conn.execute(WAL_SQL).fetchone() or {})}
+            out.append({"dirty_mb": now["dirty_kb"] / 1024, "writeback_mb": now["writeback_kb"] / 1024,
+                        **{k: float(now[k] - before[k]) for k in ("iowait", "steal", "wal_records", "wal_fpi",
+                                                                  "wal_bytes", "wal_write_time", "wal_sync_time")}})
+            before = now
+        _server_writes(written)
+        for pid, (kind, start) in started.items():
+            written[pid] = (kind, written[pid][1] - start)
+
+
+def _checkpoints(log_text: str, t0: float) -> list[str]:
+    """The server log's checkpoint lines, their times as seconds since t0."""
+    found = []
+    for line in log_text.splitlines():
+        match = CHECKPOINT_LINE.match(line)
+        if match:
+            at = time.mktime(time.strptime(match.group(1)[:19], "%Y-%m-%d %H:%M:%S")) - time.timezone
+            at += float("0." + match.group(1)[20:])
+            found.append(f"{at - t0:7.1f}s {match.group(2)}{match.group(3)[:160]}")
+    return found
+
+
 def _slow_plans(log_text: str) -> list[str]:
     """One plan per distinct statement that auto_explain logged."""
     seen: set[str] = set()
@@ -68,12 +137,18 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=90.0)
     p.add_argument("--setup-sql", default="", help="SQL run on the database before the soak (experiments)")
     p.add_argument("--concurrency", type=int, default=None, help="the workers' --concurrency [orchwf's default]")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="a server setting replacing or adding to bench/cluster.py's (repeatable)")
+    p.add_argument("--pg-bin", default=None, help="the PostgreSQL binaries [the host's 15]")
     a = p.parse_args()
+    overrides = dict(item.split("=", 1) for item in a.set)
     work = scratch()
     samples: list[tuple[float, dict[str, Any]]] = []
+    seconds: list[dict[str, float]] = []
+    written: dict[int, tuple[str, int]] = {}
     stop = threading.Event()
     try:
-        with cl.running() as cluster:
+        with cl.running(a.pg_bin, overrides={"track_wal_io_timing": "on", **overrides}) as cluster:
             system = make("orchwf", concurrency=a.concurrency)
             system.setup(cluster.dsn, DATABASE)
             with psycopg.connect(system.dsn, autocommit=True) as conn:
@@ -86,12 +161,18 @@ def main() -> None:
             t0 = time.time()
             sampler = threading.Thread(target=_sample, args=(system.dsn, t0, stop, samples), daemon=True)
             sampler.start()
+            second_sampler = threading.Thread(target=_sample_seconds, args=(system.dsn, stop, seconds, written), daemon=True)
+            second_sampler.start()
             out = soak(system, a.rate, Sizes(soak_seconds=a.seconds, soak_sample=1.0), work,
                        Server("own cluster", cluster.dsn, cluster.log_file))
             stop.set()
+            second_sampler.join()
             waits = system._rows(WAITS_SQL, {"t0": t0})
+            minutes = system._rows(MINUTES_SQL, {"t0": t0})
             system.close()
-            plans = _slow_plans(Path(cluster.log_file).read_text())
+            log_text = Path(cluster.log_file).read_text()
+            plans = _slow_plans(log_text)
+            checkpoints = _checkpoints(log_text, t0)
     finally:
         stop.set()
         cleanup(work)
@@ -105,6 +186,29 @@ def main() -> None:
     for sec in sorted(windows):
         print(f"  {sec:4d}s", dict(windows[sec].most_common(4)))
     print("queue wait p99 ms by second of readiness:", " ".join(f"{w['sec']}:{w['p99']:.0f}" for w in waits))
+    print("queue wait p99 ms by minute:", " ".join(f"{m['minute']}:{m['p99']:.0f}" for m in minutes))
+    print("each second: p99 ms | dirty MB, writeback MB | iowait, steal jiffies | WAL kB, FPIs, "
+          "write ms, sync ms")
+    p99 = {w["sec"]: w["p99"] for w in waits}
+    for sec, row in enumerate(seconds, start=1):
+        mark = " <<" if p99.get(sec, 0) > 250 else ""
+        print(f"  {sec:4d}s {p99.get(sec, float('nan')):6.0f} | {row['dirty_mb']:6.1f} {row['writeback_mb']:5.1f} | "
+              f"{row['iowait']:3.0f} {row['steal']:3.0f} | {row['wal_bytes'] / 1024:7.0f} {row['wal_fpi']:6.0f} "
+              f"{row['wal_write_time']:6.0f} {row['wal_sync_time']:6.0f}{mark}")
+    if seconds:
+        total_bytes = sum(r["wal_bytes"] for r in seconds)
+        total_records = sum(r["wal_records"] for r in seconds)
+        total_fpi = sum(r["wal_fpi"] for r in seconds)
+        print(f"WAL: {total_bytes / len(seconds) / 1e6:.1f} MB/s, {total_records:.0f} records, "
+              f"{total_fpi:.0f} full-page images ({total_fpi / max(total_records, 1):.1%} of records)")
+    by_kind: collections.Counter[str] = collections.Counter()
+    for kind, nbytes in written.values():
+        by_kind[kind] += nbytes
+    print("bytes written to files by server processes (MB/s):",
+          {k: round(v / max(len(seconds), 1) / 1e6, 2) for k, v in by_kind.most_common()})
+    print("checkpoints (s since start):")
+    for line in checkpoints:
+        print("  " + line)
     print("autovacuum runs (s since start: table, elapsed s):",
           " ".join(f"{v['at'] - t0:.0f}:{v['table'].split('.')[-1]}:{v['elapsed']}" for v in out.get("vacuum_runs") or []))
     print(f"{len(plans)} distinct statements over 150 ms")
