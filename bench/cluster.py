@@ -183,7 +183,7 @@ class Cluster:
     """initdb + pg_ctl start of a fresh cluster; ``stop()`` stops it and deletes it."""
 
     def __init__(self, pg_bin: str | None = None, base_dir: Path = BASE_DIR,
-                 settings: dict[str, str] | None = None) -> None:
+                 settings: dict[str, str] | None = None, host_settings: bool = True) -> None:
         self.pg_bin = pg_bin or default_pg_bin()
         self.base_dir = base_dir
         self.settings = dict(SETTINGS if settings is None else settings)
@@ -191,6 +191,7 @@ class Cluster:
         self.workdir: Path | None = None
         self.port = 0
         self._host_restore: dict[str, str] = {}
+        self._apply_host = host_settings
 
     @property
     def data_dir(self) -> Path:
@@ -216,7 +217,8 @@ class Cluster:
     def start(self) -> str:
         """Create and start the cluster; return the DSN of its ``postgres`` database."""
         self.base_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        self._host_restore = _apply_host_settings()
+        if self._apply_host:
+            self._host_restore = _apply_host_settings()
         self.workdir = Path(tempfile.mkdtemp(prefix="cluster-", dir=self.base_dir))
         if self.user is not None:
             os.chown(self.workdir, self.user.pw_uid, self.user.pw_gid)
@@ -304,9 +306,11 @@ class Cluster:
 
 @contextlib.contextmanager
 def running(pg_bin: str | None = None, keep: bool = False, base_dir: Path = BASE_DIR,
-            overrides: dict[str, str] | None = None) -> Iterator[Cluster]:
-    """A started cluster with SETTINGS, ``overrides`` replacing or adding some (experiments)."""
-    cluster = Cluster(pg_bin, base_dir=base_dir, settings={**SETTINGS, **(overrides or {})})
+            overrides: dict[str, str] | None = None, host_settings: bool = True) -> Iterator[Cluster]:
+    """A started cluster with SETTINGS, ``overrides`` replacing or adding some, and
+    HOST_SETTINGS unless ``host_settings`` is false (experiments)."""
+    cluster = Cluster(pg_bin, base_dir=base_dir, settings={**SETTINGS, **(overrides or {})},
+                      host_settings=host_settings)
     try:
         cluster.start()
         yield cluster

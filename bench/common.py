@@ -89,6 +89,21 @@ def host_settings() -> dict[str, str]:
     return out
 
 
+def python_loop_ns() -> float:
+    """Nanoseconds per iteration of a plain Python loop (median of 5): how fast this
+    machine's cores are while the run starts. The machines these figures come from are
+    shared virtual machines whose speed varies by day and hour; this tells a slow machine
+    from a slow orchwf when two runs are compared."""
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i
+        times.append(time.perf_counter() - started)
+    return sorted(times)[2] * 1000.0
+
+
 def machine_info() -> dict[str, str]:
     cpu = platform.processor() or "?"
     with contextlib.suppress(OSError):
@@ -106,6 +121,7 @@ def machine_info() -> dict[str, str]:
         "memory": mem,
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
+        "python_loop": f"{python_loop_ns():.0f} ns/iteration",
         "page_cache": ", ".join(f"{k}={v}" for k, v in host_settings().items()),
     }
 

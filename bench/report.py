@@ -329,6 +329,7 @@ def results_markdown(results: dict[str, Any], images: dict[str, str], image_pref
     parts = [f"_Run of {m['started']} (finished {m.get('finished', '?')}), `{m.get('command', 'python -m bench all')}`._",
              "", "### Machine and servers", "",
              f"- CPU: {mach['cpu']}, {mach['cores']} cores; memory {mach['memory']}; {mach['os']}; Python {mach['python']}"
+             + (f"; a Python loop: {mach['python_loop']}" if mach.get("python_loop") else "")
              + (f"; page cache: {mach['page_cache']}" if mach.get("page_cache") else ""),
              f"- {m.get('server_name', 'server')}: {_server_line(m['server'])}"]
     if m.get("cluster_settings"):

@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 
 from . import cluster as cl
+from .common import machine_info
 from .run import cleanup, scratch
 from .scenarios import Sizes
 from .soak import Server, soak
@@ -139,6 +140,8 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=None, help="the workers' --concurrency [orchwf's default]")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="a server setting replacing or adding to bench/cluster.py's (repeatable)")
+    p.add_argument("--no-host-settings", action="store_true",
+                   help="leave the host's page-cache writeback as it is (bench/cluster.py HOST_SETTINGS)")
     p.add_argument("--pg-bin", default=None, help="the PostgreSQL binaries [the host's 15]")
     a = p.parse_args()
     overrides = dict(item.split("=", 1) for item in a.set)
@@ -148,7 +151,8 @@ def main() -> None:
     written: dict[int, tuple[str, int]] = {}
     stop = threading.Event()
     try:
-        with cl.running(a.pg_bin, overrides={"track_wal_io_timing": "on", **overrides}) as cluster:
+        with cl.running(a.pg_bin, overrides={"track_wal_io_timing": "on", **overrides},
+                        host_settings=not a.no_host_settings) as cluster:
             system = make("orchwf", concurrency=a.concurrency)
             system.setup(cluster.dsn, DATABASE)
             with psycopg.connect(system.dsn, autocommit=True) as conn:
@@ -181,6 +185,7 @@ def main() -> None:
         if row["state"] != "idle" or row["backend_type"] != "client backend":
             windows[int(t) // 3 * 3][f"{row['backend_type'][:10]} {row['wait_event_type']}:{row['wait_event']} "
                                      f"{(row['query'] or '').strip()[:40]}"] += 1
+    print(f"machine: {machine_info()}")
     print(f"t0 (epoch; the server log's times minus this give the seconds below): {t0:.3f}")
     print("busy backends (samples per 3 s window, top 4):")
     for sec in sorted(windows):
