@@ -13,6 +13,7 @@ docs/benchmarks.md, "The soak's stalls", shows what it found.
 from __future__ import annotations
 
 import argparse
+import calendar
 import collections
 import re
 import threading
@@ -57,8 +58,6 @@ WAL_SQL = """
     SELECT wal_records, wal_fpi, wal_bytes, wal_write_time, wal_sync_time FROM pg_stat_wal
 """
 CHECKPOINT_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) UTC \[\d+\] LOG:  checkpoint (starting|complete)(.*)$")
-
-
 MINUTES_SQL = WAITS_SQL.replace("- %(t0)s)::int AS sec", "- %(t0)s)::int / 60 + 1 AS minute")
 
 
@@ -112,7 +111,7 @@ def _checkpoints(log_text: str, t0: float) -> list[str]:
     for line in log_text.splitlines():
         match = CHECKPOINT_LINE.match(line)
         if match:
-            at = time.mktime(time.strptime(match.group(1)[:19], "%Y-%m-%d %H:%M:%S")) - time.timezone
+            at = calendar.timegm(time.strptime(match.group(1)[:19], "%Y-%m-%d %H:%M:%S"))  # the log is UTC
             at += float("0." + match.group(1)[20:])
             found.append(f"{at - t0:7.1f}s {match.group(2)}{match.group(3)[:160]}")
     return found
