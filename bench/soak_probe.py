@@ -152,6 +152,7 @@ def main() -> None:
     try:
         with cl.running(a.pg_bin, overrides={"track_wal_io_timing": "on", **overrides},
                         host_settings=not a.no_host_settings) as cluster:
+            machine = machine_info()  # while the run's host settings are in force
             system = make("orchwf", concurrency=a.concurrency)
             system.setup(cluster.dsn, DATABASE)
             with psycopg.connect(system.dsn, autocommit=True) as conn:
@@ -184,7 +185,7 @@ def main() -> None:
         if row["state"] != "idle" or row["backend_type"] != "client backend":
             windows[int(t) // 3 * 3][f"{row['backend_type'][:10]} {row['wait_event_type']}:{row['wait_event']} "
                                      f"{(row['query'] or '').strip()[:40]}"] += 1
-    print(f"machine: {machine_info()}")
+    print(f"machine: {machine}")
     print(f"t0 (epoch; the server log's times minus this give the seconds below): {t0:.3f}")
     print("busy backends (samples per 3 s window, top 4):")
     for sec in sorted(windows):

@@ -19,7 +19,6 @@ from click.testing import CliRunner
 from psycopg.conninfo import make_conninfo
 
 from orchwf.cli.main import cli
-from orchwf.db import migrations
 from orchwf.db.migrations import (
     DatabaseConnectionError,
     MigrationError,
@@ -137,7 +136,7 @@ def test_dry_run_returns_sql_and_changes_nothing(empty_db_dsn: str) -> None:
     assert "CREATE OR REPLACE FUNCTION orchwf_claim_steps" in text
     assert text.count("BEGIN;") == 2 and text.count("COMMIT;") == 2
     for version in ALL:
-        assert (f"INSERT INTO \"dba_review\".orchwf_migrations (version, description) VALUES ('{version}', "
+        assert (f"INSERT INTO \"dba_review\".orchwf_migrations (version, description) VALUES ('{version}', "  # noqa: S608
                 in text)
     assert not schema_exists(empty_db_dsn, "dba_review")
     assert plan(empty_db_dsn, direction="down") == ""  # nothing applied yet

@@ -23,7 +23,13 @@ from typing import Any
 
 import psycopg
 
-from orchwf import NonRetryableError, RetryPolicyBuilder, StepBuilder, WorkflowBuilder, wait_for_signal
+from orchwf import (
+    NonRetryableError,
+    RetryPolicyBuilder,
+    StepBuilder,
+    WorkflowBuilder,
+    wait_for_signal,
+)
 
 SIDE_DSN = os.environ.get("ORCHWF_CHAOS_SIDE_DSN", "")
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.types.json import Jsonb
 from harness import PROFILE, connect, record_figures, wait_for, wait_until_done
 from ledger import check_ledger
+from psycopg.types.json import Jsonb
 from world import Chaos, prepare
 
 from orchwf.db.migrations import migrate

@@ -9,8 +9,8 @@ import time
 
 import pytest
 from harness import PROFILE, record_figures, wait_for, wait_until_done
-from proctools import children, pid_alive
 from ledger import check_ledger
+from proctools import children, pid_alive
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(PROFILE.timeout)]
 

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from daemonkit import executions, wait_for
 
 from orchwf import Client, StepBuilder, WorkflowBuilder, WorkflowStatus
-
-from daemonkit import executions, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -103,7 +102,7 @@ def test_a_released_dependent_is_claimed_in_its_parents_finish_transaction(
         assert inst.status == WorkflowStatus.COMPLETED
         steps = sorted(inst.steps, key=lambda s: s.execution_order)
         assert len(steps) == 3
-        for parent, child in zip(steps, steps[1:]):
+        for parent, child in zip(steps, steps[1:], strict=False):
             assert child.started_at == parent.completed_at, (parent.step_id, child.step_id)
 
 

@@ -7,11 +7,10 @@ import time
 
 import psycopg
 import pytest
-
-from orchwf import Client, WorkflowStatus
-
 from daemonkit import executions, wait_for
 from proctools import children
+
+from orchwf import Client, WorkflowStatus
 
 CLAIM = "SELECT step_inst_id FROM orchwf_claim_steps(%s, '{default}', '{single}', %s, 30, %s)"
 

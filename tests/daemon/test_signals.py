@@ -14,7 +14,13 @@ import psycopg
 import pytest
 from daemonkit import executions, wait_for
 
-from orchwf import Client, InvalidStateError, ValidationError, WorkflowNotFoundError, wait_for_signal
+from orchwf import (
+    Client,
+    InvalidStateError,
+    ValidationError,
+    WorkflowNotFoundError,
+    wait_for_signal,
+)
 from orchwf.client import signal
 
 pytestmark = pytest.mark.slow

@@ -264,7 +264,14 @@ def old_finished_instance(dsn: str, days: int) -> str:
     with a step and events, saved through the in-process store."""
     from datetime import datetime, timedelta, timezone
 
-    from orchwf import DBStateManager, StepInstance, StepStatus, WorkflowEvent, WorkflowInstance, WorkflowStatus
+    from orchwf import (
+        DBStateManager,
+        StepInstance,
+        StepStatus,
+        WorkflowEvent,
+        WorkflowInstance,
+        WorkflowStatus,
+    )
     from orchwf.ids import new_id
 
     at = (datetime.now(timezone.utc) - timedelta(days=days)).replace(microsecond=0)

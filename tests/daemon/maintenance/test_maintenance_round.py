@@ -4,7 +4,6 @@ supervisor's processes alive."""
 
 from __future__ import annotations
 
-import pytest
 from maintkit import (
     SCHEMA,
     Q,
