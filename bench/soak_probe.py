@@ -117,6 +117,27 @@ def _checkpoints(log_text: str, t0: float) -> list[str]:
     return found
 
 
+AUTOVACUUM_ENTRY = re.compile(
+    r'^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) \S+ \[\d+\] LOG:  automatic (?:aggressive )?'
+    r'(vacuum|analyze) (?:to prevent wraparound )?of table "[^"]+\.([^".]+)"(.*?)elapsed: ([0-9.]+) s', re.S)
+
+
+def _autovacuum_entries(log_text: str, t0: float) -> list[str]:
+    """Every autovacuum and auto-analyze of any table, history partitions included (the
+    soak's own count knows only the tables by name), as seconds since t0 (when it ended),
+    its elapsed seconds, and the pages it read and dirtied."""
+    found = []
+    for block in re.split(r"\n(?=\S)", log_text):
+        match = AUTOVACUUM_ENTRY.match(block)
+        if match:
+            at = calendar.timegm(time.strptime(match.group(1)[:19], "%Y-%m-%d %H:%M:%S"))
+            at += float("0." + match.group(1)[20:])
+            buffers = re.search(r"buffer usage: (\d+) hits, (\d+) misses, (\d+) dirtied", match.group(4))
+            pages = f" hits {buffers[1]} misses {buffers[2]} dirtied {buffers[3]}" if buffers else ""
+            found.append(f"{at - t0:7.1f}s {match.group(2)} {match.group(3)} {match.group(5)} s{pages}")
+    return found
+
+
 def _slow_plans(log_text: str) -> list[str]:
     """One plan per distinct statement that auto_explain logged."""
     seen: set[str] = set()
@@ -177,6 +198,7 @@ def main() -> None:
             log_text = Path(cluster.log_file).read_text()
             plans = _slow_plans(log_text)
             checkpoints = _checkpoints(log_text, t0)
+            autovacuums = _autovacuum_entries(log_text, t0)
     finally:
         stop.set()
         cleanup(work)
@@ -216,6 +238,9 @@ def main() -> None:
         print("  " + line)
     print("autovacuum runs (s since start: table, elapsed s):",
           " ".join(f"{v['at'] - t0:.0f}:{v['table'].split('.')[-1]}:{v['elapsed']}" for v in out.get("vacuum_runs") or []))
+    print("every autovacuum and auto-analyze (s since start, when it ended; elapsed; pages):")
+    for line in autovacuums:
+        print("  " + line)
     print(f"{len(plans)} distinct statements over 150 ms")
     for plan in plans:
         print("=====", plan[-3000:])

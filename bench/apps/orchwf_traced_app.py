@@ -5,7 +5,9 @@ hook that each worker calls after fork.
 * ``python -m bench tracing`` and ``python -m bench.span_cost``: spans go through the
   SDK's BatchSpanProcessor to the OTLP/HTTP exporter (protobuf), as in production, which
   posts them to $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: the bench's sink
-  (bench/otlp_sink.py), a process of its own as a collector is.
+  (bench/otlp_sink.py), a process of its own as a collector is. The exporter's module is
+  imported here, once, by the supervisor (docs/operations.md, "Tracing"); the hook
+  makes the provider, the processor and the exporter in each worker.
 * ``python -m bench.trace_picture`` sets $ORCHWF_BENCH_SPANS: each finished span is
   appended to that file as a JSON line, by the worker that ended it.
 """
@@ -16,6 +18,8 @@ import json
 import os
 import time
 from typing import Any
+
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
 from orchwf import StepBuilder, StepContext, WorkflowBuilder
 
@@ -74,7 +78,5 @@ def configure_tracing() -> None:
     if SPANS:
         provider.add_span_processor(SimpleSpanProcessor(JsonLines()))
     else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)

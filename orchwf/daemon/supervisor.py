@@ -83,6 +83,8 @@ class Supervisor:
             raise ValueError("no workflow definitions to run")
         self.config = config
         self.tracing_hook = tracing_hook
+        if tracing_hook is not None:
+            tracing.preload()  # modules only: each worker's hook makes its provider after fork
         self.definitions = {d.id: d for d in definitions}
         self.notifier = notifier
         self.started_ms = int(time.time() * 1000)

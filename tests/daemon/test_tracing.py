@@ -131,6 +131,26 @@ def test_step_attempts_are_spans_under_the_span_active_at_enqueue(tracing_daemon
         assert (inner["trace_id"], inner["parent_id"]) == (step["trace_id"], step["span_id"])
     assert len(spans) == 7 + 6
     assert [s.name for s in exporter.get_finished_spans()] == ["checkout"]
+    # the supervisor imported the SDK before it forked: no worker imported it again
+    first = next(s for s in traced_client.get_workflow(alone).steps if s.step_id == "first")
+    assert first.output["sdk_before_hook"] is True
+
+
+def test_preload_imports_the_sdk_and_starts_nothing() -> None:
+    """What the supervisor runs before it forks: modules only, no thread, no provider."""
+    code = """
+import sys, threading
+from orchwf import tracing
+assert "opentelemetry.sdk.trace.export" not in sys.modules
+tracing.preload()
+assert {"opentelemetry.trace", "opentelemetry.sdk.trace", "opentelemetry.sdk.trace.export"} <= set(sys.modules)
+assert threading.active_count() == 1, threading.enumerate()
+from opentelemetry import trace
+assert type(trace.get_tracer_provider()).__name__ == "ProxyTracerProvider"  # none set: the workers' hooks set theirs
+assert tracing._tracer is None
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
 
 
 def test_a_batch_processor_set_up_before_fork_exports_from_the_workers(tracing_daemon, traced_client: Client,

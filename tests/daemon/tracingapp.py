@@ -64,8 +64,14 @@ def _install(batch: bool) -> None:
 if MODE == "prefork":
     _install(batch=True)
 
+#: Whether OpenTelemetry's SDK was loaded when this worker's hook began: this module
+#: imports it only inside the hook (child mode), so only the supervisor's preload did.
+SDK_BEFORE_HOOK: bool | None = None
+
 if MODE != "off":
     def configure_tracing() -> None:
+        global SDK_BEFORE_HOOK
+        SDK_BEFORE_HOOK = "opentelemetry.sdk.trace.export" in sys.modules
         if MODE == "broken":
             raise RuntimeError("no exporter here")
         if MODE == "child":
@@ -73,7 +79,7 @@ if MODE != "off":
 
 
 def probe(ctx, data):
-    return {"otel_loaded": "opentelemetry" in sys.modules, "pid": os.getpid()}
+    return {"otel_loaded": "opentelemetry" in sys.modules, "pid": os.getpid(), "sdk_before_hook": SDK_BEFORE_HOOK}
 
 
 def flaky(ctx, data):
