@@ -86,7 +86,7 @@ def with_traceparent(metadata: dict[str, Any]) -> dict[str, Any]:
     return metadata
 
 
-#: What every worker's hook and orchwf's own per-step code import: loaded by preload().
+#: The SDK modules every worker's hook imports to make its provider: loaded by preload().
 _PRELOADED = ("opentelemetry.sdk.trace", "opentelemetry.sdk.trace.export")
 
 
@@ -95,8 +95,9 @@ def preload() -> None:
     that each worker does not import them again after fork (~0.1 s of a core each time a
     worker starts: a recycle, a reload, a crash's replacement). A module import starts
     no thread and opens no connection, so it may cross fork; the provider, the processor
-    and the exporter are still made in each worker by the app's hook. Without the SDK (a hook that sets up something else), only the API is loaded; without the
-    API, nothing (each worker's start_in_worker then logs why it runs untraced)."""
+    and the exporter are still made in each worker by the app's hook. Without the SDK
+    (a hook that sets up something else), only the API is loaded; without the API,
+    nothing (each worker's start_in_worker then logs why it runs untraced)."""
     for name in ("opentelemetry.trace", *_PRELOADED):
         try:
             importlib.import_module(name)
