@@ -98,11 +98,12 @@ BEGIN
         END IF;
         v_suffix := 'p' || to_char(v_at AT TIME ZONE 'UTC', 'YYYYMMDD"t"HH24MISS');
         FOREACH v_parent IN ARRAY ARRAY['orchwf_instance_history', 'orchwf_step_history', 'orchwf_event_history'] LOOP
-            -- Written once, read by key: vacuum when inserts pile up, and freeze at once, so
+            -- Written once, read by key: vacuum when inserts pile up, in slices of a fixed
+            -- size (a share of the partition grew with it, 018), and freeze at once, so
             -- later vacuums skip these pages for good; analyzed rarely: each analyze took
             -- a core from the queue for a second on a small host (015).
             EXECUTE format('CREATE TABLE %I (LIKE %I INCLUDING DEFAULTS INCLUDING CONSTRAINTS) WITH ('
-                           'autovacuum_vacuum_insert_threshold = 50000, autovacuum_vacuum_insert_scale_factor = 0.05, '
+                           'autovacuum_vacuum_insert_threshold = 50000, autovacuum_vacuum_insert_scale_factor = 0, '
                            'autovacuum_freeze_min_age = 0, autovacuum_vacuum_cost_delay = 0, '
                            'autovacuum_analyze_threshold = 100000, autovacuum_analyze_scale_factor = 0.5)',
                            v_parent || '_' || v_suffix, v_parent);

@@ -291,14 +291,14 @@ def test_rollback_of_013_makes_waiters_ready_and_restores_the_previous_bodies(ke
         for _ in range(3):
             c.enqueue("keyed", {"k": "m"})
     assert held(keys_db) == {"k:m": (2, 1)}
-    assert rollback(keys_db, steps=5) == ["017", "016", "015", "014", "013"]
+    assert rollback(keys_db, steps=6) == ["018", "017", "016", "015", "014", "013"]
     assert q(keys_db, "SELECT count(*) FROM orchwf_ready_steps") == [(3,)]
     assert q(keys_db, "SELECT proname FROM pg_proc WHERE prosrc ~ 'concurrency|orchwf_key_|orchwf_ready_key'") == []
     claimed = claim(keys_db)
     assert len(claimed) == 3
     finish(keys_db, claimed)
     assert q(keys_db, "SELECT count(*) FROM orchwf_live_instances") == [(0,)]
-    assert migrate(keys_db) == ["013", "014", "015", "016", "017"]
+    assert migrate(keys_db) == ["013", "014", "015", "016", "017", "018"]
     with Client(keys_db) as c:
         for _ in range(3):
             c.enqueue("keyed", {"k": "m"})

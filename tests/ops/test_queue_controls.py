@@ -223,7 +223,7 @@ def test_rollback_of_012_takes_the_filter_out_and_refuses_an_unknown_body(ops_db
     from orchwf.db.sqlfiles import MigrationError
 
     query(ops_db, "SELECT orchwf_pause_queue('default')")
-    assert rollback(ops_db, steps=5) == ["017", "016", "015", "014", "013"]  # the later ones first (013's own test: tests/daemon/test_concurrency_keys.py)
+    assert rollback(ops_db, steps=6) == ["018", "017", "016", "015", "014", "013"]  # the later ones first (013's own test: tests/daemon/test_concurrency_keys.py)
     claim_src = "SELECT prosrc FROM pg_proc WHERE proname = 'orchwf_claim_steps' AND pronargs = 7"  # the body
     [(original,)] = query(ops_db, claim_src)
     query(ops_db, "UPDATE pg_proc SET prosrc = replace(prosrc, 'c.paused IS NOT TRUE)', 'c.paused IS NOT TRUE AND true)')"
@@ -244,7 +244,7 @@ def test_rollback_of_012_takes_the_filter_out_and_refuses_an_unknown_body(ops_db
         iid = client.enqueue("ops_chain", {})
     assert run_one(ops_db, "completed") == (iid, "a")  # the claim runs without the table
     assert query(ops_db, "SELECT suspects FROM orchwf_maintain('sup', true, '{default}', '{ops_chain}')") == [(False,)]
-    assert migrate(ops_db) == ["012", "013", "014", "015", "016", "017"]
+    assert migrate(ops_db) == ["012", "013", "014", "015", "016", "017", "018"]
     assert controls(ops_db) == []
 
 

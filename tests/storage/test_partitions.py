@@ -525,7 +525,7 @@ def test_churning_tables_are_never_truncated_and_history_is_analyzed_rarely(db_d
             assert {k: options.get(k) for k in RARELY_ANALYZED} == RARELY_ANALYZED, part
             assert options["autovacuum_freeze_min_age"] == "0", part
 
-    assert rollback(db_dsn, steps=3) == ["017", "016", "015"]
+    assert rollback(db_dsn, steps=4) == ["018", "017", "016", "015"]
     with connect(db_dsn) as conn:
         for table in CHURNING:
             assert "vacuum_truncate" not in _options(conn, table), table
@@ -540,7 +540,7 @@ def test_churning_tables_are_never_truncated_and_history_is_analyzed_rarely(db_d
         for part in made_after:  # made by 014's function again
             assert not set(RARELY_ANALYZED) & set(_options(conn, part)), part
 
-    assert migrate(db_dsn) == ["015", "016", "017"]
+    assert migrate(db_dsn) == ["015", "016", "017", "018"]
     with connect(db_dsn) as conn:
         for part in _history_partitions(conn):
             options = _options(conn, part)
@@ -605,7 +605,7 @@ def test_history_is_analyzed_from_a_small_sample(db_dsn: str) -> None:
         instances = next(p for p in parts if p.startswith("orchwf_instance_history_"))
         assert _sample_of_40000_rows(conn, instances) == 3000
 
-    assert rollback(db_dsn) == ["017"]
+    assert rollback(db_dsn, steps=2) == ["018", "017"]
     with connect(db_dsn) as conn:
         for table in (*HISTORY, *_history_partitions(conn)):
             assert set(_targets(conn, table).values()) == {None}, table
@@ -616,7 +616,48 @@ def test_history_is_analyzed_from_a_small_sample(db_dsn: str) -> None:
             assert set(_targets(conn, part).values()) == {None}, part
         assert _sample_of_40000_rows(conn, instances) == 30000
 
-    assert migrate(db_dsn) == ["017"]
+    assert migrate(db_dsn) == ["017", "018"]
     with connect(db_dsn) as conn:
         for part in _history_partitions(conn):
             assert _targets(conn, part) == parents[_parent(part)], part
+
+
+# --------------------------------------------------------------------------- vacuum in fixed slices (018)
+
+
+def test_history_is_vacuumed_in_slices_of_a_fixed_size(db_dsn: str) -> None:
+    """018: every history partition, premade or made on demand, is vacuumed after 50,000
+    new rows whatever its size (a share of it, 5% before, made each vacuum grow with the
+    day: the soak's late slow seconds). 018 down puts 5% back, on the partitions and on
+    those made after; up again sets 0 on every partition there by then."""
+    from orchwf.db.migrations import migrate, rollback
+
+    fixed = {"autovacuum_vacuum_insert_threshold": "50000", "autovacuum_vacuum_insert_scale_factor": "0"}
+    with connect(db_dsn) as conn:
+        define_workflow(conn)
+        _maintenance_down_for_days(conn)
+        enqueue(conn, 2)  # makes today's range on demand
+        parts = _history_partitions(conn)
+        assert len(parts) >= 3 * 4
+        for part in parts:
+            options = _options(conn, part)
+            assert {k: options.get(k) for k in fixed} == fixed, part
+
+    assert rollback(db_dsn) == ["018"]
+    with connect(db_dsn) as conn:
+        conn.execute("SELECT orchwf_ensure_partitions(now() + interval '30 days', now() + interval '31 days')")
+        now_parts = _history_partitions(conn)
+        made_after = [p for p in now_parts if p not in parts]
+        assert made_after and len(made_after) % 3 == 0
+        for part in now_parts:  # those of before, and those 017's function made
+            assert _options(conn, part).get("autovacuum_vacuum_insert_scale_factor") == "0.05", part
+            assert _options(conn, part).get("autovacuum_vacuum_insert_threshold") == "50000", part
+
+    assert migrate(db_dsn) == ["018"]
+    with connect(db_dsn) as conn:
+        for part in _history_partitions(conn):
+            options = _options(conn, part)
+            assert {k: options.get(k) for k in fixed} == fixed, part
+        conn.execute("SELECT orchwf_ensure_partitions(now() + interval '40 days', now() + interval '41 days')")
+        for part in [p for p in _history_partitions(conn) if p not in now_parts]:
+            assert _options(conn, part).get("autovacuum_vacuum_insert_scale_factor") == "0", part
