@@ -105,15 +105,18 @@ def _sample_seconds(dsn: str, stop: threading.Event, out: list[dict[str, float]]
             written[pid] = (kind, written[pid][1] - start)
 
 
+def _log_time(stamp: str) -> float:
+    """Epoch seconds of a server log line's time ('YYYY-MM-DD HH:MM:SS.mmm', UTC)."""
+    return calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%d %H:%M:%S")) + float("0." + stamp[20:])
+
+
 def _checkpoints(log_text: str, t0: float) -> list[str]:
     """The server log's checkpoint lines, their times as seconds since t0."""
     found = []
     for line in log_text.splitlines():
         match = CHECKPOINT_LINE.match(line)
         if match:
-            at = calendar.timegm(time.strptime(match.group(1)[:19], "%Y-%m-%d %H:%M:%S"))  # the log is UTC
-            at += float("0." + match.group(1)[20:])
-            found.append(f"{at - t0:7.1f}s {match.group(2)}{match.group(3)[:160]}")
+            found.append(f"{_log_time(match.group(1)) - t0:7.1f}s {match.group(2)}{match.group(3)[:160]}")
     return found
 
 
@@ -130,8 +133,7 @@ def _autovacuum_entries(log_text: str, t0: float) -> list[str]:
     for block in re.split(r"\n(?=\S)", log_text):
         match = AUTOVACUUM_ENTRY.match(block)
         if match:
-            at = calendar.timegm(time.strptime(match.group(1)[:19], "%Y-%m-%d %H:%M:%S"))
-            at += float("0." + match.group(1)[20:])
+            at = _log_time(match.group(1))
             buffers = re.search(r"buffer usage: (\d+) hits, (\d+) misses, (\d+) dirtied", match.group(4))
             pages = f" hits {buffers[1]} misses {buffers[2]} dirtied {buffers[3]}" if buffers else ""
             found.append(f"{at - t0:7.1f}s {match.group(2)} {match.group(3)} {match.group(5)} s{pages}")
