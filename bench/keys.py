@@ -108,8 +108,10 @@ def limits_once(server_dsn: str, logdir: Path, keyed: bool, n: int = 2000) -> di
                 raise TimeoutError("limits: not drained in 300 s")
             time.sleep(0.1)
         with psycopg.connect(system.dsn) as conn:
-            rows = conn.execute("SELECT (output->>'t0')::float8, (output->>'t1')::float8 FROM orchwf_step_instances"
-                                " WHERE status = 'completed'").fetchall()
+            rows = conn.execute("SELECT (s.output->>'t0')::float8, (s.output->>'t1')::float8, i.input->>'k',"
+                                " extract(epoch FROM s.started_at)::float8, extract(epoch FROM s.completed_at)::float8"
+                                " FROM orchwf_step_instances s JOIN orchwf_workflow_instances i"
+                                " ON i.id = s.workflow_inst_id WHERE s.status = 'completed'").fetchall()
     finally:
         for p in procs:
             p.stop()
@@ -117,7 +119,38 @@ def limits_once(server_dsn: str, logdir: Path, keyed: bool, n: int = 2000) -> di
     window = max(r[1] for r in rows) - min(r[0] for r in rows)
     busy = sum(r[1] - r[0] for r in rows)
     bound = max(per_key.values())
-    return {"window_s": window, "bound_s": bound, "of_bound": bound / window, "avg_running": busy / window}
+    # (without keys a key's steps are not limited to 2 at a time: no handoff to measure)
+    out = {"window_s": window, "bound_s": bound, "of_bound": bound / window, "avg_running": busy / window,
+           "handoff_ms_p50": float("nan"), "handoff_ms_p90": float("nan")}
+    if keyed:
+        parts = _handoffs(rows)
+        gaps = sorted(p["total"] for p in parts)
+        out |= {"handoff_ms_p50": 1000 * gaps[len(gaps) // 2], "handoff_ms_p90": 1000 * gaps[len(gaps) * 9 // 10]}
+        for name in ("to_finish", "to_claim", "to_start"):
+            out[f"{name}_ms_p50"] = 1000 * statistics.median(p[name] for p in parts)
+    return out
+
+
+def _handoffs(rows: list[Any], slots: int = 2) -> list[dict[str, float]]:
+    """How long a slot of a key stood free between two of its steps (each key runs at most
+    ``slots`` at once, so its i-th start waited for its (i - slots)-th end), and where that
+    time went: from the step's end to its finish's transaction (``to_finish``: the result
+    on its way to the worker's loop, and group commit's linger), from there to the next
+    step's claim (``to_claim``: 0 when the finish claimed it), and from the claim to the
+    step's start (``to_start``: the commit, and the hand-over to a thread). Rows: (t0, t1,
+    key, claimed at, finished at), seconds."""
+    by_key: dict[str, list[Any]] = {}
+    for row in rows:
+        by_key.setdefault(row[2], []).append(row)
+    parts: list[dict[str, float]] = []
+    for steps in by_key.values():
+        starts = sorted(steps, key=lambda r: r[0])
+        ends = sorted(steps, key=lambda r: r[1])
+        for i in range(slots, len(starts)):
+            nxt, prev = starts[i], ends[i - slots]
+            parts.append({"total": nxt[0] - prev[1], "to_finish": prev[4] - prev[1],
+                          "to_claim": nxt[3] - prev[4], "to_start": nxt[0] - nxt[3]})
+    return parts
 
 
 def limits(server_dsn: str, logdir: Path, rounds: int) -> dict[str, Any]:
@@ -147,9 +180,15 @@ def table(r: dict[str, Any]) -> str:
                      f"{cpu['workers']:,.0f} | {cpu['postgres']:,.0f} |")
     lines.append(f"\nwith / without keys: {d['ratio']:.2f}x launch to last, {d['window_ratio']:.2f}x window "
                  f"({r['rounds']} interleaved rounds of {r['jobs']:,}; 1,000 keys, limit 5)\n")
-    lines += ["| 2,000 steps of 5-50 ms, 20 keys | window (median) | the limits allow | of it | steps running on average |",
-              "|---|---:|---:|---:|---:|"]
+    lines += ["| 2,000 steps of 5-50 ms, 20 keys | window (median) | the limits allow | of it "
+              "| steps running on average | a key's slot free between two steps: p50, p90 |",
+              "|---|---:|---:|---:|---:|---:|"]
     for label, x in r["limits"].items():
         lines.append(f"| {label} | {x['window_s']:.2f} s | {x['bound_s']:.2f} s | {x['of_bound']:.0%} | "
-                     f"{x['avg_running']:.1f} of 40 |")
+                     f"{x['avg_running']:.1f} of 40 | {x['handoff_ms_p50']:.1f}, {x['handoff_ms_p90']:.1f} ms |")
+    keyed = r["limits"].get("keys (2 x 50 slots)", {})
+    if "to_finish_ms_p50" in keyed:
+        lines.append(f"\nThe keyed slot's handoff, medians: step end -> its finish's transaction "
+                     f"{keyed['to_finish_ms_p50']:.1f} ms, -> the next step's claim {keyed['to_claim_ms_p50']:.1f} ms, "
+                     f"-> its start {keyed['to_start_ms_p50']:.1f} ms")
     return "\n".join(lines)
