@@ -46,6 +46,56 @@ BEGIN
 END;
 $$;
 
+-- Tell the supervisors (LISTEN orchwf_ready) that these steps (in these queues) are
+-- ready. Each notification wakes every worker of every supervisor to claim, and a
+-- notifying commit waits for the others' flushes (above); a step the finishing worker
+-- claims itself needs neither. So inside orchwf_finish_and_claim the word waits until
+-- its claim has taken what it can (orchwf.claim_follows, a setting of the transaction),
+-- and only the steps still ready are announced (orchwf_announce_unclaimed).
+CREATE OR REPLACE FUNCTION orchwf_announce_ready(p_steps uuid[], p_queues text[]) RETURNS void
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+AS $$
+BEGIN
+    IF coalesce(cardinality(p_steps), 0) = 0 THEN
+        RETURN;
+    END IF;
+    IF current_setting('orchwf.claim_follows', true) = 'on' THEN
+        PERFORM set_config('orchwf.unannounced',
+                           (coalesce(nullif(current_setting('orchwf.unannounced', true), '')::jsonb, '{}')
+                            || jsonb_object(p_steps::text[], p_queues))::text, true);
+        RETURN;
+    END IF;
+    PERFORM pg_notify('orchwf_ready', q.queue) FROM (SELECT DISTINCT unnest(p_queues) AS queue) q;
+END;
+$$;
+
+-- The steps made ready in this transaction that its claim left: announced now.
+CREATE OR REPLACE FUNCTION orchwf_announce_unclaimed() RETURNS void
+LANGUAGE plpgsql
+SET search_path FROM CURRENT
+SET enable_seqscan = off     -- the steps by key: the table is the work in flight
+SET enable_bitmapscan = off
+SET plan_cache_mode = force_generic_plan  -- planned once a session (orchwf_finish_steps)
+AS $$
+DECLARE
+    v_steps jsonb := nullif(current_setting('orchwf.unannounced', true), '')::jsonb;
+BEGIN
+    PERFORM set_config('orchwf.claim_follows', '', true);
+    IF v_steps IS NULL THEN
+        RETURN;
+    END IF;
+    PERFORM set_config('orchwf.unannounced', '', true);
+    -- A step the claim took is running; one it left is not. (Asked of the steps by their
+    -- key, not of the ready queue: there a statistics lag chose the claim index, whose
+    -- fifth column the IDs are, and read it whole: tests/storage/test_plans.py.)
+    PERFORM pg_notify('orchwf_ready', q.queue)
+    FROM (SELECT DISTINCT v_steps ->> s.id::text AS queue
+          FROM orchwf_live_steps s
+          WHERE s.id = ANY (ARRAY(SELECT k::uuid FROM jsonb_object_keys(v_steps) AS k)) AND s.status <> 'running') q;
+END;
+$$;
+
 -- Client.wait: hold the instance's key in share mode for the session (the wait's own
 -- connection, LISTENing on orchwf_done), before reading the instance's status; see
 -- orchwf_notify_done. Blocks only while a finish of this instance commits; a finish in
@@ -188,8 +238,9 @@ DECLARE
     v_insts    uuid[];
     v_ended    uuid[];
     v_row      record;
-    v_released integer := 0;
     v_n        integer;
+    v_ready    uuid[];   -- steps this call made ready (requeued or released): announced
+    v_ready_queues text[];  -- and their queues
     v_requeued uuid[];   -- accepted attempts that go back to the queue
     v_parents  boolean;  -- an accepted step completed (or was skipped) and has dependents
     v_failed   boolean;  -- a required step failed for good
@@ -330,7 +381,12 @@ BEGIN
         ORDER BY 8, 1
         ON CONFLICT DO NOTHING;
         GET DIAGNOSTICS v_n = ROW_COUNT;
-        v_released := v_released + v_n;
+        IF v_n > 0 THEN  -- (the statement above keeps its text: 013's down replaces it)
+            SELECT array_agg(s.id), array_agg(i.queue) INTO v_ready, v_ready_queues
+            FROM orchwf_live_steps s JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id AND i.id = ANY (v_insts)
+            WHERE s.id = ANY (v_requeued) AND s.workflow_inst_id = ANY (v_insts)
+              AND s.status IN ('retrying', 'pending') AND s.run_after IS NULL AND i.status IN ('pending', 'running');
+        END IF;
     END IF;
 
     -- Release dependents: completed and skipped (optional, failed) steps satisfy them.
@@ -371,10 +427,10 @@ BEGIN
               AND (r.wait_signal IS NULL OR orchwf_signal_waiting(r.workflow_inst_id, r.wait_signal))
             ORDER BY 7, 1
             ON CONFLICT DO NOTHING
-            RETURNING 1)
-        SELECT (SELECT count(*) FROM ready), EXISTS (SELECT 1 FROM released r WHERE r.run_after IS NOT NULL)
-        INTO v_n, v_delayed;
-        v_released := v_released + v_n;
+            RETURNING orchwf_ready_steps.step_inst_id, orchwf_ready_steps.queue)
+        SELECT v_ready || ARRAY(SELECT r.step_inst_id FROM ready r), v_ready_queues || ARRAY(SELECT r.queue FROM ready r),
+               EXISTS (SELECT 1 FROM released r WHERE r.run_after IS NOT NULL)
+        INTO v_ready, v_ready_queues, v_delayed;
         IF v_delayed THEN
             PERFORM pg_notify('orchwf_scheduled', '');
         END IF;
@@ -472,10 +528,7 @@ BEGIN
         END LOOP;
     END IF;
 
-    IF v_released > 0 THEN
-        PERFORM pg_notify('orchwf_ready', q.queue)
-        FROM (SELECT DISTINCT i.queue FROM orchwf_live_instances i WHERE i.id = ANY (v_insts)) q;
-    END IF;
+    PERFORM orchwf_announce_ready(v_ready, v_ready_queues);
 
     RETURN QUERY
     SELECT x.id, x.id = ANY (v_accepted) FROM unnest(p_ids) AS x(id);
@@ -524,6 +577,8 @@ SET search_path FROM CURRENT
 SET plan_cache_mode = force_generic_plan  -- planned once a session (orchwf_finish_steps)
 AS $$
 BEGIN
+    -- The steps the finish makes ready are announced after the claim, if it left them.
+    PERFORM set_config('orchwf.claim_follows', 'on', true);
     RETURN QUERY
     SELECT f.step_inst_id, f.accepted, NULL::uuid, NULL::text, NULL::text, NULL::bigint, NULL::integer,
            NULL::integer, NULL::jsonb, NULL::jsonb, NULL::text, NULL::jsonb, NULL::jsonb
@@ -535,6 +590,7 @@ BEGIN
         FROM orchwf_claim_steps(p_worker, p_queues, p_workflows, p_limit, p_lease_seconds, p_suspects,
                                 p_versions) c;
     END IF;
+    PERFORM orchwf_announce_unclaimed();
 END;
 $$;
 

@@ -144,8 +144,9 @@ SET jit = off
 SET plan_cache_mode = force_generic_plan  -- planned once a session (orchwf_finish_steps)
 AS $$
 DECLARE
-    v_steps uuid[];
-    v_n     integer;
+    v_steps  uuid[];
+    v_ready  uuid[];
+    v_queues text[];
 BEGIN
     WITH gone AS (
         DELETE FROM orchwf_key_slots h WHERE h.holder = ANY (p_holders) RETURNING h.key),
@@ -178,21 +179,19 @@ BEGIN
     IF v_steps IS NULL THEN
         RETURN;
     END IF;
-    INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority, suspect,
-                                    definition_hash)
-    SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority, s.crashes > 0, i.definition_hash
-    FROM orchwf_live_steps s
-    JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id
-                                 AND i.id = ANY (ARRAY(SELECT x.workflow_inst_id FROM orchwf_live_steps x
-                                                       WHERE x.id = ANY (v_steps)))
-    WHERE s.id = ANY (v_steps) AND s.status IN ('pending', 'retrying') AND i.status IN ('pending', 'running')
-    ON CONFLICT DO NOTHING;
-    GET DIAGNOSTICS v_n = ROW_COUNT;
-    IF v_n > 0 THEN
-        PERFORM pg_notify('orchwf_ready', q.queue)
-        FROM (SELECT DISTINCT i.queue FROM orchwf_live_instances i
-              WHERE i.id = ANY (ARRAY(SELECT x.workflow_inst_id FROM orchwf_live_steps x WHERE x.id = ANY (v_steps)))) q;
-    END IF;
+    WITH queued AS (
+        INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority, suspect,
+                                        definition_hash)
+        SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority, s.crashes > 0, i.definition_hash
+        FROM orchwf_live_steps s
+        JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id
+                                     AND i.id = ANY (ARRAY(SELECT x.workflow_inst_id FROM orchwf_live_steps x
+                                                           WHERE x.id = ANY (v_steps)))
+        WHERE s.id = ANY (v_steps) AND s.status IN ('pending', 'retrying') AND i.status IN ('pending', 'running')
+        ON CONFLICT DO NOTHING
+        RETURNING orchwf_ready_steps.step_inst_id, orchwf_ready_steps.queue)
+    SELECT array_agg(q.step_inst_id), array_agg(q.queue) INTO v_ready, v_queues FROM queued q;
+    PERFORM orchwf_announce_ready(v_ready, v_queues);  -- (finish.sql: after the finishing worker's claim)
 END;
 $$;
 
