@@ -1,11 +1,16 @@
 """``python -m bench tracing``: what OpenTelemetry tracing costs the drain. orchwf drains
-20,000 single-step workflows at its defaults with the plain bench app and with
+100,000 single-step workflows at its defaults with the plain bench app and with
 ``bench.apps.orchwf_traced_app`` (a span per step attempt through the SDK's
 BatchSpanProcessor and the OTLP/HTTP protobuf exporter, posting to a sink in a process of
 its own: bench/otlp_sink.py), in interleaved rounds; printed: each side's median rate,
 worker CPU per job and the ratio (docs/benchmarks.md, "Tracing"). Every traced drain
 checks that the sink received a span per job: a span dropped by a full queue would make
 tracing look cheaper than it is.
+
+100,000 a drain (12-20 s), not 20,000 (3 s): a traced worker starts ~0.1-0.15 s later
+(the app's exporter imports, the hook's provider), which is 4-5% of a 3-second drain
+and nothing of a worker that runs for days; and single 3-second drains differ by 10%
+in either direction on this machine (docs/benchmarks.md, "Tracing", 2026-12-04).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from .drain import _spread, drain_once
 from .otlp_sink import Sink
 from .systems.orchwf_sys import OrchwfSystem
 
-JOBS = 20_000
+JOBS = 100_000
 
 
 class _Traced(OrchwfSystem):

@@ -36,6 +36,7 @@ HOOK = "configure_tracing"   # the app module's function a worker calls after fo
 
 _tracer: Any = None  # set in a worker whose app configured tracing
 _drops_unsampled_parents = False  # set with _tracer: the sampler follows an unsampled parent
+_root_decision: Callable[[int], bool] | None = None  # set with _tracer: see root_decision()
 _no_span = contextlib.nullcontext(None)
 
 
@@ -113,11 +114,14 @@ def start_in_worker(hook: Callable[[], object]) -> None:
     provider and its exporter in this process (an exporter's thread or socket must not
     cross fork), then trace every step attempt. A failing hook costs the traces, not
     the work."""
-    global _tracer, _drops_unsampled_parents
+    global _tracer, _drops_unsampled_parents, _root_decision
     try:
         hook()
-        _tracer = _api().trace.get_tracer("orchwf")
-        _drops_unsampled_parents = drops_unsampled_parents(getattr(_tracer, "sampler", None))
+        tracer = _api().trace.get_tracer("orchwf")
+        sampler = getattr(tracer, "sampler", None)
+        _drops_unsampled_parents = drops_unsampled_parents(sampler)
+        _root_decision = root_decision(sampler)
+        _tracer = tracer
     except Exception:
         log.exception("%s() failed: this worker runs without tracing", HOOK)
 
@@ -184,8 +188,8 @@ def step_span(row: ClaimedStep, worker_id: str, instance_id: str | None = None
     ``instance_id``: the instance ID as text, when the caller has made it already."""
     if _tracer is None:
         return _no_span
-    parent = parent_context(row.workflow_inst_id, row.metadata)
-    if _drops_unsampled_parents and not _api().trace.get_current_span(parent).get_span_context().trace_flags.sampled:
+    parent, sampled = _parent(row.workflow_inst_id, row.metadata)
+    if not sampled and _drops_unsampled_parents:
         # The sampler would drop it: make the parent current (the step's own spans follow
         # its decision) without building a span nobody records (bench/span_cost.py).
         return _CurrentParent(parent)
@@ -217,18 +221,24 @@ def end_step(span: Any, outcome: str, error: str | None, exception: BaseExceptio
 def parent_context(instance_id: uuid.UUID, metadata: Mapping[str, Any] | None) -> Any:
     """The context step spans start in: the traceparent stored at enqueue, else the
     instance's own (unexported) span, whose IDs are derived from the instance ID."""
+    return _parent(instance_id, metadata)[0]
+
+
+def _parent(instance_id: uuid.UUID, metadata: Mapping[str, Any] | None) -> tuple[Any, bool]:
+    """parent_context, and whether its trace is sampled."""
     api = _api()
     trace = api.trace
     value = metadata.get(TRACEPARENT) if metadata else None
     if isinstance(value, str):
-        context = api.propagator.extract({TRACEPARENT: value})
-        if trace.get_current_span(context).get_span_context().is_valid:
-            return context
+        context = api.propagator.extract({TRACEPARENT: value}, context=api.empty)
+        parent = trace.get_current_span(context).get_span_context()
+        if parent.is_valid:
+            return context, parent.trace_flags.sampled
     number = instance_id.int
-    flags = api.sampled if instance_sampled(instance_id) else api.not_sampled
+    sampled = instance_sampled(instance_id)
     instance_span = trace.SpanContext(trace_id=number, span_id=(number & 0xFFFF_FFFF_FFFF_FFFF) or 1,
-                                      is_remote=True, trace_flags=flags)
-    return trace.set_span_in_context(trace.NonRecordingSpan(instance_span))
+                                      is_remote=True, trace_flags=api.sampled if sampled else api.not_sampled)
+    return trace.set_span_in_context(trace.NonRecordingSpan(instance_span), api.empty), sampled
 
 
 def instance_sampled(instance_id: uuid.UUID) -> bool:
@@ -237,11 +247,36 @@ def instance_sampled(instance_id: uuid.UUID) -> bool:
     sampler is asked about a trace ID whose low 64 bits are a hash of the instance ID:
     a ratio sampler (TraceIdRatioBased) reads those bits, and a UUID's start with its
     variant bits, which would read as "large" (every ratio of 0.5 or less keeping none)."""
+    mixed = int.from_bytes(hashlib.blake2b(instance_id.bytes, digest_size=16).digest(), "big")
+    if _root_decision is not None:
+        return _root_decision(mixed)
     sampler = getattr(_tracer, "sampler", None)
     if sampler is None:
         return True
-    mixed = int.from_bytes(hashlib.blake2b(instance_id.bytes, digest_size=16).digest(), "big")
     return bool(sampler.should_sample(_api().empty, mixed, "orchwf.instance").decision.is_sampled())
+
+
+def root_decision(sampler: Any) -> Callable[[int], bool] | None:
+    """The root decision of the SDK's own samplers for a trace ID, without asking them
+    per instance (a SamplingResult and the parent's trace state built for each step,
+    most of what a step the sampler drops cost: docs/benchmarks.md, "Tracing"): a
+    ratio's bound, or an always-on/always-off constant; bare or under ParentBased, the
+    exact classes only, whose decisions these are. None for any other sampler: it is
+    asked each time."""
+    try:
+        from opentelemetry.sdk.trace import sampling
+    except ImportError:
+        return None
+    root = sampler
+    if type(sampler) in (sampling.ParentBased, sampling.ParentBasedTraceIdRatio):
+        root = getattr(sampler, "_root", None)
+    if type(root) is sampling.TraceIdRatioBased:
+        bound, limit = root.bound, sampling.TraceIdRatioBased.TRACE_ID_LIMIT
+        return lambda trace_id: trace_id & limit < bound
+    if type(root) is sampling.StaticSampler:
+        keep = root.should_sample(_api().empty, 1, "orchwf.probe").decision.is_sampled()
+        return lambda trace_id: keep
+    return None
 
 
 def drops_unsampled_parents(sampler: Any) -> bool:

@@ -39,8 +39,25 @@ EXIT_RECYCLE = 3  # a step ignored its timeout: replace this process to get rid 
 RATE_LIMITS_EVERY = 5.0  # seconds between two reads of the rate limits of the worker's queues
 RATE_POLL_FLOOR = 0.02  # a rate-limited queue is polled at most this often
 QUARANTINE_IDLE = 5.0  # seconds a quarantine worker waits for another suspect before it exits
-FLUSH_LINGER = 0.002  # seconds a finished result may wait to share a commit with others
-FLUSH_MAX = 200       # results per commit at most
+# Group commit. Results that finish together (a claim of short steps) share one commit:
+# a result waits while others keep arriving, for FLUSH_LINGER seconds at most. A result
+# after which nothing arrives for FLUSH_QUIET seconds is committed then: a lone result of
+# a longer step does not wait for company that is not coming (it is what frees its
+# concurrency key's slot for the next step; docs/benchmarks.md, "Group commit's quiet gap").
+FLUSH_LINGER = 0.002
+FLUSH_QUIET = 0.0002
+FLUSH_MAX = 200  # results per commit at most
+
+
+def flush_due(now: float, unfinished: int, inflight: int, oldest_at: float, latest_at: float,
+              stopping: bool = False) -> bool:
+    """Whether to commit the ``unfinished`` results now (``inflight`` counts them too):
+    when nothing else is running, the batch is full, the worker stops, the oldest result
+    (collected at ``oldest_at``) has waited FLUSH_LINGER, or none has arrived since
+    ``latest_at`` for FLUSH_QUIET."""
+    if stopping or unfinished >= inflight or unfinished >= FLUSH_MAX:
+        return True
+    return now - oldest_at >= FLUSH_LINGER or now - latest_at >= FLUSH_QUIET
 
 
 class Worker:
@@ -68,7 +85,8 @@ class Worker:
         self.parent_pid = parent_pid
         self.inflight: dict[str, Claim] = {}
         self.unfinished: list[Result] = []  # results waiting to be committed
-        self.unfinished_since = 0.0
+        self.unfinished_since = 0.0  # when the oldest uncommitted result was collected
+        self.last_result_at = 0.0     # when the latest one was
         self.results: queue.SimpleQueue[Result] = queue.SimpleQueue()
         self._poked = False  # a wake-up byte is on its way for results put since the last collect
         self.draining = False
@@ -191,13 +209,8 @@ class Worker:
         return now - self.idle_since >= QUARANTINE_IDLE
 
     def _should_flush(self, now: float) -> bool:
-        """Group commit: flush when nothing else is running, the batch is large, or the
-        oldest result has waited FLUSH_LINGER seconds."""
-        if self.draining or self.quitting or len(self.unfinished) >= len(self.inflight):
-            return True
-        if len(self.unfinished) >= FLUSH_MAX:
-            return True
-        return now - self.unfinished_since >= FLUSH_LINGER
+        return flush_due(now, len(self.unfinished), len(self.inflight), self.unfinished_since,
+                         self.last_result_at, stopping=self.draining or self.quitting)
 
     def _wait(self) -> None:
         now = time.monotonic()
@@ -211,7 +224,8 @@ class Worker:
         else:
             timeout = max(0.0, min(self.next_poll, self.next_heartbeat, self.next_beat, now + 1.0) - now)
             if self.unfinished:
-                timeout = max(0.0, min(timeout, self.unfinished_since + FLUSH_LINGER - now))
+                timeout = max(0.0, min(timeout, self.unfinished_since + FLUSH_LINGER - now,
+                                       self.last_result_at + FLUSH_QUIET - now))
         try:
             ready, _, _ = select.select([self.wake_fd, self._notify_r], [], [], timeout)
         except InterruptedError:
@@ -270,8 +284,9 @@ class Worker:
                 result = self.results.get_nowait()
             except queue.Empty:
                 return
+            self.last_result_at = time.monotonic()
             if not self.unfinished:
-                self.unfinished_since = time.monotonic()
+                self.unfinished_since = self.last_result_at
             self.unfinished.append(result)
 
     def _finish(self, now: float | None = None) -> None:

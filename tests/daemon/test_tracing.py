@@ -280,11 +280,13 @@ def test_a_step_span_is_current_in_its_block_and_records_what_escapes_it(monkeyp
     assert [e.name for e in broken.events] == ["exception"]
 
 
+@pytest.mark.parametrize("root_decision", [True, False], ids=["bound read once", "sampler asked"])
 def test_a_ratio_sampler_in_the_workers_thins_out_instances_enqueued_with_no_span(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, root_decision: bool) -> None:
     """OTEL_TRACES_SAMPLER=parentbased_traceidratio in the workers: about the ratio of the
     instances enqueued with no span is kept, each whole (every step, every attempt, every
-    worker decides alike), and the rest cost no recorded span."""
+    worker decides alike), and the rest cost no recorded span. Whether the worker reads
+    the ratio's bound once (the SDK's own sampler) or asks the sampler per instance."""
     pytest.importorskip("opentelemetry.sdk")
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -304,6 +306,8 @@ def test_a_ratio_sampler_in_the_workers_thins_out_instances_enqueued_with_no_spa
     # dropped step builds no span at all (its parent's non-recording span is current)
     assert tracing.drops_unsampled_parents(provider.sampler)
     monkeypatch.setattr(tracing, "_drops_unsampled_parents", True)
+    monkeypatch.setattr(tracing, "_root_decision", tracing.root_decision(provider.sampler) if root_decision else None)
+    assert (tracing._root_decision is not None) == root_decision
     instances = [uuid.UUID(new_id()) for _ in range(800)]  # UUIDv7, as orchwf makes them
     for instance in instances:
         for step in ("a", "b"):
@@ -342,3 +346,38 @@ def test_only_a_sampler_that_drops_under_unsampled_parents_lets_steps_skip_the_s
     assert not tracing.drops_unsampled_parents(TraceIdRatioBased(0.5))  # keeps some
     assert not tracing.drops_unsampled_parents(ParentBased(ALWAYS_ON, remote_parent_not_sampled=ALWAYS_ON))
     assert not tracing.drops_unsampled_parents(None)
+
+
+def test_the_root_decision_read_once_is_the_samplers_own() -> None:
+    """tracing.root_decision (the SDK's samplers' root decision, read once at a worker's
+    start) decides every trace ID as the sampler itself does; any other sampler is asked."""
+    pytest.importorskip("opentelemetry.sdk")
+    import random
+
+    from opentelemetry.context import Context
+    from opentelemetry.sdk.trace.sampling import (
+        ALWAYS_OFF,
+        ALWAYS_ON,
+        ParentBased,
+        ParentBasedTraceIdRatio,
+        TraceIdRatioBased,
+    )
+
+    from orchwf import tracing
+
+    rng = random.Random(17)
+    trace_ids = [rng.getrandbits(128) for _ in range(4000)] + [1, 2**64 - 1, 2**64, 2**128 - 1]
+    for sampler in (TraceIdRatioBased(0.1), TraceIdRatioBased(0.5), TraceIdRatioBased(0), TraceIdRatioBased(1),
+                    ParentBased(TraceIdRatioBased(0.3)), ParentBasedTraceIdRatio(0.05),
+                    ALWAYS_ON, ALWAYS_OFF, ParentBased(ALWAYS_ON), ParentBased(ALWAYS_OFF)):
+        decide = tracing.root_decision(sampler)
+        assert decide is not None, sampler
+        own = [sampler.should_sample(Context(), t, "x").decision.is_sampled() for t in trace_ids]
+        assert [decide(t) for t in trace_ids] == own, sampler.get_description()
+
+    class Custom(TraceIdRatioBased):  # a subclass may decide otherwise: it is asked
+        pass
+
+    assert tracing.root_decision(Custom(0.5)) is None
+    assert tracing.root_decision(ParentBased(Custom(0.5))) is None
+    assert tracing.root_decision(None) is None
