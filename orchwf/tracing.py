@@ -258,8 +258,8 @@ def instance_sampled(instance_id: uuid.UUID) -> bool:
 
 def root_decision(sampler: Any) -> Callable[[int], bool] | None:
     """The root decision of the SDK's own samplers for a trace ID, without asking them
-    per instance (a SamplingResult and the parent's trace state built for each step,
-    most of what a step the sampler drops cost: docs/benchmarks.md, "Tracing"): a
+    per instance (a SamplingResult and the parent's trace state built for each step:
+    a part of what a step the sampler drops costs; docs/benchmarks.md, "Tracing"): a
     ratio's bound, or an always-on/always-off constant; bare or under ParentBased, the
     exact classes only, whose decisions these are. None for any other sampler: it is
     asked each time."""
