@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg.types.json import Jsonb
 from storagekit import WORKFLOW, connect, define_workflow, enqueue
 
@@ -44,29 +45,22 @@ def _ready_count(conn: psycopg.Connection[Any]) -> int:
     return int(row[0])
 
 
-def test_a_finish_whose_claim_takes_the_released_dependents_announces_nothing(db_dsn: str) -> None:
+@pytest.mark.parametrize(("limit", "announced", "left"), [(3, [], 0), (1, ["default"], 2)],
+                         ids=["the claim takes every released dependent", "the claim leaves some"])
+def test_a_finish_announces_only_the_dependents_its_claim_leaves(db_dsn: str, limit: int, announced: list[str],
+                                                                 left: int) -> None:
+    """Three instances' first steps finish and release three dependents: a claim of 3
+    takes them all and wakes nobody; a claim of 1 leaves 2, whose queue is announced."""
     with connect(db_dsn) as conn:
         define_workflow(conn)
         enqueue(conn, 3)
         first = _claim(conn, WORKFLOW, 3)
         with _listener(db_dsn) as listener:
             acks, second = Q.finish_and_claim(conn, _done(first), ClaimRequest("w-announce", ["default"],
-                                                                               [WORKFLOW], 3, 60))
-            assert all(acks.values()) and {s.step_id for s in second} == {"b"} and len(second) == 3
-            assert _announced(listener) == []
-
-
-def test_the_dependents_a_finishs_claim_leaves_are_announced(db_dsn: str) -> None:
-    with connect(db_dsn) as conn:
-        define_workflow(conn)
-        enqueue(conn, 3)
-        first = _claim(conn, WORKFLOW, 3)
-        with _listener(db_dsn) as listener:
-            acks, second = Q.finish_and_claim(conn, _done(first), ClaimRequest("w-announce", ["default"],
-                                                                               [WORKFLOW], 1, 60))
-            assert all(acks.values()) and len(second) == 1
-            assert _announced(listener) == ["default"]
-        assert _ready_count(conn) == 2
+                                                                               [WORKFLOW], limit, 60))
+            assert all(acks.values()) and {s.step_id for s in second} == {"b"} and len(second) == limit
+            assert _announced(listener) == announced
+        assert _ready_count(conn) == left
 
 
 def test_a_finish_without_a_claim_announces_what_it_released(db_dsn: str) -> None:
