@@ -145,6 +145,7 @@ SET plan_cache_mode = force_generic_plan  -- planned once a session (orchwf_fini
 AS $$
 DECLARE
     v_steps  uuid[];
+    v_insts  uuid[];
     v_ready  uuid[];
     v_queues text[];
 BEGIN
@@ -166,15 +167,19 @@ BEGIN
         INSERT INTO orchwf_key_slots (holder, key, workflow_inst_id)
         SELECT p.holder, p.key, p.workflow_inst_id FROM picked p
         RETURNING key),
+    admitted_per_key AS (
+        SELECT a.key, count(*)::integer AS n FROM admitted a GROUP BY a.key),
     counted AS (
+        -- Not a key whose slots all passed to its waiters (its count is unchanged, and the
+        -- row stays locked to the commit): a row version less per release under a backlog.
         UPDATE orchwf_concurrency_keys k
-        SET held = greatest(k.held - p.n + (SELECT count(*) FROM admitted a WHERE a.key = p.key)::integer, 0),
+        SET held = greatest(k.held - p.n + coalesce(a.n, 0), 0),
             updated_at = now()
-        FROM per_key p
-        WHERE k.key = p.key AND k.key = ANY (ARRAY(SELECT y.key FROM per_key y))
+        FROM per_key p LEFT JOIN admitted_per_key a ON a.key = p.key
+        WHERE k.key = p.key AND k.key = ANY (ARRAY(SELECT y.key FROM per_key y)) AND p.n <> coalesce(a.n, 0)
         RETURNING 1)
     -- (admitted and counted run to completion whether read or not, as every data-modifying WITH)
-    SELECT array_agg(u.id) INTO v_steps
+    SELECT array_agg(u.id), array_agg(DISTINCT p.workflow_inst_id) INTO v_steps, v_insts
     FROM picked p CROSS JOIN LATERAL unnest(p.step_ids) AS u(id);
     IF v_steps IS NULL THEN
         RETURN;
@@ -184,9 +189,7 @@ BEGIN
                                         definition_hash)
         SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority, s.crashes > 0, i.definition_hash
         FROM orchwf_live_steps s
-        JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id
-                                     AND i.id = ANY (ARRAY(SELECT x.workflow_inst_id FROM orchwf_live_steps x
-                                                           WHERE x.id = ANY (v_steps)))
+        JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id AND i.id = ANY (v_insts)
         WHERE s.id = ANY (v_steps) AND s.status IN ('pending', 'retrying') AND i.status IN ('pending', 'running')
         ON CONFLICT DO NOTHING
         RETURNING orchwf_ready_steps.step_inst_id, orchwf_ready_steps.queue)
@@ -209,12 +212,23 @@ AS $$
 DECLARE
     v_holders uuid[];
 BEGIN
-    PERFORM orchwf_lock_keys(ARRAY(SELECT DISTINCT k FROM orchwf_live_instances i, unnest(i.concurrency_keys) AS k
-                                   WHERE i.id = ANY (p_insts)));
     -- The holders are the instances and their steps: found by primary key (the step IDs
     -- from the steps' own index), so neither table needs an index by instance.
     v_holders := ARRAY(SELECT s.id FROM orchwf_live_steps s WHERE s.workflow_inst_id = ANY (p_insts)
                        UNION ALL SELECT x.id FROM unnest(p_insts) AS x(id));
+    -- Nothing held and nothing waiting (an instance archived after each step gave its
+    -- slot back, the usual case): no key row to lock. Safe without the keys' locks: the
+    -- caller holds the instances' locks, so the only change another transaction can make
+    -- to these holders is admitting one that waits (orchwf_release_slots: its wait
+    -- becomes a slot), and one expression reads both tables in one snapshot, which sees
+    -- the wait or the slot.
+    IF NOT EXISTS (SELECT 1 FROM orchwf_key_slots h WHERE h.holder = ANY (v_holders)
+                   AND NOT (p_steps_only AND h.holder = h.workflow_inst_id))
+       AND NOT EXISTS (SELECT 1 FROM orchwf_key_waits w WHERE w.holder = ANY (v_holders)) THEN
+        RETURN;
+    END IF;
+    PERFORM orchwf_lock_keys(ARRAY(SELECT DISTINCT k FROM orchwf_live_instances i, unnest(i.concurrency_keys) AS k
+                                   WHERE i.id = ANY (p_insts)));
     DELETE FROM orchwf_key_waits w WHERE w.holder = ANY (v_holders);
     SELECT array_agg(h.holder) INTO v_holders
     FROM orchwf_key_slots h

@@ -9,6 +9,7 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -201,6 +202,60 @@ def test_a_keyed_later_step_and_a_workflow_level_key(keys_db: str) -> None:
     assert held(keys_db) == {"inst:i": (0, 0), "chain:c": (0, 0)}
     assert q(keys_db, "SELECT count(*) FROM orchwf_live_instances") == [(0,)]
     del chains
+
+
+def test_a_slot_left_to_an_archived_instance_is_still_released(keys_db: str) -> None:
+    """The archive's release is the safety net: a slot its instance still holds when it
+    ends (here one planted on the instance itself, a key it has no template for) goes
+    back to the key, even though every step gave its own slot back."""
+    with Client(keys_db) as c:
+        inst = c.enqueue("keyed", {"k": "s"})
+    q(keys_db, "INSERT INTO orchwf_concurrency_keys (key, concurrency_limit, held) VALUES ('leak', 1, 1)")
+    q(keys_db, "INSERT INTO orchwf_key_slots (holder, key, workflow_inst_id) VALUES (%s, 'leak', %s)", (inst, inst))
+    finish(keys_db, claim(keys_db))
+    assert q(keys_db, "SELECT status FROM orchwf_workflow_instances WHERE id = %s", (inst,)) == [("completed",)]
+    assert held(keys_db) == {"k:s": (0, 0), "leak": (0, 0)}
+    assert q(keys_db, "SELECT count(*) FROM orchwf_key_slots") == [(0,)]
+
+
+def test_an_instance_ending_while_its_waiter_is_admitted_gives_the_slot_back(keys_db: str) -> None:
+    """A finish admits a waiting step (its wait becomes a slot) while an operator cancels
+    that step's instance. The cancel must see the wait or the slot, never neither: it
+    waits for the finish's key lock, then releases the slot the finish gave it."""
+    with Client(keys_db) as c:
+        for _ in range(2):
+            c.enqueue("keyed", {"k": "z"})
+        waiter = c.enqueue("keyed", {"k": "z"})
+    running = claim(keys_db)
+    assert len(running) == 2 and held(keys_db) == {"k:z": (2, 1)}
+    with psycopg.connect(keys_db) as finisher:
+        finisher.execute(
+            "SELECT * FROM orchwf_finish_steps(%s::uuid[], %s::bigint[], '{completed}', '{NULL}', '{NULL}', '{1}', "
+            "'{0}')", ([running[0][0]], [running[0][1]]))
+        assert finisher.execute("SELECT count(*) FROM orchwf_key_waits").fetchone() == (0,)  # admitted, uncommitted
+        errors: list[BaseException] = []
+
+        def cancel() -> None:
+            try:
+                with psycopg.connect(keys_db, autocommit=True, application_name="orchwf-test-cancel") as conn:
+                    conn.execute("SELECT orchwf_cancel_workflow(%s)", (waiter,))
+            except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+                errors.append(e)
+
+        t = threading.Thread(target=cancel)
+        t.start()
+        wait_for(lambda: q(keys_db, "SELECT wait_event_type FROM pg_stat_activity "
+                                    "WHERE application_name = 'orchwf-test-cancel'") == [("Lock",)], timeout=10)
+        assert t.is_alive()
+        finisher.commit()
+    t.join(timeout=30)
+    assert not t.is_alive() and not errors
+    assert q(keys_db, "SELECT status FROM orchwf_workflow_instances WHERE id = %s", (waiter,)) == [("cancelled",)]
+    assert held(keys_db) == {"k:z": (1, 0)}  # the one still running; the cancelled waiter's slot is back
+    finish(keys_db, running[1:])
+    assert held(keys_db) == {"k:z": (0, 0)}
+    assert claim(keys_db) == []  # the cancelled step's ready row is dropped, not run
+    assert q(keys_db, "SELECT count(*) FROM orchwf_live_instances") == [(0,)]
 
 
 # -- two supervisors, a ledger, and a kill -9 ---------------------------------------------------
