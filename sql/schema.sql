@@ -403,7 +403,8 @@ CREATE TABLE orchwf_concurrency_keys (
     held              integer NOT NULL DEFAULT 0 CHECK (held >= 0),
     updated_at        timestamptz NOT NULL DEFAULT now()
 ) WITH (
-    -- Updated twice per keyed step (admit, release): HOT room on the page, early vacuum.
+    -- Updated when a keyed step is admitted or released without a waiter taking its slot:
+    -- HOT room on the page, early vacuum.
     fillfactor = 50,
     autovacuum_vacuum_scale_factor = 0.01,
     autovacuum_vacuum_threshold = 1000,
