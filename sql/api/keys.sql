@@ -61,6 +61,7 @@ AS $$
 DECLARE
     v_holder uuid;
     v_limit  integer;
+    v_held   integer;
     v_step_key text;
 BEGIN
     SELECT s.concurrency_key, s.concurrency_limit INTO v_step_key, v_limit
@@ -89,16 +90,22 @@ BEGIN
     IF FOUND THEN
         RETURN NULL;
     END IF;
-    -- A free slot: taken under the key row's lock (a concurrent admission waits, then
-    -- re-checks the count).
-    UPDATE orchwf_concurrency_keys k
-    SET held = k.held + 1, concurrency_limit = v_limit, updated_at = now()
-    WHERE k.key = NEW.concurrency_key AND k.held < v_limit;
-    IF NOT FOUND THEN
-        INSERT INTO orchwf_concurrency_keys (key, concurrency_limit, held) VALUES (NEW.concurrency_key, v_limit, 1)
+    -- The key row, locked before the count is read: a release in flight is waited for and
+    -- its count read. (An "UPDATE ... WHERE held < limit" skips a row that is full in its
+    -- snapshot without waiting: a release committing a free slot with no waiter in its own
+    -- snapshot then left this step parked, with no release to come.) A key's first
+    -- admission makes its row, or finds the one another admission made meanwhile.
+    LOOP
+        SELECT k.held INTO v_held FROM orchwf_concurrency_keys k WHERE k.key = NEW.concurrency_key
+        FOR NO KEY UPDATE;
+        EXIT WHEN FOUND;
+        INSERT INTO orchwf_concurrency_keys (key, concurrency_limit, held) VALUES (NEW.concurrency_key, v_limit, 0)
         ON CONFLICT (key) DO NOTHING;
-    END IF;
-    IF FOUND THEN
+    END LOOP;
+    IF v_held < v_limit THEN
+        UPDATE orchwf_concurrency_keys k
+        SET held = k.held + 1, concurrency_limit = v_limit, updated_at = now()
+        WHERE k.key = NEW.concurrency_key;
         INSERT INTO orchwf_key_slots (holder, key, workflow_inst_id)
         VALUES (v_holder, NEW.concurrency_key, NEW.workflow_inst_id);
         RETURN NEW;

@@ -258,6 +258,46 @@ def test_an_instance_ending_while_its_waiter_is_admitted_gives_the_slot_back(key
     assert q(keys_db, "SELECT count(*) FROM orchwf_live_instances") == [(0,)]
 
 
+def test_a_step_enqueued_while_a_release_commits_is_admitted_not_parked(keys_db: str) -> None:
+    """The key is full in the enqueue's snapshot while a finish, not yet committed, frees
+    a slot and sees no waiter. The admission must wait for that finish and take the slot:
+    parked, the step would wait for a release that never comes."""
+    with Client(keys_db) as c:
+        for _ in range(2):
+            c.enqueue("keyed", {"k": "p"})
+    running = claim(keys_db)
+    assert len(running) == 2 and held(keys_db) == {"k:p": (2, 0)}
+    with psycopg.connect(keys_db) as finisher:
+        finisher.execute(
+            "SELECT * FROM orchwf_finish_steps(%s::uuid[], %s::bigint[], '{completed}', '{NULL}', '{NULL}', '{1}', "
+            "'{0}')", ([running[0][0]], [running[0][1]]))
+        errors: list[BaseException] = []
+        late: list[str] = []
+
+        def enqueue() -> None:
+            try:
+                with Client(keys_db) as c:
+                    late.append(c.enqueue("keyed", {"k": "p"}))
+            except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+                errors.append(e)
+
+        t = threading.Thread(target=enqueue)
+        t.start()
+        # blocked on the key row (or done, had it decided without waiting)
+        wait_for(lambda: not t.is_alive() or q(keys_db, "SELECT count(*) FROM pg_stat_activity WHERE "
+                                                        "wait_event_type = 'Lock' AND datname = current_database()")
+                 != [(0,)], timeout=10)
+        finisher.commit()
+    t.join(timeout=30)
+    assert not t.is_alive() and not errors and len(late) == 1
+    assert held(keys_db) == {"k:p": (2, 0)}  # the one still running, and the late step admitted
+    admitted = claim(keys_db)
+    assert [r[2] for r in admitted] == ["p"]
+    finish(keys_db, running[1:] + admitted)
+    assert held(keys_db) == {"k:p": (0, 0)}
+    assert q(keys_db, "SELECT count(*) FROM orchwf_live_instances") == [(0,)]
+
+
 # -- two supervisors, a ledger, and a kill -9 ---------------------------------------------------
 
 
