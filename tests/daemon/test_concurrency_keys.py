@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +218,39 @@ def test_a_slot_left_to_an_archived_instance_is_still_released(keys_db: str) -> 
     assert q(keys_db, "SELECT count(*) FROM orchwf_key_slots") == [(0,)]
 
 
+def beside_an_open_finish(dsn: str, step: tuple, action: Callable[[], Any], *, must_wait: bool,
+                          inside: Callable[[psycopg.Connection[Any]], None] | None = None) -> Any:
+    """Finish ``step`` in a transaction held open, run ``action`` meanwhile on another
+    connection (a thread), then commit; returns what ``action`` returned. ``must_wait``:
+    ``action`` must be blocked on a lock until that commit. ``inside`` checks the open
+    transaction before ``action`` starts."""
+    result: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(action())
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    with psycopg.connect(dsn) as finisher:
+        finisher.execute(
+            "SELECT * FROM orchwf_finish_steps(%s::uuid[], %s::bigint[], '{completed}', '{NULL}', '{NULL}', '{1}', "
+            "'{0}')", ([step[0]], [step[1]]))
+        if inside is not None:
+            inside(finisher)
+        t = threading.Thread(target=run)
+        t.start()
+        wait_for(lambda: not t.is_alive() or q(dsn, "SELECT count(*) FROM pg_stat_activity WHERE "
+                                                    "wait_event_type = 'Lock' AND datname = current_database()")
+                 != [(0,)], timeout=10)
+        assert t.is_alive() or not must_wait, "it did not wait for the open finish"
+        finisher.commit()
+    t.join(timeout=30)
+    assert not t.is_alive() and not errors, errors
+    return result[0]
+
+
 def test_an_instance_ending_while_its_waiter_is_admitted_gives_the_slot_back(keys_db: str) -> None:
     """A finish admits a waiting step (its wait becomes a slot) while an operator cancels
     that step's instance. The cancel must see the wait or the slot, never neither: it
@@ -228,28 +261,12 @@ def test_an_instance_ending_while_its_waiter_is_admitted_gives_the_slot_back(key
         waiter = c.enqueue("keyed", {"k": "z"})
     running = claim(keys_db)
     assert len(running) == 2 and held(keys_db) == {"k:z": (2, 1)}
-    with psycopg.connect(keys_db) as finisher:
-        finisher.execute(
-            "SELECT * FROM orchwf_finish_steps(%s::uuid[], %s::bigint[], '{completed}', '{NULL}', '{NULL}', '{1}', "
-            "'{0}')", ([running[0][0]], [running[0][1]]))
-        assert finisher.execute("SELECT count(*) FROM orchwf_key_waits").fetchone() == (0,)  # admitted, uncommitted
-        errors: list[BaseException] = []
 
-        def cancel() -> None:
-            try:
-                with psycopg.connect(keys_db, autocommit=True, application_name="orchwf-test-cancel") as conn:
-                    conn.execute("SELECT orchwf_cancel_workflow(%s)", (waiter,))
-            except BaseException as e:  # noqa: BLE001 - reported by the assertion below
-                errors.append(e)
+    def admitted_uncommitted(finisher: psycopg.Connection[Any]) -> None:
+        assert finisher.execute("SELECT count(*) FROM orchwf_key_waits").fetchone() == (0,)
 
-        t = threading.Thread(target=cancel)
-        t.start()
-        wait_for(lambda: q(keys_db, "SELECT wait_event_type FROM pg_stat_activity "
-                                    "WHERE application_name = 'orchwf-test-cancel'") == [("Lock",)], timeout=10)
-        assert t.is_alive()
-        finisher.commit()
-    t.join(timeout=30)
-    assert not t.is_alive() and not errors
+    beside_an_open_finish(keys_db, running[0], lambda: q(keys_db, "SELECT orchwf_cancel_workflow(%s)", (waiter,)),
+                          must_wait=True, inside=admitted_uncommitted)
     assert q(keys_db, "SELECT status FROM orchwf_workflow_instances WHERE id = %s", (waiter,)) == [("cancelled",)]
     assert held(keys_db) == {"k:z": (1, 0)}  # the one still running; the cancelled waiter's slot is back
     finish(keys_db, running[1:])
@@ -267,29 +284,12 @@ def test_a_step_enqueued_while_a_release_commits_is_admitted_not_parked(keys_db:
             c.enqueue("keyed", {"k": "p"})
     running = claim(keys_db)
     assert len(running) == 2 and held(keys_db) == {"k:p": (2, 0)}
-    with psycopg.connect(keys_db) as finisher:
-        finisher.execute(
-            "SELECT * FROM orchwf_finish_steps(%s::uuid[], %s::bigint[], '{completed}', '{NULL}', '{NULL}', '{1}', "
-            "'{0}')", ([running[0][0]], [running[0][1]]))
-        errors: list[BaseException] = []
-        late: list[str] = []
 
-        def enqueue() -> None:
-            try:
-                with Client(keys_db) as c:
-                    late.append(c.enqueue("keyed", {"k": "p"}))
-            except BaseException as e:  # noqa: BLE001 - reported by the assertion below
-                errors.append(e)
+    def enqueue() -> str:
+        with Client(keys_db) as c:
+            return c.enqueue("keyed", {"k": "p"})
 
-        t = threading.Thread(target=enqueue)
-        t.start()
-        # blocked on the key row (or done, had it decided without waiting)
-        wait_for(lambda: not t.is_alive() or q(keys_db, "SELECT count(*) FROM pg_stat_activity WHERE "
-                                                        "wait_event_type = 'Lock' AND datname = current_database()")
-                 != [(0,)], timeout=10)
-        finisher.commit()
-    t.join(timeout=30)
-    assert not t.is_alive() and not errors and len(late) == 1
+    assert beside_an_open_finish(keys_db, running[0], enqueue, must_wait=True)  # on the key row's lock
     assert held(keys_db) == {"k:p": (2, 0)}  # the one still running, and the late step admitted
     admitted = claim(keys_db)
     assert [r[2] for r in admitted] == ["p"]
