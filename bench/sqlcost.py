@@ -10,6 +10,10 @@ then ``orchwf_finish_and_claim`` until the queue is empty). The figure is that
 backend's instruction count divided by the number of steps: the same to 0.1% from run
 to run, whatever else the machine does.
 
+``--workflow bench_keyed_noop`` gives every step a concurrency key as ``python -m bench
+keys`` does (limit 5, 20 steps per key, so 15 of each key's 20 wait for a slot at first;
+one key per 20 workflows).
+
 ``--enqueue`` counts the instructions of ``enqueue_many`` instead, per instance.
 ``--setup-sql`` runs after the migrations (before the load): an ablation, e.g.
 ``--setup-sql "DROP INDEX orchwf_wi_status_idx"``, or a changed function to compare.
@@ -32,6 +36,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -39,6 +44,9 @@ from psycopg.types.json import Jsonb
 from .common import log
 from .systems.orchwf_sys import CLAIM_SQL as CLAIM
 from .systems.orchwf_sys import FINISH_AND_CLAIM_SQL as FINISH_AND_CLAIM
+
+KEYED = "bench_keyed_noop"
+STEPS_PER_KEY = 20  # bench keys: 20,000 steps on 1,000 keys
 
 
 def default_pg_bin() -> str | None:
@@ -119,7 +127,7 @@ def _fresh_database(admin_dsn: str, setup_sql: str) -> str:
     from orchwf.client import register_workflow
     from orchwf.db.migrations import migrate
 
-    from .apps import orchwf_app
+    from .apps import orchwf_keys_app
 
     with psycopg.connect(admin_dsn, autocommit=True) as conn:
         conn.execute("DROP DATABASE IF EXISTS sqlcost")
@@ -129,9 +137,17 @@ def _fresh_database(admin_dsn: str, setup_sql: str) -> str:
     with psycopg.connect(dsn, autocommit=True) as conn:
         if setup_sql:
             conn.execute(setup_sql)  # the operator's own ablation SQL (a CLI option)
-        for definition in orchwf_app.DEFINITIONS:
+        for definition in orchwf_keys_app.DEFINITIONS:  # the bench app's, and the keyed ones
             register_workflow(conn, definition)
     return dsn
+
+
+def _inputs(workflow: str, start: int, n: int, instances: int) -> list[dict[str, Any]]:
+    """A keyed workflow's inputs name one key per STEPS_PER_KEY workflows (as bench keys)."""
+    if workflow != KEYED:
+        return [{} for _ in range(n)]
+    keys = max(1, instances // STEPS_PER_KEY)
+    return [{"k": j % keys} for j in range(start, start + n)]
 
 
 def measure(admin_dsn: str, cg: Path, instances: int, batch: int, setup_sql: str, workflow: str,
@@ -142,7 +158,7 @@ def measure(admin_dsn: str, cg: Path, instances: int, batch: int, setup_sql: str
     with psycopg.connect(dsn, autocommit=True) as conn:
         with conn.transaction():
             for i in range(0, instances, 1000):
-                enqueue_many(conn, workflow, [{} for _ in range(min(1000, instances - i))])
+                enqueue_many(conn, workflow, _inputs(workflow, i, min(1000, instances - i), instances))
         conn.execute("ANALYZE")
     claim_args = ("sqlcost:1:1", ["default"], [workflow], batch, 30.0)
     done = calls = 0
@@ -173,7 +189,7 @@ def measure_enqueue(admin_dsn: str, cg: Path, instances: int, batch: int, setup_
         pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
         for i in range(0, instances, batch):
             with conn.transaction():
-                enqueue_many(conn, workflow, [{} for _ in range(min(batch, instances - i))])
+                enqueue_many(conn, workflow, _inputs(workflow, i, min(batch, instances - i), instances))
             calls += 1
     total = _instructions(cg, pid)
     return {"instances": instances, "calls": calls, "instructions": total, "per_instance": total / max(1, instances)}
@@ -185,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--instances", type=int, default=4000, help="workflows to load [4000]")
     p.add_argument("--batch", type=int, default=50,
                    help="steps per claim and per finish, or instances per enqueue call [50]")
-    p.add_argument("--workflow", default="bench_noop", choices=["bench_noop", "bench_dag"])
+    p.add_argument("--workflow", default="bench_noop", choices=["bench_noop", "bench_dag", KEYED])
     p.add_argument("--setup-sql", default="", help="SQL run after the migrations (an ablation)")
     p.add_argument("--enqueue", action="store_true",
                    help="measure enqueue_many instead (instructions per instance, batches of --batch)")

@@ -70,7 +70,9 @@ BEGIN
 END;
 $$;
 
--- The steps made ready in this transaction that its claim left: announced now.
+-- The steps made ready in this transaction that its claim left: announced now. A queue
+-- is announced at its first step left, so under a backlog (the claim took older work
+-- first) one key lookup decides, not one per step.
 CREATE OR REPLACE FUNCTION orchwf_announce_unclaimed() RETURNS void
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
@@ -80,6 +82,8 @@ SET plan_cache_mode = force_generic_plan  -- planned once a session (orchwf_fini
 AS $$
 DECLARE
     v_steps jsonb := nullif(current_setting('orchwf.unannounced', true), '')::jsonb;
+    v_queue text;
+    v_ids   uuid[];
 BEGIN
     PERFORM set_config('orchwf.claim_follows', '', true);
     IF v_steps IS NULL THEN
@@ -89,10 +93,13 @@ BEGIN
     -- A step the claim took is running; one it left is not. (Asked of the steps by their
     -- key, not of the ready queue: there a statistics lag chose the claim index, whose
     -- fifth column the IDs are, and read it whole: tests/storage/test_plans.py.)
-    PERFORM pg_notify('orchwf_ready', q.queue)
-    FROM (SELECT DISTINCT v_steps ->> s.id::text AS queue
-          FROM orchwf_live_steps s
-          WHERE s.id = ANY (ARRAY(SELECT k::uuid FROM jsonb_object_keys(v_steps) AS k)) AND s.status <> 'running') q;
+    FOR v_queue, v_ids IN
+        SELECT e.value, array_agg(e.key::uuid) FROM jsonb_each_text(v_steps) AS e GROUP BY e.value
+    LOOP
+        IF EXISTS (SELECT 1 FROM orchwf_live_steps s WHERE s.id = ANY (v_ids) AND s.status <> 'running') THEN
+            PERFORM pg_notify('orchwf_ready', v_queue);
+        END IF;
+    END LOOP;
 END;
 $$;
 

@@ -137,11 +137,12 @@ $$;
 
 -- Release the slots of these holders (steps that ended or wait, or instances that
 -- ended) and admit the next waiters of their keys (highest priority, then oldest), as
--- many as each key has free slots: one statement for the batch's slots and counts (each
--- key row updated once, by the net change), one that makes the admitted steps ready
--- without a key (admitted already: the trigger is not called). The caller holds the
--- instances' locks and, for a batch that may touch several keys, the key rows
--- (orchwf_lock_keys).
+-- many as each key has free slots, making their steps ready without a key (admitted
+-- already: the trigger is not called). A key row is written only when its count changes:
+-- under a backlog every freed slot passes to a waiter, and the row (locked to the commit)
+-- is left as it is. The caller holds the instances' locks and, for a batch that may touch
+-- several keys, the key rows (orchwf_lock_keys), so the counts read here stay true to the
+-- commit.
 CREATE OR REPLACE FUNCTION orchwf_release_slots(p_holders uuid[]) RETURNS void
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
@@ -151,56 +152,61 @@ SET jit = off
 SET plan_cache_mode = force_generic_plan  -- planned once a session (orchwf_finish_steps)
 AS $$
 DECLARE
-    v_steps  uuid[];
-    v_insts  uuid[];
+    v_keys   text[];     -- the keys of the slots released
+    v_freed  integer[];  -- and how many of each
+    v_moved  text[];     -- keys whose count changes (fewer waiters than slots to give)
+    v_change integer[];  -- and by how much
     v_ready  uuid[];
     v_queues text[];
 BEGIN
     WITH gone AS (
-        DELETE FROM orchwf_key_slots h WHERE h.holder = ANY (p_holders) RETURNING h.key),
-    per_key AS (
-        SELECT g.key, count(*)::integer AS n FROM gone g GROUP BY g.key),
+        DELETE FROM orchwf_key_slots h WHERE h.holder = ANY (p_holders) RETURNING h.key)
+    SELECT array_agg(g.key), array_agg(g.n) INTO v_keys, v_freed
+    FROM (SELECT gone.key, count(*)::integer AS n FROM gone GROUP BY gone.key) g;
+    IF v_keys IS NULL THEN
+        RETURN;  -- none held a slot
+    END IF;
+    WITH freed AS (
+        SELECT k.key, f.n, greatest(k.concurrency_limit - (k.held - f.n), 0) AS free
+        FROM unnest(v_keys, v_freed) AS f(key, n)
+        JOIN orchwf_concurrency_keys k ON k.key = f.key AND k.key = ANY (v_keys)),
     picked AS (
         DELETE FROM orchwf_key_waits w
         WHERE w.holder = ANY (ARRAY(
             SELECT x.holder
-            FROM per_key p
-            JOIN orchwf_concurrency_keys k ON k.key = p.key AND k.key = ANY (ARRAY(SELECT y.key FROM per_key y))
-            CROSS JOIN LATERAL (SELECT x.holder FROM orchwf_key_waits x WHERE x.key = k.key
+            FROM freed f
+            CROSS JOIN LATERAL (SELECT x.holder FROM orchwf_key_waits x WHERE x.key = f.key
                                 ORDER BY x.priority DESC, x.holder
-                                LIMIT greatest(k.concurrency_limit - (k.held - p.n), 0)) x))
+                                LIMIT f.free) x))
         RETURNING w.holder, w.key, w.workflow_inst_id, w.step_ids),
     admitted AS (
         INSERT INTO orchwf_key_slots (holder, key, workflow_inst_id)
-        SELECT p.holder, p.key, p.workflow_inst_id FROM picked p
-        RETURNING key),
-    admitted_per_key AS (
-        SELECT a.key, count(*)::integer AS n FROM admitted a GROUP BY a.key),
-    counted AS (
-        -- Not a key whose slots all passed to its waiters (its count is unchanged, and the
-        -- row stays locked to the commit): a row version less per release under a backlog.
-        UPDATE orchwf_concurrency_keys k
-        SET held = greatest(k.held - p.n + coalesce(a.n, 0), 0),
-            updated_at = now()
-        FROM per_key p LEFT JOIN admitted_per_key a ON a.key = p.key
-        WHERE k.key = p.key AND k.key = ANY (ARRAY(SELECT y.key FROM per_key y)) AND p.n <> coalesce(a.n, 0)
-        RETURNING 1)
-    -- (admitted and counted run to completion whether read or not, as every data-modifying WITH)
-    SELECT array_agg(u.id), array_agg(DISTINCT p.workflow_inst_id) INTO v_steps, v_insts
-    FROM picked p CROSS JOIN LATERAL unnest(p.step_ids) AS u(id);
-    IF v_steps IS NULL THEN
-        RETURN;
-    END IF;
-    WITH queued AS (
+        SELECT p.holder, p.key, p.workflow_inst_id FROM picked p),
+    queued AS (
+        -- (admitted and queued run to completion whether read or not, as every data-modifying WITH)
         INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority, suspect,
                                         definition_hash)
         SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority, s.crashes > 0, i.definition_hash
         FROM orchwf_live_steps s
-        JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id AND i.id = ANY (v_insts)
-        WHERE s.id = ANY (v_steps) AND s.status IN ('pending', 'retrying') AND i.status IN ('pending', 'running')
+        JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id
+                                    AND i.id = ANY (ARRAY(SELECT p.workflow_inst_id FROM picked p))
+        WHERE s.id = ANY (ARRAY(SELECT u.id FROM picked p CROSS JOIN LATERAL unnest(p.step_ids) AS u(id)))
+          AND s.status IN ('pending', 'retrying') AND i.status IN ('pending', 'running')
         ON CONFLICT DO NOTHING
-        RETURNING orchwf_ready_steps.step_inst_id, orchwf_ready_steps.queue)
-    SELECT array_agg(q.step_inst_id), array_agg(q.queue) INTO v_ready, v_queues FROM queued q;
+        RETURNING orchwf_ready_steps.step_inst_id, orchwf_ready_steps.queue),
+    moved AS (
+        SELECT f.key, coalesce(a.n, 0) - f.n AS change
+        FROM freed f LEFT JOIN (SELECT p.key, count(*)::integer AS n FROM picked p GROUP BY p.key) a ON a.key = f.key
+        WHERE coalesce(a.n, 0) <> f.n)
+    SELECT (SELECT array_agg(m.key) FROM moved m), (SELECT array_agg(m.change) FROM moved m),
+           (SELECT array_agg(q.step_inst_id) FROM queued q), (SELECT array_agg(q.queue) FROM queued q)
+    INTO v_moved, v_change, v_ready, v_queues;
+    IF v_moved IS NOT NULL THEN
+        UPDATE orchwf_concurrency_keys k
+        SET held = greatest(k.held + m.change, 0), updated_at = now()
+        FROM unnest(v_moved, v_change) AS m(key, change)
+        WHERE k.key = m.key AND k.key = ANY (v_moved);
+    END IF;
     PERFORM orchwf_announce_ready(v_ready, v_queues);  -- (finish.sql: after the finishing worker's claim)
 END;
 $$;
@@ -219,9 +225,14 @@ AS $$
 DECLARE
     v_holders uuid[];
 BEGIN
-    -- The holders are the instances and their steps: found by primary key (the step IDs
-    -- from the steps' own index), so neither table needs an index by instance.
+    -- The holders are the instances and their steps that have not ended: found by primary
+    -- key (the step IDs from the steps' own index), so neither table needs an index by
+    -- instance. A step that ended gave its slot back in the transaction that ended it
+    -- (the finish's release, or the steps_only call of orchwf_end_instance before it
+    -- cancels the steps still running or waiting): asking for it again cost two key
+    -- lookups per step of every keyed instance archived.
     v_holders := ARRAY(SELECT s.id FROM orchwf_live_steps s WHERE s.workflow_inst_id = ANY (p_insts)
+                         AND s.status NOT IN ('completed', 'failed', 'skipped', 'cancelled')
                        UNION ALL SELECT x.id FROM unnest(p_insts) AS x(id));
     -- Nothing held and nothing waiting (an instance archived after each step gave its
     -- slot back, the usual case): no key row to lock. Safe without the keys' locks: the

@@ -63,6 +63,23 @@ def test_a_finish_announces_only_the_dependents_its_claim_leaves(db_dsn: str, li
         assert _ready_count(conn) == left
 
 
+def test_each_queue_is_announced_only_if_the_claim_left_one_of_its_steps(db_dsn: str) -> None:
+    """One finish releases a dependent in each of two queues; its claim serves only the
+    first: the second queue is announced, the first is not (the decision is per queue)."""
+    with connect(db_dsn) as conn:
+        define_workflow(conn)
+        enqueue(conn, 1, queue="served")
+        enqueue(conn, 1, queue="unserved")
+        first = Q.claim_steps(conn, ClaimRequest("w-announce", ["served", "unserved"], [WORKFLOW], 2, 60))
+        assert len(first) == 2
+        with _listener(db_dsn) as listener:
+            acks, second = Q.finish_and_claim(conn, _done(first), ClaimRequest("w-announce", ["served"],
+                                                                               [WORKFLOW], 5, 60))
+            assert all(acks.values()) and [s.step_id for s in second] == ["b"]
+            assert _announced(listener) == ["unserved"]
+        assert _ready_count(conn) == 1
+
+
 def test_a_finish_without_a_claim_announces_what_it_released(db_dsn: str) -> None:
     with connect(db_dsn) as conn:
         define_workflow(conn)
