@@ -77,7 +77,25 @@ BEGIN
         RETURN NEW;  -- the key is gone (an operator's change): nothing to admit under
     END IF;
     -- Holds a slot already (a retry or rescue going back to the queue, another first step
-    -- of an admitted instance): in it goes.
+    -- of an admitted instance): in it goes, without the key's lock.
+    PERFORM 1 FROM orchwf_key_slots h WHERE h.holder = v_holder;
+    IF FOUND THEN
+        RETURN NEW;
+    END IF;
+    -- The key row, locked before anything else is read: a release in flight is waited for
+    -- and its outcome read. (An "UPDATE ... WHERE held < limit" skips a row that is full in
+    -- its snapshot without waiting: a release committing a free slot with no waiter in its
+    -- own snapshot then left this step parked, with no release to come.) A key's first
+    -- admission makes its row, or finds the one another admission made meanwhile.
+    LOOP
+        SELECT k.held INTO v_held FROM orchwf_concurrency_keys k WHERE k.key = NEW.concurrency_key
+        FOR NO KEY UPDATE;
+        EXIT WHEN FOUND;
+        INSERT INTO orchwf_concurrency_keys (key, concurrency_limit, held) VALUES (NEW.concurrency_key, v_limit, 0)
+        ON CONFLICT (key) DO NOTHING;
+    END LOOP;
+    -- Under the lock, asked again: the release just waited for may have admitted this
+    -- holder (its wait became a slot, its steps ready rows), or another insert parked it.
     PERFORM 1 FROM orchwf_key_slots h WHERE h.holder = v_holder;
     IF FOUND THEN
         RETURN NEW;
@@ -90,18 +108,6 @@ BEGIN
     IF FOUND THEN
         RETURN NULL;
     END IF;
-    -- The key row, locked before the count is read: a release in flight is waited for and
-    -- its count read. (An "UPDATE ... WHERE held < limit" skips a row that is full in its
-    -- snapshot without waiting: a release committing a free slot with no waiter in its own
-    -- snapshot then left this step parked, with no release to come.) A key's first
-    -- admission makes its row, or finds the one another admission made meanwhile.
-    LOOP
-        SELECT k.held INTO v_held FROM orchwf_concurrency_keys k WHERE k.key = NEW.concurrency_key
-        FOR NO KEY UPDATE;
-        EXIT WHEN FOUND;
-        INSERT INTO orchwf_concurrency_keys (key, concurrency_limit, held) VALUES (NEW.concurrency_key, v_limit, 0)
-        ON CONFLICT (key) DO NOTHING;
-    END LOOP;
     IF v_held < v_limit THEN
         UPDATE orchwf_concurrency_keys k
         SET held = k.held + 1, concurrency_limit = v_limit, updated_at = now()

@@ -298,6 +298,35 @@ def test_a_step_enqueued_while_a_release_commits_is_admitted_not_parked(keys_db:
     assert q(keys_db, "SELECT count(*) FROM orchwf_live_instances") == [(0,)]
 
 
+def test_a_waiter_queued_again_while_its_admission_commits_is_not_parked_twice(keys_db: str) -> None:
+    """A finish admits a waiting step (its wait becomes a slot and a ready row) while
+    another transaction queues that step again (a second signal, a child's report). The
+    insert waits for the wait row, then must find the slot the finish gave. Parked again,
+    the step would hold a slot and a wait at once: the key's next release would admit it
+    a second time, and its finish would fail on the duplicate slot."""
+    with Client(keys_db) as c:
+        for _ in range(2):
+            c.enqueue("keyed", {"k": "r"})
+        waiter = c.enqueue("keyed", {"k": "r"})
+    running = claim(keys_db)
+    assert len(running) == 2 and held(keys_db) == {"k:r": (2, 1)}
+
+    def queue_again() -> None:
+        q(keys_db, "INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority, "
+                   "definition_hash, concurrency_key) "
+                   "SELECT s.id, i.id, i.workflow_id, i.queue, s.priority + i.priority, i.definition_hash, "
+                   "s.concurrency_key FROM orchwf_live_steps s JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id "
+                   "WHERE i.id = %s ON CONFLICT DO NOTHING", (waiter,))
+
+    beside_an_open_finish(keys_db, running[0], queue_again, must_wait=True)  # on the wait row
+    assert held(keys_db) == {"k:r": (2, 0)}  # the one still running, and the waiter admitted once
+    admitted = claim(keys_db)
+    assert [r[2] for r in admitted] == ["r"]
+    finish(keys_db, running[1:] + admitted)
+    assert held(keys_db) == {"k:r": (0, 0)}
+    assert q(keys_db, "SELECT count(*) FROM orchwf_live_instances") == [(0,)]
+
+
 # -- two supervisors, a ledger, and a kill -9 ---------------------------------------------------
 
 
