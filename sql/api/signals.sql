@@ -164,6 +164,11 @@ BEGIN
             v_steps, v_tokens, array_fill('completed'::text, ARRAY[cardinality(v_steps)]), v_outputs,
             array_fill(NULL::text, ARRAY[cardinality(v_steps)]), array_fill(0::bigint, ARRAY[cardinality(v_steps)]),
             array_fill(0::double precision, ARRAY[cardinality(v_steps)]));
+        -- A step completed here may have been parked for its concurrency key's slot (its
+        -- signal taken after it was queued): its wait goes with it, under the key row's
+        -- lock that the finish took. Left behind, the key's next release would give a
+        -- slot to a step that has ended, and nothing would give it back.
+        DELETE FROM orchwf_key_waits w WHERE w.holder = ANY (v_steps);
     END IF;
 
     RETURN QUERY

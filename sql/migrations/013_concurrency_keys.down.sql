@@ -384,6 +384,18 @@ $a$),
 $a$,
              $a$        FROM woken w JOIN orchwf_live_instances p ON p.id = w.workflow_inst_id
         ON CONFLICT DO NOTHING
+$a$),
+            (34, $a$orchwf_signal_many(uuid[],text[],jsonb[])$a$,
+             $a$            array_fill(0::double precision, ARRAY[cardinality(v_steps)]));
+        -- A step completed here may have been parked for its concurrency key's slot (its
+        -- signal taken after it was queued): its wait goes with it, under the key row's
+        -- lock that the finish took. Left behind, the key's next release would give a
+        -- slot to a step that has ended, and nothing would give it back.
+        DELETE FROM orchwf_key_waits w WHERE w.holder = ANY (v_steps);
+    END IF;
+$a$,
+             $a$            array_fill(0::double precision, ARRAY[cardinality(v_steps)]));
+    END IF;
 $a$)
 
         ) AS e(ord, fn, added, original);

@@ -21,6 +21,7 @@ import pytest
 
 import orchwf
 from orchwf import Client, StepBuilder, ValidationError, WorkflowBuilder
+from orchwf.builders import wait_for_signal
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -325,6 +326,51 @@ def test_a_waiter_queued_again_while_its_admission_commits_is_not_parked_twice(k
     finish(keys_db, running[1:] + admitted)
     assert held(keys_db) == {"k:r": (0, 0)}
     assert q(keys_db, "SELECT count(*) FROM orchwf_live_instances") == [(0,)]
+
+
+SIGNALLED = (
+    WorkflowBuilder("signalled_keyed", "a, then b waits for the signal go under the key s:{k} (limit 1)")
+    .add_step(StepBuilder("a", "A", keysapp.timed).build())
+    .add_step(wait_for_signal("b", "go", timeout=3600).with_dependencies("a").with_concurrency("s:{k}", 1).build())
+    .build()
+)
+
+
+@pytest.mark.parametrize("parked_by", ["a signal sent early", "the signal's timeout"])
+def test_a_waiting_step_completed_by_its_signal_leaves_no_wait_behind(keys_db: str, parked_by: str) -> None:
+    """A step waiting for a signal and parked for its key's slot (queued by an early
+    signal, or by its signal's timeout coming due) is completed at once by the signal
+    (orchwf_signal finishes it as a worker would). Its wait must go with it: left, the
+    key's next release gave the slot to a step that had ended, and the key stayed full
+    for good (found in review, session 19)."""
+    def sig_claim() -> list[tuple]:
+        return q(keys_db, "SELECT step_inst_id, lease_token, workflow_inst_id::text, step_id FROM orchwf_claim_steps("
+                          "'w1', '{default}', '{signalled_keyed}', 100, 30, false, NULL)")
+
+    with Client(keys_db) as c:
+        c.register_workflow(SIGNALLED)
+        first = c.enqueue("signalled_keyed", {"k": "x"})
+        second = c.enqueue("signalled_keyed", {"k": "x"})
+        c.signal(first, "go", {})  # kept until b of the first is queued (and admitted)
+        if parked_by == "a signal sent early":
+            c.signal(second, "go", {})  # b of the second is queued too, and parked
+    finish(keys_db, sig_claim())  # both a's
+    if parked_by == "the signal's timeout":
+        q(keys_db, "UPDATE orchwf_live_steps SET run_after = now() - interval '1 second' "
+                   "WHERE workflow_inst_id = %s AND step_id = 'b'", (second,))
+        q(keys_db, "SELECT orchwf_promote_scheduled()")
+    assert held(keys_db) == {"s:x": (1, 1)}
+    with Client(keys_db) as c:
+        c.signal(second, "go", {"late": True})  # completes the parked b at once
+    assert q(keys_db, "SELECT status FROM orchwf_workflow_instances WHERE id = %s", (second,)) == [("completed",)]
+    assert held(keys_db) == {"s:x": (1, 0)}
+    finish(keys_db, sig_claim())  # b of the first: the key is free
+    assert held(keys_db) == {"s:x": (0, 0)} and q(keys_db, "SELECT count(*) FROM orchwf_key_slots") == [(0,)]
+    with Client(keys_db) as c:
+        third = c.enqueue("signalled_keyed", {"k": "x"})
+        c.signal(third, "go", {})
+    finish(keys_db, sig_claim())  # its a; its b gets the slot
+    assert [(r[2], r[3]) for r in sig_claim()] == [(third, "b")]
 
 
 # -- two supervisors, a ledger, and a kill -9 ---------------------------------------------------
