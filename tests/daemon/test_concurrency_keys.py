@@ -252,16 +252,33 @@ def beside_an_open_finish(dsn: str, step: tuple, action: Callable[[], Any], *, m
     return result[0]
 
 
+def two_running_and_a_waiter(dsn: str, key: str) -> tuple[list[tuple], str]:
+    """Three instances of ``keyed`` (limit 2) on one key: the first two claimed, the
+    third waiting for a slot. Returns the claims and the waiter's instance."""
+    with Client(dsn) as c:
+        for _ in range(2):
+            c.enqueue("keyed", {"k": key})
+        waiter = c.enqueue("keyed", {"k": key})
+    running = claim(dsn)
+    assert len(running) == 2 and held(dsn) == {f"k:{key}": (2, 1)}
+    return running, waiter
+
+
+def the_rest_runs_and_every_slot_comes_back(dsn: str, running: list[tuple], key: str) -> None:
+    """The one step of ``key`` now ready is claimed; it and ``running`` finish; nothing
+    is held or waits, and no instance is left."""
+    admitted = claim(dsn)
+    assert [r[2] for r in admitted] == [key]
+    finish(dsn, running + admitted)
+    assert held(dsn) == {f"k:{key}": (0, 0)}
+    assert q(dsn, "SELECT count(*) FROM orchwf_live_instances") == [(0,)]
+
+
 def test_an_instance_ending_while_its_waiter_is_admitted_gives_the_slot_back(keys_db: str) -> None:
     """A finish admits a waiting step (its wait becomes a slot) while an operator cancels
     that step's instance. The cancel must see the wait or the slot, never neither: it
     waits for the finish's key lock, then releases the slot the finish gave it."""
-    with Client(keys_db) as c:
-        for _ in range(2):
-            c.enqueue("keyed", {"k": "z"})
-        waiter = c.enqueue("keyed", {"k": "z"})
-    running = claim(keys_db)
-    assert len(running) == 2 and held(keys_db) == {"k:z": (2, 1)}
+    running, waiter = two_running_and_a_waiter(keys_db, "z")
 
     def admitted_uncommitted(finisher: psycopg.Connection[Any]) -> None:
         assert finisher.execute("SELECT count(*) FROM orchwf_key_waits").fetchone() == (0,)
@@ -292,25 +309,16 @@ def test_a_step_enqueued_while_a_release_commits_is_admitted_not_parked(keys_db:
 
     assert beside_an_open_finish(keys_db, running[0], enqueue, must_wait=True)  # on the key row's lock
     assert held(keys_db) == {"k:p": (2, 0)}  # the one still running, and the late step admitted
-    admitted = claim(keys_db)
-    assert [r[2] for r in admitted] == ["p"]
-    finish(keys_db, running[1:] + admitted)
-    assert held(keys_db) == {"k:p": (0, 0)}
-    assert q(keys_db, "SELECT count(*) FROM orchwf_live_instances") == [(0,)]
+    the_rest_runs_and_every_slot_comes_back(keys_db, running[1:], "p")
 
 
 def test_a_waiter_queued_again_while_its_admission_commits_is_not_parked_twice(keys_db: str) -> None:
     """A finish admits a waiting step (its wait becomes a slot and a ready row) while
     another transaction queues that step again (a second signal, a child's report). The
-    insert waits for the wait row, then must find the slot the finish gave. Parked again,
-    the step would hold a slot and a wait at once: the key's next release would admit it
-    a second time, and its finish would fail on the duplicate slot."""
-    with Client(keys_db) as c:
-        for _ in range(2):
-            c.enqueue("keyed", {"k": "r"})
-        waiter = c.enqueue("keyed", {"k": "r"})
-    running = claim(keys_db)
-    assert len(running) == 2 and held(keys_db) == {"k:r": (2, 1)}
+    insert waits for the key row's lock, then must find the slot the finish gave. Parked
+    again, the step would hold a slot and a wait at once: the key's next release would
+    admit it a second time, and its finish would fail on the duplicate slot."""
+    running, waiter = two_running_and_a_waiter(keys_db, "r")
 
     def queue_again() -> None:
         q(keys_db, "INSERT INTO orchwf_ready_steps (step_inst_id, workflow_inst_id, workflow_id, queue, priority, "
@@ -319,13 +327,9 @@ def test_a_waiter_queued_again_while_its_admission_commits_is_not_parked_twice(k
                    "s.concurrency_key FROM orchwf_live_steps s JOIN orchwf_live_instances i ON i.id = s.workflow_inst_id "
                    "WHERE i.id = %s ON CONFLICT DO NOTHING", (waiter,))
 
-    beside_an_open_finish(keys_db, running[0], queue_again, must_wait=True)  # on the wait row
+    beside_an_open_finish(keys_db, running[0], queue_again, must_wait=True)  # on the key row's lock
     assert held(keys_db) == {"k:r": (2, 0)}  # the one still running, and the waiter admitted once
-    admitted = claim(keys_db)
-    assert [r[2] for r in admitted] == ["r"]
-    finish(keys_db, running[1:] + admitted)
-    assert held(keys_db) == {"k:r": (0, 0)}
-    assert q(keys_db, "SELECT count(*) FROM orchwf_live_instances") == [(0,)]
+    the_rest_runs_and_every_slot_comes_back(keys_db, running[1:], "r")
 
 
 SIGNALLED = (
